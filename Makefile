@@ -1,0 +1,41 @@
+# tokenpulse — make help lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test check lint typecheck unit integration clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/.installed ## create .venv and install tokenpulse with its pinned dependencies
+
+demo: setup ## fresh machine: start the local stack, run the pipeline on a simulated fleet, print the bill
+	$(BIN)/tokenpulse demo
+
+lint: setup ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup ## mypy --strict
+	$(BIN)/mypy
+
+unit: setup ## unit tests only (no broker)
+	$(BIN)/pytest -m 'not integration' tests
+
+integration: setup ## integration tests on real Kafka and ClickHouse
+	$(BIN)/pytest -m integration tests
+
+test: setup lint typecheck ## everything CI runs: lint, types, all tests on the real services
+	$(BIN)/pytest tests
+
+clean: ## remove the venv (the local stack's data stays in TOKENPULSE_HOME)
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""`python -m tokenpulse` is the `tokenpulse` command."""
+
+import sys
+
+from tokenpulse.cli import main
+
+sys.exit(main())
