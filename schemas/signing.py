@@ -1,0 +1,163 @@
+"""Tenant authenticity: HMAC-SHA256 signatures on usage records.
+
+A producer holding tenant T's secret signs the exact record value bytes and
+sends two Kafka headers:
+
+    tp-tenant: T                                  (the signing principal)
+    tp-sig:    v1,kid=<key id>,sig=<64 hex chars>
+
+The processor accepts an event for tenant E only if the signature verifies
+with one of T's keys AND E is T or a descendant of T (acme's key may sign for
+acme/research/agent-7; acme/research's key may not sign for acme). A keyring
+holds several keys per tenant so a secret can be rotated with two active keys.
+See docs/trust-model.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Final
+
+from tokenpulse.errors import ConfigError, InvalidRecord
+from tokenpulse.schemas._reasons import RejectReason
+from tokenpulse.schemas.usage import tenant_within
+
+HEADER_SIGNATURE: Final = "tp-sig"
+HEADER_TENANT: Final = "tp-tenant"
+SIGNATURE_VERSION: Final = "v1"
+
+Headers = Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
+
+
+def signature(value: bytes, secret: bytes) -> str:
+    return hmac.new(secret, value, hashlib.sha256).hexdigest()
+
+
+def sign_record(
+    value: bytes, *, tenant_id: str, key_id: str, secret: bytes
+) -> list[tuple[str, bytes]]:
+    """The Kafka headers that authenticate `value` as sent by tenant_id's key."""
+    if "," in key_id or "=" in key_id:
+        raise ConfigError(f"signing key id {key_id!r} must not contain ',' or '='")
+    sig = f"{SIGNATURE_VERSION},kid={key_id},sig={signature(value, secret)}"
+    return [(HEADER_TENANT, tenant_id.encode()), (HEADER_SIGNATURE, sig.encode())]
+
+
+class Keyring:
+    """tenant_id -> {key_id: secret}. Every listed key verifies (rotation).
+
+    File format (JSON or TOML, by extension), secrets as "hex:...",
+    "base64:..." or plain text:
+
+        [tenants.acme]
+        "2026-11" = "hex:8f1c..."
+        "2026-12" = "hex:77ab..."
+    """
+
+    def __init__(self, keys: Mapping[str, Mapping[str, bytes]] | None = None) -> None:
+        self._keys: dict[str, dict[str, bytes]] = {
+            tenant: dict(kids) for tenant, kids in (keys or {}).items()
+        }
+
+    def __repr__(self) -> str:  # never the secrets
+        return f"Keyring(tenants={sorted(self._keys)})"
+
+    def add(self, tenant_id: str, key_id: str, secret: bytes) -> None:
+        self._keys.setdefault(tenant_id, {})[key_id] = secret
+
+    def remove(self, tenant_id: str, key_id: str) -> None:
+        self._keys.get(tenant_id, {}).pop(key_id, None)
+
+    def secret(self, tenant_id: str, key_id: str) -> bytes | None:
+        return self._keys.get(tenant_id, {}).get(key_id)
+
+    def __contains__(self, tenant_id: object) -> bool:
+        return tenant_id in self._keys
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Keyring:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+            data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read keyring {path}: {exc}; fix the file") from None
+        tenants = data.get("tenants") if isinstance(data, dict) else None
+        if not isinstance(tenants, dict):
+            raise ConfigError(
+                f"keyring {path} needs a 'tenants' table of tenant -> {{kid: secret}}"
+            )
+        ring = cls()
+        for tenant, kids in tenants.items():
+            if not isinstance(kids, dict):
+                raise ConfigError(f"keyring {path}: tenant {tenant!r} must map key ids to secrets")
+            for kid, text in kids.items():
+                ring.add(tenant, kid, parse_secret(str(text)))
+        return ring
+
+
+def parse_secret(text: str) -> bytes:
+    """'hex:..', 'base64:..' or plain text -> bytes."""
+    try:
+        if text.startswith("hex:"):
+            return bytes.fromhex(text[4:])
+        if text.startswith("base64:"):
+            return base64.b64decode(text[7:], validate=True)
+    except ValueError:
+        raise ConfigError("a signing secret is not valid hex/base64; fix the keyring") from None
+    return text.encode()
+
+
+def _header(headers: Headers, name: str) -> bytes | None:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in items:
+        if key == name and value is not None:
+            return value.encode() if isinstance(value, str) else bytes(value)
+    return None
+
+
+def _bad(detail: str, tenant_id: str) -> InvalidRecord:
+    return InvalidRecord(
+        f"signature rejected for tenant {tenant_id!r}: {detail}; sign with a current key of "
+        "this tenant or an ancestor",
+        reason=str(RejectReason.BAD_SIGNATURE),
+        field="tp-sig",
+    )
+
+
+def verify_signature(value: bytes, headers: Headers, *, keyring: Keyring) -> str:
+    """Check tp-sig against the keyring; returns the signing tenant (tp-tenant)."""
+    raw_sig = _header(headers, HEADER_SIGNATURE)
+    raw_tenant = _header(headers, HEADER_TENANT)
+    if raw_sig is None or raw_tenant is None:
+        raise InvalidRecord(
+            "record has no tp-sig/tp-tenant headers but signatures are required; "
+            "configure the producer's signing key",
+            reason=str(RejectReason.MISSING_SIGNATURE),
+            field="tp-sig",
+        )
+    signer = raw_tenant.decode(errors="replace")
+    parts = dict(p.partition("=")[::2] for p in raw_sig.decode(errors="replace").split(",")[1:])
+    if not raw_sig.startswith(SIGNATURE_VERSION.encode() + b","):
+        raise _bad("unknown signature version", signer)
+    secret = keyring.secret(signer, parts.get("kid", ""))
+    if secret is None:
+        raise _bad(f"unknown key id {parts.get('kid', '')!r}", signer)
+    expected = signature(value, secret).encode()
+    if not hmac.compare_digest(expected, parts.get("sig", "").encode()):
+        raise _bad("signature does not match the record bytes", signer)
+    return signer
+
+
+def verify_record(value: bytes, headers: Headers, *, tenant_id: str, keyring: Keyring) -> None:
+    """Raise InvalidRecord (bad_signature | missing_signature) unless the record
+    is signed by a key of tenant_id or of one of its ancestors."""
+    signer = verify_signature(value, headers, keyring=keyring)
+    if not tenant_within(tenant_id, signer):
+        raise _bad(f"signer {signer!r} may not speak for tenant {tenant_id!r}", tenant_id)
