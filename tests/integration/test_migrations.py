@@ -1,0 +1,103 @@
+"""`db migrate` on the real engine: creates the schema, is idempotent, refuses edits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tokenpulse.cli import main
+from tokenpulse.sinks.migrations import (
+    MIGRATIONS,
+    Migration,
+    MigrationError,
+    RenderOptions,
+    migrate,
+)
+from tokenpulse.sinks.migrations.ddl import View
+
+pytestmark = pytest.mark.integration
+
+
+def _schema(client: Any, db: str) -> list[tuple[str, str]]:
+    rows = client.query(
+        "SELECT name, create_table_query FROM system.tables WHERE database = {db:String}"
+        " ORDER BY name",
+        parameters={"db": db},
+    ).result_rows
+    return [(str(n), str(q)) for n, q in rows]
+
+
+def test_migrate_creates_everything_and_twice_changes_nothing(
+    clickhouse_client: Any, unique_name: str
+) -> None:
+    opts = RenderOptions(database=unique_name)
+    try:
+        first = migrate(clickhouse_client, opts)
+        assert first.applied == tuple(m.version for m in MIGRATIONS)
+        before = _schema(clickhouse_client, unique_name)
+        names = {n for n, _ in before}
+        assert {
+            "usage_events",
+            "usage_by_minute",
+            "usage_by_minute_totals",
+            "usage_by_hour",
+            "demand_by_minute",
+            "invoice_lines",
+            "schema_migrations",
+        } <= names
+        second = migrate(clickhouse_client, opts)
+        assert second.applied == ()
+        assert second.already_applied == first.applied
+        assert _schema(clickhouse_client, unique_name) == before
+        count = clickhouse_client.command(f"SELECT count() FROM {unique_name}.schema_migrations")
+        assert int(count) == len(MIGRATIONS)
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {unique_name}")
+
+
+def test_an_edited_applied_migration_is_refused(clickhouse_client: Any, unique_name: str) -> None:
+    opts = RenderOptions(database=unique_name)
+    try:
+        migrate(clickhouse_client, opts)
+        first = MIGRATIONS[0]
+        edited = Migration(
+            first.version, first.name, (*first.objects, View("extra", "SELECT 1 AS x"))
+        )
+        with pytest.raises(MigrationError, match=r"migration 1 .* changed after it was applied"):
+            migrate(clickhouse_client, opts, (edited, *MIGRATIONS[1:]))
+        # A new version is how a schema changes: it applies cleanly.
+        nxt = Migration(MIGRATIONS[-1].version + 1, "extra view", (View("extra", "SELECT 1 AS x"),))
+        assert migrate(clickhouse_client, opts, (*MIGRATIONS, nxt)).applied == (nxt.version,)
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {unique_name}")
+
+
+def test_cli_db_migrate_and_status(
+    services: Any,
+    clickhouse_client: Any,
+    unique_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CLICKHOUSE_URL", services.clickhouse_url.rstrip("/") + f"/{unique_name}")
+    try:
+        assert main(["db", "migrate", "--retention-days", "400"]) == 0
+        assert "applied 1, 2" in capsys.readouterr().out
+        assert main(["db", "migrate"]) == 0
+        assert "applied none" in capsys.readouterr().out
+        assert main(["db", "status"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("applied") == len(MIGRATIONS)
+        ddl = dict(_schema(clickhouse_client, unique_name))["usage_events"]
+        assert "TTL" in ddl
+        assert "400" in ddl
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {unique_name}")
+
+
+def test_cli_prints_cluster_ddl_without_a_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "migrate", "--cluster", "prod", "--print-sql"]) == 0
+    out = capsys.readouterr().out
+    assert "ON CLUSTER 'prod'" in out
+    assert "ReplicatedSummingMergeTree" in out

@@ -1,0 +1,95 @@
+"""`tokenpulse db migrate|status`: create or upgrade the ClickHouse schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tokenpulse.config import Settings
+
+
+def register(subparsers: Any) -> None:
+    db = subparsers.add_parser("db", help="manage the ClickHouse schema")
+    verbs = db.add_subparsers(dest="db_verb", metavar="ACTION", required=True)
+
+    mig = verbs.add_parser(
+        "migrate",
+        help="apply pending schema migrations (idempotent)",
+        description="Create or upgrade the tokenpulse schema. Running it twice changes nothing.",
+    )
+    _common(mig)
+    mig.add_argument("--cluster", help="render ON CLUSTER / Replicated* / Distributed DDL")
+    mig.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        help="TTL of raw usage_events when the table is created (default: keep forever)",
+    )
+    mig.add_argument("--print-sql", action="store_true", help="print the DDL instead of running it")
+    mig.set_defaults(func=_migrate)
+
+    status = verbs.add_parser("status", help="list applied and pending migrations")
+    _common(status)
+    status.set_defaults(func=_status)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--database", default=None, help="database (default: from CLICKHOUSE_URL, tokenpulse)"
+    )
+
+
+def _database(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.database or settings.clickhouse.database)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from tokenpulse.sinks._client import sync_client
+    from tokenpulse.sinks.migrations import RenderOptions, migrate, plan
+
+    settings = Settings.from_env()
+    opts = RenderOptions(
+        database=_database(args, settings),
+        cluster=args.cluster,
+        retention_days=args.retention_days,
+    )
+    if args.print_sql:
+        for version, stmt in plan(opts):
+            sys.stdout.write(f"-- version {version}\n{stmt};\n\n")
+        return 0
+    client = sync_client(settings.clickhouse)
+    try:
+        result = migrate(client, opts)
+    finally:
+        client.close()
+    applied = ", ".join(map(str, result.applied)) or "none"
+    sys.stdout.write(
+        f"database {opts.database}: applied {applied};"
+        f" already applied {len(result.already_applied)}\n"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from tokenpulse.sinks._client import sync_client
+    from tokenpulse.sinks.migrations import MIGRATIONS, applied_versions, check_identifier
+
+    settings = Settings.from_env()
+    database = check_identifier(_database(args, settings), "database")
+    client = sync_client(settings.clickhouse)
+    try:
+        exists = client.query(
+            "SELECT count() FROM system.tables"
+            " WHERE database = {db:String} AND name = 'schema_migrations'",
+            parameters={"db": database},
+        ).result_rows[0][0]
+        done = applied_versions(client, database) if int(exists) else {}
+    finally:
+        client.close()
+    for m in MIGRATIONS:
+        state = "applied" if m.version in done else "pending"
+        if m.version in done and done[m.version] != m.checksum:
+            state = "CHANGED"
+        sys.stdout.write(f"{m.version:>4}  {state:<8} {m.name}\n")
+    return 0
