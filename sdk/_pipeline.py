@@ -1,0 +1,358 @@
+"""The engine under both producers: a bounded buffer drained to aiokafka.
+
+record() in the caller only appends (key, value, event_id) to a deque; the
+drain task, on the producer's event loop, hands events to aiokafka in chunks,
+keeps them "in flight" until the broker acknowledges, and puts failed ones
+back at the front of the buffer to be re-sent after a backoff. The buffer
+bound counts queued plus in-flight events, so memory stays bounded however
+long Kafka is away. Re-sending after a lost acknowledgement can duplicate a
+record at the Kafka level; consumers de-duplicate by event_id (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.codec import has_lz4, has_zstd
+
+from tokenpulse.schemas.signing import sign_record
+from tokenpulse.schemas.usage import join_batch
+from tokenpulse.sdk._config import ProducerConfig
+
+log = logging.getLogger("tokenpulse.sdk")
+
+Item = tuple[bytes, bytes, str]  # (key = tenant_id, value = encoded event, event_id)
+
+
+@dataclass(frozen=True)
+class ProducerStats:
+    """Counters since start. queue_depth counts queued plus in-flight events."""
+
+    sent: int  # acknowledged by the broker
+    failed: int  # send attempts that failed and were re-queued (each retry counts)
+    dropped: int  # refused by overflow_policy="drop"
+    queue_depth: int
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What flush()/close() could not confirm as delivered within the timeout."""
+
+    undelivered_count: int
+    undelivered_event_ids: tuple[str, ...]
+    sent: int
+
+    @property
+    def ok(self) -> bool:
+        return self.undelivered_count == 0
+
+
+def compression_type(config: ProducerConfig) -> str | None:
+    """aiokafka's codec name for config.compression (lz4/zstd need cramjam)."""
+    choice = config.compression
+    if choice == "none":
+        return None
+    if choice == "auto":
+        return "lz4" if has_lz4() else "zstd" if has_zstd() else "gzip"
+    return choice
+
+
+class Pipeline:
+    """Buffer + drain task. Thread-safe put(); everything else on the loop."""
+
+    def __init__(self, config: ProducerConfig) -> None:
+        self.config = config
+        self._queue: deque[Item] = deque()
+        self._inflight: dict[int, Sequence[Item]] = {}
+        self._inflight_count = 0
+        self._next_unit = 0
+        self._max = config.buffer_max_events
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self._idle = False
+        self._closing = False
+        self._wake: asyncio.Event | None = None
+        self._notify: Callable[[], None] = lambda: None
+        self._task: asyncio.Task[None] | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._settlers: set[asyncio.Task[None]] = set()
+        self._backoff_s = 0.0
+        self._fail_streak = 0
+        self._reset_producer = False
+
+    # -- caller side (any thread) -------------------------------------------
+
+    def put(self, key: bytes, value: bytes, event_id: str) -> bool:
+        """Append one event; False when the buffer is full (nothing appended)."""
+        if len(self._queue) + self._inflight_count >= self._max:
+            return False
+        self._queue.append((key, value, event_id))
+        if self._idle:
+            self._idle = False
+            self._notify()
+        return True
+
+    def has_space(self) -> bool:
+        return len(self._queue) + self._inflight_count < self._max
+
+    def stats(self) -> ProducerStats:
+        depth = len(self._queue) + self._inflight_count
+        return ProducerStats(self.sent, self.failed, self.dropped, depth)
+
+    def pending(self) -> int:
+        return len(self._queue) + self._inflight_count
+
+    def pending_ids(self) -> tuple[str, ...]:
+        ids = [it[2] for items in list(self._inflight.values()) for it in items]
+        return tuple(ids + [it[2] for it in list(self._queue)])
+
+    # -- loop side -------------------------------------------------------------
+
+    def start(self, notify_threadsafe: bool) -> None:
+        """Start the drain task on the running loop (never waits for Kafka)."""
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        self._wake = wake
+        if notify_threadsafe:
+
+            def notify() -> None:
+                loop.call_soon_threadsafe(wake.set)
+
+            self._notify = notify
+        else:
+            self._notify = wake.set
+        self._task = loop.create_task(self._run(), name="tokenpulse-sdk-drain")
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        c = self.config
+        return AIOKafkaProducer(
+            bootstrap_servers=c.bootstrap_servers,
+            client_id=c.client_id,
+            acks="all",
+            enable_idempotence=True,
+            compression_type=compression_type(c),
+            linger_ms=c.linger_ms,
+            max_batch_size=c.max_batch_bytes,
+            request_timeout_ms=c.request_timeout_ms,
+            retry_backoff_ms=c.retry_backoff_ms,
+            **c.kafka_security_kwargs(),
+        )
+
+    async def _connect(self) -> None:
+        """Start aiokafka, retrying with backoff until it connects or we close."""
+        delay_s = self.config.retry_backoff_ms / 1000
+        while self._producer is None:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except Exception as exc:  # broker down: keep buffering, try again
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("Kafka not reachable (%s); buffering, retry in %.1fs", exc, delay_s)
+                if self._closing and not self._queue:
+                    return
+                await self._sleep_or_wake(delay_s)
+                delay_s = min(delay_s * 2, self.config.retry_backoff_max_ms / 1000)
+            else:
+                self._producer = producer
+
+    async def _sleep_or_wake(self, delay_s: float) -> None:
+        assert self._wake is not None
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay_s)
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            if self._producer is None:
+                await self._connect()
+                if self._producer is None:
+                    return
+            if self._reset_producer:
+                old, self._producer, self._reset_producer = self._producer, None, False
+                await self._stop_producer(old, self.config.request_timeout_ms / 1000)
+                continue
+            if not self._queue:
+                if self._closing:
+                    return
+                self._idle = True
+                if self._queue:  # appended between the check and the flag: no wake lost
+                    self._idle = False
+                    continue
+                # The timeout is a safety net only; put() wakes us.
+                await self._sleep_or_wake(0.05)
+                self._idle = False
+                continue
+            if self._backoff_s:
+                await asyncio.sleep(self._backoff_s)
+                self._backoff_s = 0.0
+            await self._send_chunk(self._producer)
+
+    def _take(self) -> list[Item]:
+        q = self._queue
+        n = min(len(q), self.config.batch_size)
+        chunk = [q.popleft() for _ in range(n)]
+        self._inflight_count += n
+        return chunk
+
+    def _units(self, chunk: list[Item]) -> list[tuple[bytes, bytes, list[Item]]]:
+        """Records to send: one per event, or one envelope per tenant."""
+        if not self.config.envelope:
+            return [(k, v, [it]) for it in chunk for k, v, _ in (it,)]
+        by_key: dict[bytes, list[Item]] = {}
+        for it in chunk:
+            by_key.setdefault(it[0], []).append(it)
+        units = []
+        budget = self.config.max_batch_bytes // 2
+        for key, items in by_key.items():
+            start, size = 0, 0
+            for i, it in enumerate(items):
+                if size and size + len(it[1]) > budget:
+                    part = items[start:i]
+                    units.append((key, join_batch([p[1] for p in part]), part))
+                    start, size = i, 0
+                size += len(it[1]) + 1
+            part = items[start:]
+            units.append((key, join_batch([p[1] for p in part]), part))
+        return units
+
+    async def _send_chunk(self, producer: AIOKafkaProducer) -> None:
+        chunk = self._take()
+        c = self.config
+        units = self._units(chunk)
+        futures: list[asyncio.Future[Any]] = []
+        sent_units: list[list[Item]] = []
+        for index, (key, value, items) in enumerate(units):
+            headers = None
+            if c.signing_secret is not None:
+                assert c.signing_tenant_id is not None
+                assert c.signing_key_id is not None
+                headers = sign_record(
+                    value,
+                    tenant_id=c.signing_tenant_id,
+                    key_id=c.signing_key_id,
+                    secret=c.signing_secret,
+                )
+            try:
+                fut = await producer.send(c.topic, value, key=key, headers=headers)
+            except Exception as exc:  # metadata/buffer timeout: broker away
+                rest = [it for _, _, its in units[index:] for it in its]
+                self._reset_producer = True
+                self._requeue(rest, exc)
+                break
+            futures.append(fut)
+            sent_units.append(items)
+        if futures:
+            unit_id = self._next_unit
+            self._next_unit += 1
+            flat = [it for items in sent_units for it in items]
+            self._inflight[unit_id] = flat
+            task = asyncio.get_running_loop().create_task(
+                self._settle(unit_id, futures, sent_units)
+            )
+            self._settlers.add(task)
+            task.add_done_callback(self._settlers.discard)
+
+    async def _settle(
+        self, unit_id: int, futures: list[asyncio.Future[Any]], units: list[list[Item]]
+    ) -> None:
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        del self._inflight[unit_id]
+        failed: list[Item] = []
+        error: BaseException | None = None
+        for result, items in zip(results, units, strict=True):
+            if isinstance(result, BaseException):
+                failed.extend(items)
+                error = result
+            else:
+                self.sent += len(items)
+                self._inflight_count -= len(items)
+        if failed:
+            # An expired or rejected batch may leave the idempotent producer's
+            # sequence numbers out of step with the broker: start a fresh one.
+            self._reset_producer = True
+            self._requeue(failed, error)
+        else:
+            self._fail_streak = 0
+
+    def _requeue(self, items: list[Item], error: BaseException | None) -> None:
+        """Put items back at the front, in order, and slow the drain down."""
+        self._inflight_count -= len(items)
+        self._queue.extendleft(reversed(items))
+        self.failed += len(items)
+        self._fail_streak += 1
+        streak = self._fail_streak
+        base = self.config.retry_backoff_ms / 1000 * (2 ** min(streak, 10))
+        self._backoff_s = min(base, self.config.retry_backoff_max_ms / 1000)
+        self._backoff_s *= 0.5 + random.random() / 2  # noqa: S311 - jitter
+        log.warning("re-queued %d events after send failure: %r", len(items), error)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until everything put so far is acknowledged; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending():
+            if loop.time() >= deadline:
+                return False
+            if self._wake is not None:
+                self._wake.set()
+            await asyncio.sleep(0.01)
+        return True
+
+    async def close(self, timeout_s: float) -> DeliveryReport:
+        """Deliver what can be delivered within timeout_s, then stop.
+
+        The report is computed after the Kafka client has stopped and every
+        outstanding acknowledgement has settled, so sent + undelivered equals
+        everything accepted by put().
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self._closing = True
+        await self.drain(timeout_s)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await self._stop_producer(producer, max(deadline - loop.time(), 0.5))
+        if self._settlers:
+            # Acks already on their way settle now; futures abandoned by a
+            # forced stop never resolve, and their events stay in _inflight.
+            _, stuck = await asyncio.wait(set(self._settlers), timeout=1.0)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        undelivered = self.pending_ids()
+        self._queue.clear()
+        self._inflight.clear()
+        self._inflight_count = 0
+        return DeliveryReport(len(undelivered), undelivered, self.sent)
+
+    async def _stop_producer(self, producer: AIOKafkaProducer, timeout_s: float) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), timeout_s)
+        except (TimeoutError, Exception) as exc:
+            # Broker still away: abandon the unacknowledged batches (already
+            # counted as undelivered) and close the connections ourselves.
+            log.warning("Kafka producer did not stop cleanly: %r", exc)
+            sender = getattr(producer, "_sender", None)
+            if sender is not None and sender.sender_task is not None:
+                sender.sender_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await sender.sender_task
+            with contextlib.suppress(Exception):
+                await producer.client.close()
