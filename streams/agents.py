@@ -1,0 +1,76 @@
+"""The usage agent and the worker's wiring of Faust callbacks.
+
+One agent, concurrency=1: each worker processes its partitions' batches
+strictly one after another, so a batch's offsets are committed only after
+everything before them in the same partition is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from tokenpulse.sinks.base import UsageSink
+from tokenpulse.streams.app import Runtime, create_faust_app
+from tokenpulse.streams.processor import InRecord
+from tokenpulse.streams.settings import WorkerSettings
+
+log = logging.getLogger("tokenpulse.streams.agents")
+
+TICK_INTERVAL_S = 5.0
+
+
+def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
+    if not raw:
+        return ()
+    items = raw.items() if isinstance(raw, dict) else raw
+    return tuple((str(k), None if v is None else bytes(v)) for k, v in items)
+
+
+def _record(event: Any) -> InRecord:
+    m = event.message
+    return InRecord(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
+
+
+def build_worker(
+    settings: WorkerSettings, sink: UsageSink | None = None
+) -> tuple[faust.App, Runtime]:
+    """The Faust app with its agent, and the runtime to start before it runs."""
+    app = create_faust_app(settings)
+    if sink is None:
+        from tokenpulse.sinks.clickhouse import ClickHouseSink
+
+        sink = ClickHouseSink(settings.clickhouse_target())
+    runtime = Runtime(settings=settings, app=app, sink=sink)
+    # acks=False: Faust never commits this topic on its own (see app.py).
+    usage_topic = app.topic(
+        settings.topics.usage, key_serializer="raw", value_serializer="raw", acks=False
+    )
+    within_s = settings.flush_interval_ms / 1000.0
+
+    async def usage(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max_events, within=within_s):
+            assert runtime.processor is not None, "Runtime.start() must run before the worker"
+            await runtime.processor.process([_record(e) for e in events])
+
+    app.agent(usage_topic, name="tokenpulse.usage", concurrency=1)(usage)
+
+    async def tick() -> None:
+        if runtime.processor is not None:
+            await runtime.processor.tick()
+
+    app.timer(TICK_INTERVAL_S)(tick)
+
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        if runtime.processor is not None:
+            await runtime.processor.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+
+    async def on_shutdown(sender: Any, **_: Any) -> None:
+        await runtime.stop()
+
+    # mode's Signal types want a `signal=` keyword parameter; ours take **_.
+    app.on_partitions_revoked.connect(on_revoked)  # type: ignore[arg-type]
+    app.on_before_shutdown.connect(on_shutdown)  # type: ignore[arg-type]
+    return app, runtime

@@ -1,0 +1,141 @@
+"""The one Faust app of tokenpulse, built from WorkerSettings.
+
+Faust drives consumption (group membership, rebalances, fetching) and the
+producer; offsets of the usage topic are NOT left to Faust's ack/commit
+bookkeeping (see docs/streams.md, "Commit discipline"): the topic is
+declared with acks disabled and the processor commits explicitly after the
+batch's sink write and broker acknowledgements returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from tokenpulse.errors import ConfigError
+from tokenpulse.schemas.signing import Keyring
+from tokenpulse.sinks.base import UsageSink
+from tokenpulse.streams.processor import UsageProcessor
+from tokenpulse.streams.quota_feed import QuotaFeed
+from tokenpulse.streams.quotas import QuotaEngine
+from tokenpulse.streams.settings import WorkerSettings
+from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageReader
+
+log = logging.getLogger("tokenpulse.streams.app")
+
+
+def _broker_urls(bootstrap: str) -> list[str]:
+    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+
+
+def create_faust_app(settings: WorkerSettings) -> faust.App:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.app_id,
+        broker=_broker_urls(settings.kafka_bootstrap_servers),
+        store="memory://",  # no RocksDB: our state is bounded and rebuilt from ClickHouse
+        datadir=str(settings.data_dir),
+        autodiscover=False,
+        web_enabled=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,  # topics are created by ensure_topics() with their configs
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        # Our topic's messages are never acked in Faust's sense; waiting for
+        # "empty" at rebalance/stop would only stall. The processor's lock
+        # does the equivalent: a revocation waits for the in-flight batch.
+        stream_wait_empty=False,
+        producer_acks=-1,
+        broker_session_timeout=30.0,
+        broker_heartbeat_interval=3.0,
+    )
+
+
+class FaustProducer:
+    """The processor's Producer on the Faust app's producer (acks=all)."""
+
+    def __init__(self, app: faust.App) -> None:
+        self.app = app
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        fut: Awaitable[Any] = await self.app.producer.send(topic, key, value, None, None, None)
+        return fut
+
+
+@dataclass
+class Runtime:
+    """Everything the agent needs, started before the Faust worker runs."""
+
+    settings: WorkerSettings
+    app: faust.App
+    sink: UsageSink
+    reader: UsageReader | None = None
+    engine: QuotaEngine | None = None
+    feed: QuotaFeed | None = None
+    processor: UsageProcessor | None = field(default=None)
+
+    def keyring(self) -> Keyring | None:
+        s = self.settings
+        if not s.verify_signatures:
+            return None
+        if s.keyring_file is None:
+            raise ConfigError(
+                "signature verification is on but TOKENPULSE_KEYRING_FILE is not set; "
+                "point it at the keyring, or pass --no-verify-signatures when broker ACLs "
+                "authenticate producers"
+            )
+        return Keyring.from_file(s.keyring_file)
+
+    async def commit(self, topic: str, offsets: Mapping[int, int]) -> bool:
+        consumer: Any = self.app.consumer
+        assigned = consumer.assignment()
+        tps = {TP(topic, p): off for p, off in offsets.items() if TP(topic, p) in assigned}
+        if not tps:
+            return False
+        # Faust's own commit path only commits acked messages; this topic has
+        # acks disabled, so commit the offsets the processor proved durable.
+        return bool(await consumer._commit(tps))
+
+    async def start(self) -> UsageProcessor:
+        s = self.settings
+        keyring = self.keyring()
+        await self.sink.start()
+        if self.reader is None:
+            ch = ClickHouseUsageReader(s.clickhouse_target())
+            await ch.start()
+            self.reader = ch
+        self.engine = QuotaEngine(
+            self.reader, alerts_topic=s.topics.alerts, state_topic=s.topics.state
+        )
+        self.feed = QuotaFeed(
+            self.engine,
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            quotas_topic=s.topics.quotas,
+            state_topic=s.topics.state,
+        )
+        await self.feed.start()
+        self.processor = UsageProcessor(
+            sink=self.sink,
+            producer=FaustProducer(self.app),
+            committer=self.commit,
+            dlq_topic=s.topics.dlq,
+            keyring=keyring,
+            quotas=self.engine,
+            dedup_horizon_s=s.dedup_horizon_s,
+            allowed_lateness_s=s.allowed_lateness_s,
+            max_record_bytes=s.max_record_bytes,
+            sink_retry_max_s=s.sink_retry_max_s,
+        )
+        return self.processor
+
+    async def stop(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
+        if isinstance(self.reader, ClickHouseUsageReader):
+            await self.reader.close()
+        await self.sink.close()

@@ -1,0 +1,358 @@
+"""The per-batch pipeline behind the usage agent, free of Faust.
+
+For each batch of records (several partitions): skip what is already
+durable -> size check -> decode -> signature -> dedup -> windows/late ->
+sink write (per partition, retried until it succeeds) -> quota checks ->
+DLQ/alerts/states acknowledged by the broker -> commit. A batch's offsets
+are committed only after all of that returned, and one lock serialises
+batches with rebalance callbacks so a revoked partition is never written
+behind the new owner's back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from tokenpulse.errors import InvalidRecord
+from tokenpulse.schemas._reasons import RejectReason
+from tokenpulse.schemas.dlq import dlq_record_for, encode_dlq_record
+from tokenpulse.schemas.signing import Keyring, verify_record
+from tokenpulse.schemas.usage import UsageEvent, decode_usage_record
+from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
+from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
+from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
+from tokenpulse.streams.windows import MinuteWindows, WindowInput
+
+log = logging.getLogger("tokenpulse.streams.processor")
+
+Header = tuple[str, bytes | None]
+_R = TypeVar("_R")
+_CONFIRM_CHUNK = 64
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+
+class Producer(Protocol):
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        """Enqueue; the returned awaitable resolves once the broker acknowledged."""
+
+
+Committer = Callable[[str, Mapping[int, int]], Awaitable[bool]]
+
+
+@dataclass
+class Counters:
+    records: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    late: int = 0
+    replayed_skipped: int = 0
+    confirmations: int = 0
+    sink_retries: int = 0
+    commits: int = 0
+
+
+@dataclass
+class _Partition:
+    processed_upto: int  # highest offset whose outcome is durable (-1: none)
+    last_written: int  # highest offset this worker wrote to the sink (-1: none)
+    dedup: PartitionDedup
+    windows: MinuteWindows
+
+
+@dataclass
+class _Work:
+    """What one partition's slice of a batch produced."""
+
+    accepted: list[AcceptedEvent] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    touches: list[Touch] = field(default_factory=list)
+
+
+class UsageProcessor:
+    def __init__(
+        self,
+        *,
+        sink: UsageSink,
+        producer: Producer,
+        committer: Committer,
+        dlq_topic: str,
+        keyring: Keyring | None,
+        quotas: QuotaEngine | None = None,
+        dedup_horizon_s: float = 48 * 3600.0,
+        allowed_lateness_s: float = 300.0,
+        max_record_bytes: int = 1_048_576,
+        sink_retry_max_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.sink = sink
+        self.producer = producer
+        self.committer = committer
+        self.dlq_topic = dlq_topic
+        self.keyring = keyring  # None: signatures are not verified (broker ACLs instead)
+        self.quotas = quotas
+        self.dedup_horizon_s = dedup_horizon_s
+        self.allowed_lateness_s = allowed_lateness_s
+        self.max_record_bytes = max_record_bytes
+        self.sink_retry_max_s = sink_retry_max_s
+        self.clock = clock
+        self.counters = Counters()
+        self.lock = asyncio.Lock()
+        self._parts: dict[tuple[str, int], _Partition] = {}
+        self._retired: dict[tuple[str, int], _Partition] = {}
+        self.stopping = False
+
+    # -- rebalance ------------------------------------------------------------------
+    async def on_revoked(self, partitions: Collection[tuple[str, int]]) -> None:
+        """Forget revoked partitions; waits for an in-flight batch to finish first."""
+        async with self.lock:
+            for tp in partitions:
+                state = self._parts.pop(tp, None)
+                if state is not None:
+                    self._retired[tp] = state
+
+    async def _partition(self, topic: str, partition: int) -> _Partition:
+        tp = (topic, partition)
+        state = self._parts.get(tp)
+        if state is not None:
+            return state
+        offsets = await self._retrying(
+            "last_offsets", lambda: self.sink.last_offsets(topic, [partition])
+        )
+        durable = offsets.get(partition, -1)
+        now = self.clock()
+        old = self._retired.pop(tp, None)
+        if old is not None and old.last_written == durable:
+            # Nobody else wrote this partition meanwhile: the filter is complete.
+            old.processed_upto = max(old.processed_upto, durable)
+            state = old
+        else:
+            bloom = TimeBucketedBloom(horizon_s=self.dedup_horizon_s)
+            state = _Partition(
+                processed_upto=durable,
+                last_written=durable,
+                dedup=PartitionDedup(bloom, cold_until_s=now + self.dedup_horizon_s),
+                windows=MinuteWindows(self.allowed_lateness_s),
+            )
+        self._parts[tp] = state
+        log.info("partition %s/%d: resuming after durable offset %d", topic, partition, durable)
+        return state
+
+    # -- the batch ------------------------------------------------------------------
+    async def process(self, records: Sequence[InRecord]) -> None:
+        async with self.lock:
+            await self._process_locked(records)
+
+    async def _process_locked(self, records: Sequence[InRecord]) -> None:
+        groups: dict[tuple[str, int], list[InRecord]] = {}
+        for rec in records:
+            groups.setdefault((rec.topic, rec.partition), []).append(rec)
+        pending: list[Awaitable[Any]] = []
+        touches: list[Touch] = []
+        commits: dict[str, dict[int, int]] = {}
+        for (topic, partition), recs in groups.items():
+            state = await self._partition(topic, partition)
+            recs = sorted(recs, key=lambda r: r.offset)
+            work = _Work()
+            fresh = await self._decode_slice(state, recs, work)
+            for out in work.outgoing:  # DLQ records: sent now, awaited before the commit
+                pending.append(await self.producer.send(out.topic, out.key, out.value))
+            if not fresh:
+                touches += work.touches
+                continue
+            await self._dedup(state, work)
+            now_dt = datetime.fromtimestamp(self.clock(), UTC)
+            accepted = []
+            for acc in work.accepted:
+                late = state.windows.add(_window_input(acc.event))
+                accepted.append(
+                    AcceptedEvent(acc.event, acc.topic, acc.partition, acc.offset, now_dt, late)
+                )
+                self.counters.late += late
+            state.windows.close_expired()
+            batch = SinkBatch(topic, partition, fresh[0].offset, fresh[-1].offset, accepted)
+            if accepted:
+                await self._write(batch)
+                state.last_written = batch.last_offset
+            now_s = self.clock()
+            for acc in accepted:
+                state.dedup.remember(acc.event.event_id, now_s)
+            self.counters.accepted += len(accepted)
+            state.processed_upto = batch.last_offset
+            commits.setdefault(topic, {})[partition] = batch.last_offset + 1
+            touches += work.touches
+            touches += [_touch(a.event) for a in accepted]
+        if self.quotas is not None and touches:
+            for out in await self.quotas.check(touches):
+                # Alerts before states (the engine orders them): a crash in
+                # between repeats an alert (same alert_id), never loses one.
+                pending.append(await self.producer.send(out.topic, out.key, out.value))
+        if pending:
+            await asyncio.gather(*pending)
+        for topic, offsets in commits.items():
+            if await self.committer(topic, offsets):
+                self.counters.commits += 1
+
+    async def tick(self) -> None:
+        """Periodic work outside batches: changed definitions, period roll-over."""
+        if self.quotas is None:
+            return
+        async with self.lock:
+            outs = await self.quotas.check(())
+            outs += await self.quotas.roll_periods()
+            futures = [await self.producer.send(o.topic, o.key, o.value) for o in outs]
+            if futures:
+                await asyncio.gather(*futures)
+
+    async def _decode_slice(
+        self, state: _Partition, recs: Sequence[InRecord], work: _Work
+    ) -> list[InRecord]:
+        fresh: list[InRecord] = []
+        for rec in recs:
+            if rec.offset <= state.processed_upto:
+                # Durable before a crash/rebalance: not applied again, but its
+                # quotas are re-checked (an alert may not have gone out).
+                self.counters.replayed_skipped += 1
+                if self.quotas is not None and self.quotas.definitions and rec.value is not None:
+                    work.touches += [
+                        _touch(v)
+                        for v in decode_usage_record(rec.value)
+                        if isinstance(v, UsageEvent)
+                    ]
+                continue
+            fresh.append(rec)
+            self.counters.records += 1
+            try:
+                self._decode_record(rec, work)
+            except Exception as exc:  # a bug must not stop the partition: park the record
+                log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, rec.offset)
+                err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")
+                self._reject(rec, err, work)
+        return fresh
+
+    def _decode_record(self, rec: InRecord, work: _Work) -> None:
+        value = rec.value
+        if value is None:
+            err = InvalidRecord(
+                "record has no value (tombstone); publish one UsageEvent JSON object per record",
+                reason=str(RejectReason.MALFORMED_JSON),
+            )
+            self._reject(rec, err, work)
+            return
+        if len(value) > self.max_record_bytes:
+            err = InvalidRecord(
+                f"record is {len(value)} bytes, limit {self.max_record_bytes}",
+                reason=str(RejectReason.RECORD_TOO_LARGE),
+            )
+            self._reject(rec, err, work)
+            return
+        verified: set[str] = set()
+        for index, verdict in enumerate(decode_usage_record(value)):
+            if isinstance(verdict, InvalidRecord):
+                self._reject(rec, verdict, work)
+                continue
+            if self.keyring is not None and verdict.tenant_id not in verified:
+                try:
+                    verify_record(
+                        value, rec.headers, tenant_id=verdict.tenant_id, keyring=self.keyring
+                    )
+                except InvalidRecord as err:
+                    err.details.setdefault("batch_index", index)
+                    self._reject(rec, err, work)
+                    continue
+                verified.add(verdict.tenant_id)
+            ingested = datetime.fromtimestamp(self.clock(), UTC)
+            work.accepted.append(
+                AcceptedEvent(verdict, rec.topic, rec.partition, rec.offset, ingested)
+            )
+
+    def _reject(self, rec: InRecord, err: InvalidRecord, work: _Work) -> None:
+        self.counters.rejected += 1
+        dlq = dlq_record_for(
+            err,
+            rec.value or b"",
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            headers=rec.headers,
+        )
+        work.outgoing.append(Outgoing(self.dlq_topic, rec.key or b"", encode_dlq_record(dlq)))
+
+    async def _dedup(self, state: _Partition, work: _Work) -> None:
+        now_s = self.clock()
+        in_batch: set[str] = set()
+        unique: list[AcceptedEvent] = []
+        confirm: dict[str, list[str]] = {}
+        for acc in work.accepted:
+            eid = acc.event.event_id
+            if eid in in_batch:
+                self.counters.duplicates += 1
+                continue
+            in_batch.add(eid)
+            unique.append(acc)
+            if state.dedup.needs_confirmation(eid, now_s):
+                confirm.setdefault(acc.event.tenant_id, []).append(eid)
+        known: set[tuple[str, str]] = set()
+        since = datetime.fromtimestamp(now_s, UTC) - timedelta(seconds=self.dedup_horizon_s)
+        for tenant, ids in confirm.items():
+            # Small chunks keep the bound parameters in the URL (large ones
+            # become multipart forms, which some HTTP front ends refuse).
+            for i in range(0, len(ids), _CONFIRM_CHUNK):
+                chunk = ids[i : i + _CONFIRM_CHUNK]
+                self.counters.confirmations += 1
+                found = await self._retrying(
+                    "existing_event_ids",
+                    functools.partial(self.sink.existing_event_ids, tenant, chunk, since),
+                )
+                known.update((tenant, e) for e in found)
+        work.accepted = [a for a in unique if (a.event.tenant_id, a.event.event_id) not in known]
+        self.counters.duplicates += len(unique) - len(work.accepted)
+
+    async def _write(self, batch: SinkBatch) -> None:
+        await self._retrying(f"write of {batch.token}", lambda: self.sink.write(batch))
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[_R]]) -> _R:
+        delay_s = 0.1
+        while True:
+            try:
+                return await call()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Never drop, never skip: the offsets stay uncommitted until it works.
+                self.counters.sink_retries += 1
+                log.warning("sink %s failed (%s); retrying in %.1fs", what, exc, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self.sink_retry_max_s)
+
+
+def _window_input(ev: UsageEvent) -> WindowInput:
+    return WindowInput(
+        ev.event_id,
+        ev.tenant_id,
+        ev.model,
+        ev.occurred_at,
+        ev.input_tokens,
+        ev.output_tokens,
+        ev.cached_input_tokens,
+    )
+
+
+def _touch(ev: UsageEvent) -> Touch:
+    return Touch(ev.tenant_id, ev.model, ev.occurred_at, ev.event_id)

@@ -1,0 +1,154 @@
+"""Worker settings: one frozen dataclass, one mapping to environment variables.
+
+Each field documents its environment variable. Connection settings come
+from `tokenpulse.config.Settings` (KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tokenpulse.config import (
+    TOPIC_DLQ,
+    TOPIC_QUOTA_ALERTS,
+    TOPIC_QUOTA_STATE,
+    TOPIC_QUOTAS,
+    TOPIC_USAGE,
+    ClickHouseTarget,
+    Settings,
+    redact_url,
+    tokenpulse_home,
+)
+from tokenpulse.errors import ConfigError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {raw!r}", details={"setting": key})
+
+
+def _num(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{key} must be a number, got {raw!r}", details={"setting": key}
+        ) from None
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The five topics, with an optional prefix/suffix (unique names per test)."""
+
+    usage: str = TOPIC_USAGE
+    dlq: str = TOPIC_DLQ
+    alerts: str = TOPIC_QUOTA_ALERTS
+    state: str = TOPIC_QUOTA_STATE
+    quotas: str = TOPIC_QUOTAS
+
+    @classmethod
+    def with_affixes(cls, prefix: str = "", suffix: str = "") -> TopicNames:
+        return cls(
+            *(
+                f"{prefix}{name}{suffix}"
+                for name in (
+                    TOPIC_USAGE,
+                    TOPIC_DLQ,
+                    TOPIC_QUOTA_ALERTS,
+                    TOPIC_QUOTA_STATE,
+                    TOPIC_QUOTAS,
+                )
+            )
+        )
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything `tokenpulse worker` can be told.
+
+    app_id: TOKENPULSE_WORKER_GROUP; the Faust app id and Kafka consumer group.
+    topics: TOKENPULSE_TOPIC_PREFIX / TOKENPULSE_TOPIC_SUFFIX around the contract names.
+    partitions: TOKENPULSE_TOPIC_PARTITIONS; used when the worker creates topics.
+    replication_factor: TOKENPULSE_TOPIC_REPLICATION.
+    data_dir: TOKENPULSE_WORKER_DATA_DIR; Faust's data dir (no RocksDB, memory store).
+    batch_max_events: TOKENPULSE_BATCH_MAX_EVENTS; records per processing batch.
+    flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS; max wait before a partial batch is written.
+    dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
+    allowed_lateness_s: TOKENPULSE_ALLOWED_LATENESS_S; window lateness before an event is late.
+    verify_signatures: TOKENPULSE_VERIFY_SIGNATURES (default true).
+    keyring_file: TOKENPULSE_KEYRING_FILE; the signing keys (required when verifying).
+    max_record_bytes: TOKENPULSE_MAX_RECORD_BYTES; larger records go to the DLQ.
+    sink_retry_max_s: backoff ceiling while the sink is unavailable (it retries forever).
+    """
+
+    kafka_bootstrap_servers: str
+    clickhouse_url: str = field(repr=False)
+    app_id: str = "tokenpulse-worker"
+    topics: TopicNames = field(default_factory=TopicNames)
+    partitions: int = 12
+    replication_factor: int = 1
+    data_dir: Path = field(default_factory=lambda: tokenpulse_home() / "worker")
+    batch_max_events: int = 2000
+    flush_interval_ms: int = 500
+    dedup_horizon_s: float = 48 * 3600.0
+    allowed_lateness_s: float = 300.0
+    verify_signatures: bool = True
+    keyring_file: Path | None = None
+    max_record_bytes: int = 1_048_576
+    sink_retry_max_s: float = 30.0
+    loglevel: str = "info"
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerSettings(app_id={self.app_id!r}, kafka={self.kafka_bootstrap_servers!r}, "
+            f"clickhouse={redact_url(self.clickhouse_url)!r}, topics={self.topics!r}, "
+            f"verify_signatures={self.verify_signatures})"
+        )
+
+    def clickhouse_target(self) -> ClickHouseTarget:
+        return ClickHouseTarget.parse(self.clickhouse_url)
+
+    def with_(self, **changes: object) -> WorkerSettings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if env is None else env
+        base = Settings.from_env(env)
+        app_id = env.get("TOKENPULSE_WORKER_GROUP") or "tokenpulse-worker"
+        keyring = env.get("TOKENPULSE_KEYRING_FILE")
+        data_dir = env.get("TOKENPULSE_WORKER_DATA_DIR")
+        return cls(
+            kafka_bootstrap_servers=base.kafka_bootstrap_servers,
+            clickhouse_url=base.clickhouse_url,
+            app_id=app_id,
+            topics=TopicNames.with_affixes(
+                env.get("TOKENPULSE_TOPIC_PREFIX", ""), env.get("TOKENPULSE_TOPIC_SUFFIX", "")
+            ),
+            partitions=int(_num(env, "TOKENPULSE_TOPIC_PARTITIONS", 12)),
+            replication_factor=int(_num(env, "TOKENPULSE_TOPIC_REPLICATION", 1)),
+            data_dir=Path(data_dir) if data_dir else tokenpulse_home(env) / "worker" / app_id,
+            batch_max_events=int(_num(env, "TOKENPULSE_BATCH_MAX_EVENTS", 2000)),
+            flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 500)),
+            dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
+            allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),
+            verify_signatures=_bool(env, "TOKENPULSE_VERIFY_SIGNATURES", True),
+            keyring_file=Path(keyring) if keyring else None,
+            max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
+            loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
+        )

@@ -1,0 +1,131 @@
+"""Event-time minute windows per (tenant, model) with allowed lateness.
+
+The watermark of a partition is the highest event time it has seen. A
+minute window is open until the watermark passes its end plus the allowed
+lateness; an event for a closed window is "late": it still lands in
+usage_events (flagged late=True) and is counted, but the in-memory window
+is not reopened. Totals are keyed by event_id, so replays and duplicates
+never change them (the property the unit tests check with hypothesis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+_MINUTE_S = 60
+
+
+def minute_start_s(occurred_at: datetime) -> int:
+    """Epoch seconds of the UTC minute an event falls in (event time decides)."""
+    ts = occurred_at.timestamp()
+    return int(ts // _MINUTE_S) * _MINUTE_S
+
+
+def minute_start(occurred_at: datetime) -> datetime:
+    return datetime.fromtimestamp(minute_start_s(occurred_at), tz=UTC)
+
+
+@dataclass
+class Totals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    events: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def add(self, input_tokens: int, output_tokens: int, cached_input_tokens: int) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.cached_input_tokens += cached_input_tokens
+        self.events += 1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowInput:
+    """The fields of a usage event the windows need."""
+
+    event_id: str
+    tenant_id: str
+    model: str
+    occurred_at: datetime
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+
+
+WindowKey = tuple[str, str, int]  # tenant_id, model, minute start (epoch s)
+
+
+@dataclass
+class MinuteWindows:
+    """Bounded per-partition window state: open minutes only.
+
+    Memory is bounded by (distinct tenant/model pairs) x (open minutes), and
+    open minutes are those within `allowed_lateness_s` of the watermark.
+    """
+
+    allowed_lateness_s: float
+    watermark_s: float | None = None
+    late_events: int = 0
+    _open: dict[WindowKey, Totals] = field(default_factory=dict)
+    _ids: dict[WindowKey, set[str]] = field(default_factory=dict)
+
+    def is_late(self, occurred_at: datetime) -> bool:
+        if self.watermark_s is None:
+            return False
+        end_s = minute_start_s(occurred_at) + _MINUTE_S
+        return end_s + self.allowed_lateness_s <= self.watermark_s
+
+    def add(self, item: WindowInput) -> bool:
+        """Count one event; returns True when it is late (its window has closed)."""
+        if self.is_late(item.occurred_at):
+            self.late_events += 1
+            return True
+        key = (item.tenant_id, item.model, minute_start_s(item.occurred_at))
+        ids = self._ids.setdefault(key, set())
+        if item.event_id not in ids:
+            ids.add(item.event_id)
+            self._open.setdefault(key, Totals()).add(
+                item.input_tokens, item.output_tokens, item.cached_input_tokens
+            )
+        ts = item.occurred_at.timestamp()
+        if self.watermark_s is None or ts > self.watermark_s:
+            self.watermark_s = ts
+        return False
+
+    def close_expired(self) -> dict[WindowKey, Totals]:
+        """Remove and return the windows the watermark has closed."""
+        if self.watermark_s is None:
+            return {}
+        closed = {
+            key: totals
+            for key, totals in self._open.items()
+            if key[2] + _MINUTE_S + self.allowed_lateness_s <= self.watermark_s
+        }
+        for key in closed:
+            del self._open[key]
+            del self._ids[key]
+        return closed
+
+    def open_windows(self) -> dict[WindowKey, Totals]:
+        return dict(self._open)
+
+
+def totals_by_minute(items: Iterable[WindowInput]) -> dict[WindowKey, Totals]:
+    """Exact totals of a set of events, each event_id counted once (no lateness)."""
+    seen: set[str] = set()
+    out: dict[WindowKey, Totals] = {}
+    for item in items:
+        if item.event_id in seen:
+            continue
+        seen.add(item.event_id)
+        key = (item.tenant_id, item.model, minute_start_s(item.occurred_at))
+        out.setdefault(key, Totals()).add(
+            item.input_tokens, item.output_tokens, item.cached_input_tokens
+        )
+    return out

@@ -1,0 +1,90 @@
+"""`tokenpulse worker`: run the stream processors (one Faust worker).
+
+Runs Faust's Worker programmatically (not the faust CLI): topics are created
+first, the sink and the quota feed start, then the Faust app consumes until
+SIGTERM/SIGINT, on which it stops cleanly with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="run the stream processors (validate, dedup, sink, quotas)",
+        description="Consume tokenpulse.usage.v1 and meter it into ClickHouse. "
+        "Configured by KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL and TOKENPULSE_* "
+        "variables (see docs/streams.md); flags override them.",
+    )
+    p.add_argument("--workers-id", dest="app_id", help="Faust app id / consumer group")
+    p.add_argument("--loglevel", default=None, help="debug, info, warning, error")
+    p.add_argument("--topic-prefix", default=None, help="prefix for every topic name")
+    p.add_argument("--topic-suffix", default=None, help="suffix for every topic name")
+    p.add_argument("--partitions", type=int, default=None, help="partitions of created topics")
+    p.add_argument("--data-dir", type=Path, default=None, help="Faust data directory")
+    p.add_argument(
+        "--no-verify-signatures",
+        dest="verify_signatures",
+        action="store_false",
+        default=None,
+        help="accept unsigned records (when broker ACLs authenticate producers)",
+    )
+    p.add_argument(
+        "--keyring", type=Path, default=None, help="keyring file (TOKENPULSE_KEYRING_FILE)"
+    )
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from tokenpulse.streams.settings import TopicNames, WorkerSettings
+
+    env = dict(os.environ)
+    if args.topic_prefix is not None:
+        env["TOKENPULSE_TOPIC_PREFIX"] = args.topic_prefix
+    if args.topic_suffix is not None:
+        env["TOKENPULSE_TOPIC_SUFFIX"] = args.topic_suffix
+    if args.app_id:
+        env["TOKENPULSE_WORKER_GROUP"] = args.app_id
+    s = WorkerSettings.from_env(env)
+    changes: dict[str, Any] = {}
+    if args.partitions is not None:
+        changes["partitions"] = args.partitions
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    if args.verify_signatures is not None:
+        changes["verify_signatures"] = args.verify_signatures
+    if args.keyring is not None:
+        changes["keyring_file"] = args.keyring
+    if args.loglevel:
+        changes["loglevel"] = args.loglevel
+    assert isinstance(s.topics, TopicNames)
+    return s.with_(**changes) if changes else s
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+
+    from tokenpulse.streams.agents import build_worker
+    from tokenpulse.streams.topics import ensure_topics
+
+    code: object = 0
+    settings = _settings(args)
+    # One loop for everything: the runtime's clients must live on the loop
+    # the Faust worker runs.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    app, runtime = build_worker(settings)
+    loop.run_until_complete(runtime.start())
+    worker = faust.Worker(app, loop=loop, loglevel=settings.loglevel, quiet=True)
+    try:
+        worker.execute_from_commandline()  # returns only by raising SystemExit
+    except SystemExit as exc:
+        code = exc.code
+    return code if isinstance(code, int) else (0 if code is None else 1)
