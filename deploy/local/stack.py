@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -148,7 +150,29 @@ class LocalStack:
             for node in started:
                 node.stop()
             raise errors[0]
+        self._create_database()
         self._write_connection_file()
+
+    def _create_database(self) -> None:
+        """Make the database CLICKHOUSE_URL names exist, so that URL works at once.
+
+        Idempotent; the schema itself is `tokenpulse db migrate`'s job.
+        """
+        c = self.clickhouse.config
+        request = urllib.request.Request(
+            f"http://{c.host}:{c.port}/",
+            data=f"CREATE DATABASE IF NOT EXISTS {DATABASE}".encode(),
+            headers={"X-ClickHouse-User": c.user, "X-ClickHouse-Key": c.password},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+                resp.read()
+        except (OSError, urllib.error.URLError) as exc:
+            raise LocalStackError(
+                f"the ClickHouse endpoint is up but creating database {DATABASE!r} failed: "
+                f"{exc}; see {self.clickhouse.log_path}",
+            ) from exc
 
     def _write_connection_file(self) -> None:
         path = self.connection_file
