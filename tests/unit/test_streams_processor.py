@@ -1,0 +1,137 @@
+"""The batch pipeline without a broker: DLQ reasons, dedup, restart, commit order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from tokenpulse.schemas import UsageEvent, decode_dlq_record
+from tokenpulse.schemas.usage import encode_usage_event
+from tokenpulse.sinks.base import SinkBatch, UsageSink
+from tokenpulse.streams.processor import InRecord, UsageProcessor
+
+T = "usage"
+
+
+class MemorySink(UsageSink):
+    """An exact in-memory store with the sink contract (idempotent per token)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+        self.tokens: set[str] = set()
+        self.fail_next = 0
+
+    async def write(self, batch: SinkBatch) -> None:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("store down")
+        if batch.token not in self.tokens:
+            self.tokens.add(batch.token)
+            self.rows += batch.events
+
+    async def last_offsets(self, topic: str, partitions: Collection[int]) -> Mapping[int, int]:
+        out: dict[int, int] = {}
+        for r in self.rows:
+            if r.topic == topic and r.partition in partitions:
+                out[r.partition] = max(out.get(r.partition, -1), r.offset)
+        return out
+
+    async def existing_event_ids(
+        self, tenant_id: str, event_ids: Collection[str], since: datetime
+    ) -> set[str]:
+        ids = set(event_ids)
+        return {
+            r.event.event_id
+            for r in self.rows
+            if r.event.tenant_id == tenant_id and r.event.event_id in ids
+        }
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        self.messages.append((topic, key, value))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def _proc(sink: MemorySink, sent: Sent, commits: list[Mapping[int, int]]) -> UsageProcessor:
+    async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    return UsageProcessor(
+        sink=sink,
+        producer=sent,
+        committer=commit,
+        dlq_topic="dlq",
+        keyring=None,
+        sink_retry_max_s=0.01,
+    )
+
+
+def _ev(i: int, tenant: str = "acme") -> bytes:
+    return encode_usage_event(
+        UsageEvent(
+            event_id=f"e{i}",
+            tenant_id=tenant,
+            occurred_at=datetime.now(UTC),
+            model="m",
+            input_tokens=10,
+            output_tokens=1,
+        )
+    )
+
+
+def _recs(values: list[bytes | None], start: int = 0, partition: int = 0) -> list[InRecord]:
+    return [InRecord(T, partition, start + n, b"acme", v) for n, v in enumerate(values)]
+
+
+async def test_bad_records_go_to_dlq_and_the_rest_is_written() -> None:
+    sink, sent, commits = MemorySink(), Sent(), []
+    p = _proc(sink, sent, commits)
+    await p.process(_recs([_ev(1), b"{bad", None, b'{"event_id":"x"}', _ev(2)]))
+    assert sorted(r.event.event_id for r in sink.rows) == ["e1", "e2"]
+    reasons = sorted(decode_dlq_record(v).reason for t, _, v in sent.messages if t == "dlq")
+    assert reasons == ["malformed_json", "malformed_json", "missing_field"]
+    assert commits == [{0: 5}]
+
+
+async def test_duplicates_in_batch_across_batches_and_after_restart_count_once() -> None:
+    sink, sent, commits = MemorySink(), Sent(), []
+    p = _proc(sink, sent, commits)
+    await p.process(_recs([_ev(1), _ev(1), _ev(2)]))
+    await p.process(_recs([_ev(2), _ev(3)], start=3))
+    # a restart: new processor, same durable store; the replay and a late duplicate
+    p2 = _proc(sink, sent, commits)
+    await p2.process(_recs([_ev(1), _ev(1), _ev(2), _ev(2), _ev(3), _ev(1)]))
+    assert sorted(r.event.event_id for r in sink.rows) == ["e1", "e2", "e3"]
+    assert p2.counters.replayed_skipped == 5
+    assert p2.counters.duplicates == 1
+
+
+async def test_commit_only_after_the_write_succeeded() -> None:
+    sink, sent, commits = MemorySink(), Sent(), []
+    sink.fail_next = 3
+    p = _proc(sink, sent, commits)
+    await p.process(_recs([_ev(1), _ev(2)]))
+    assert p.counters.sink_retries == 3
+    assert [r.event.event_id for r in sink.rows] == ["e1", "e2"]
+    assert commits == [{0: 2}]
+
+
+async def test_revoked_partition_is_rebuilt_from_the_store() -> None:
+    sink, sent, commits = MemorySink(), Sent(), []
+    p = _proc(sink, sent, commits)
+    await p.process(_recs([_ev(1)], partition=1))
+    await p.on_revoked([(T, 1)])
+    # meanwhile another worker wrote offset 1 of partition 1
+    other = _proc(sink, sent, [])
+    await other.process(_recs([_ev(1), _ev(2)], partition=1))
+    await p.process(_recs([_ev(1), _ev(2), _ev(3)], partition=1))
+    assert sorted(r.event.event_id for r in sink.rows) == ["e1", "e2", "e3"]

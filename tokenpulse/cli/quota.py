@@ -1,0 +1,162 @@
+"""`tokenpulse quota`: manage quota definitions on tokenpulse.quotas.v1.
+
+Definitions live on the compacted quotas topic (key tenant|quota_id, a
+tombstone deletes); every worker follows the topic, so changes apply
+without a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tokenpulse.errors import ConfigError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("quota", help="set, list, delete and load quota definitions")
+    sub = p.add_subparsers(dest="quota_cmd", metavar="CMD")
+    s = sub.add_parser("set", help="create or replace a quota")
+    s.add_argument("--tenant", required=True)
+    s.add_argument("--metric", choices=("input", "output", "total"), default="total")
+    s.add_argument("--period", choices=("minute", "hour", "day", "month"), default="day")
+    s.add_argument("--limit", type=int, required=True)
+    s.add_argument("--model", default=None)
+    s.add_argument("--thresholds", default="50,80,100", help="percentages, comma-separated")
+    s.add_argument("--hard", action="store_true", help="the edge blocks once exceeded")
+    s.add_argument("--timezone", default="UTC")
+    s.add_argument("--id", dest="quota_id", default=None)
+    s.set_defaults(func=_set)
+    ls = sub.add_parser("list", help="list current quotas")
+    ls.add_argument("--format", choices=("text", "json"), default="text")
+    ls.set_defaults(func=_list)
+    d = sub.add_parser("delete", help="delete a quota by id")
+    d.add_argument("quota_id")
+    d.set_defaults(func=_delete)
+    ld = sub.add_parser("load", help="load [[quota]] tables from a TOML file")
+    ld.add_argument("file", type=Path)
+    ld.set_defaults(func=_load)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _settings() -> Any:
+    from tokenpulse.streams.settings import WorkerSettings
+
+    return WorkerSettings.from_env()
+
+
+async def _publish(items: list[tuple[bytes, bytes | None]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from tokenpulse.streams.topics import ensure_topics
+
+    settings = _settings()
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(settings.topics.quotas, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def _current() -> dict[bytes, Any]:
+    from tokenpulse.streams.quota_feed import QuotaFeed
+    from tokenpulse.streams.quotas import QuotaEngine
+    from tokenpulse.streams.topics import ensure_topics
+
+    settings = _settings()
+    await ensure_topics(settings)
+    engine = QuotaEngine(None, alerts_topic="", state_topic="")  # type: ignore[arg-type]
+    feed = QuotaFeed(
+        engine,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        quotas_topic=settings.topics.quotas,
+        state_topic=settings.topics.state,
+    )
+    await feed.start()
+    await feed.stop()
+    return dict(engine.definitions)
+
+
+def _definition(raw: dict[str, Any]) -> tuple[bytes, bytes]:
+    import msgspec
+
+    from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
+
+    raw = dict(raw)
+    raw.setdefault("quota_id", f"q-{uuid.uuid4().hex[:12]}")
+    try:
+        q = msgspec.convert(raw, QuotaDefinition)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"invalid quota definition: {exc}") from None
+    return quota_state_key(q.tenant_id, q.quota_id), encode_quota_definition(q)
+
+
+def _set(args: argparse.Namespace) -> int:
+    try:
+        thresholds = tuple(int(t) for t in args.thresholds.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--thresholds must be integers like 50,80,100, got {args.thresholds!r}"
+        ) from None
+    raw = {
+        "tenant_id": args.tenant,
+        "metric": args.metric,
+        "period": args.period,
+        "limit": args.limit,
+        "model": args.model,
+        "thresholds_pct": thresholds,
+        "hard": args.hard,
+        "timezone": args.timezone,
+    }
+    if args.quota_id:
+        raw["quota_id"] = args.quota_id
+    key, value = _definition(raw)
+    asyncio.run(_publish([(key, value)]))
+    print(key.decode().split("|", 1)[1])
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import msgspec
+
+    defs = asyncio.run(_current())
+    if args.format == "json":
+        sys.stdout.write(msgspec.json.encode(list(defs.values())).decode() + "\n")
+        return 0
+    for q in defs.values():
+        print(
+            f"{q.quota_id}\t{q.tenant_id}\t{q.metric}/{q.period}\t{q.limit}\t"
+            f"model={q.model or '*'}\t"
+            f"{','.join(map(str, q.thresholds_pct))}\t{'hard' if q.hard else 'soft'}\t{q.timezone}"
+        )
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    defs = asyncio.run(_current())
+    keys = [k for k, q in defs.items() if q.quota_id == args.quota_id]
+    if not keys:
+        raise ConfigError(f"no quota with id {args.quota_id!r}; see `tokenpulse quota list`")
+    asyncio.run(_publish([(k, None) for k in keys]))
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    try:
+        data = tomllib.loads(args.file.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc}") from None
+    items = [_definition(raw) for raw in data.get("quota", [])]
+    if not items:
+        raise ConfigError(f"{args.file} has no [[quota]] tables")
+    asyncio.run(_publish(list(items)))
+    print(f"loaded {len(items)} quotas")
+    return 0
