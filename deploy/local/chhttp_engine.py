@@ -40,7 +40,6 @@ SESSION_WAIT_S = 30.0
 MAX_IDLE_HANDLES = 8
 # Entries a data dir may hold besides the engine's own: the launcher's pid and log.
 _OUR_ENTRY_PREFIXES = (".tokenpulse", "tokenpulse-")
-_ENGINE_ENTRIES = frozenset({"metadata", "store", "data", "tmp", "user_files", "user_scripts"})
 
 
 class DataDirError(Exception):
@@ -49,6 +48,30 @@ class DataDirError(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+# What the engine itself creates in its data directory (a fresh one holds
+# only tmp/ and status until the first database is created).
+_ENGINE_ENTRIES = frozenset(
+    {
+        "access",
+        "data",
+        "dictionaries_lib",
+        "flags",
+        "format_schemas",
+        "metadata",
+        "metadata_dropped",
+        "named_collections",
+        "preprocessed_configs",
+        "status",
+        "store",
+        "tmp",
+        "user_defined",
+        "user_files",
+        "user_scripts",
+        "uuid",
+    }
+)
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -60,19 +83,13 @@ def lock_data_dir(data_dir: Path) -> int:
         )
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        entries = {p.name for p in data_dir.iterdir()}
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise DataDirError(
             f"cannot use --data-dir {data_dir}: {exc.strerror}", EXIT_FOREIGN_DIR
         ) from None
-    foreign = {e for e in entries if not e.startswith(_OUR_ENTRY_PREFIXES)}
-    if foreign and not foreign & {"metadata", "store"}:
-        raise DataDirError(
-            f"--data-dir {data_dir} holds files that are not a ClickHouse data directory "
-            f"({', '.join(sorted(foreign)[:3])}); pass an empty or tokenpulse-owned directory",
-            EXIT_FOREIGN_DIR,
-        )
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    # Lock before looking inside: a directory another process is filling
+    # right now is "owned", not "foreign".
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -83,6 +100,17 @@ def lock_data_dir(data_dir: Path) -> int:
             f"stop it (kill {owner}) or pass another --data-dir",
             EXIT_DIR_OWNED,
         ) from None
+    entries = {p.name for p in data_dir.iterdir()}
+    foreign = {
+        e for e in entries if not e.startswith(_OUR_ENTRY_PREFIXES) and e not in _ENGINE_ENTRIES
+    }
+    if foreign:
+        os.close(fd)
+        raise DataDirError(
+            f"--data-dir {data_dir} holds files that are not a ClickHouse data directory "
+            f"({', '.join(sorted(foreign)[:3])}); pass an empty or tokenpulse-owned directory",
+            EXIT_FOREIGN_DIR,
+        )
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
