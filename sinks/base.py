@@ -1,0 +1,80 @@
+"""The one small interface between the stream processors and any sink.
+
+A sink receives accepted, already de-duplicated events in batches, one
+batch per topic-partition offset range, and makes them durable. The
+processors commit a Kafka offset only after `write` for the batch that
+contains it has returned. A sink knows nothing of Faust.
+
+Contract of `write`:
+- on return the batch is durable (e.g. ClickHouse acknowledged the insert);
+- writing the same batch again (same `token`) changes nothing;
+- batches of one partition are written in offset order, so after a crash
+  `last_offsets()` tells the processor which offsets are already durable
+  and must not be applied again;
+- a slow or unreachable store raises `SinkBackpressure` (retry after the
+  given delay) or `ServiceUnavailable`; never a silent drop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from tokenpulse.schemas import UsageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedEvent:
+    """One accepted event and where it came from."""
+
+    event: UsageEvent
+    topic: str
+    partition: int
+    offset: int
+    ingested_at: datetime
+    late: bool = False  # arrived after its window's allowed lateness
+
+
+@dataclass(frozen=True, slots=True)
+class SinkBatch:
+    """Accepted events of one topic-partition offset range [first, last]."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    events: Sequence[AcceptedEvent]
+
+    @property
+    def token(self) -> str:
+        """Deterministic idempotency token: the same range always maps to it."""
+        return f"{self.topic}/{self.partition}/{self.first_offset}-{self.last_offset}"
+
+
+class UsageSink(abc.ABC):
+    """Where accepted usage becomes durable."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections; called once before the first write."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; pending writes are not the sink's to keep."""
+
+    @abc.abstractmethod
+    async def write(self, batch: SinkBatch) -> None:
+        """Make the batch durable; idempotent per `batch.token`."""
+
+    @abc.abstractmethod
+    async def last_offsets(self, topic: str, partitions: Collection[int]) -> Mapping[int, int]:
+        """Highest durable offset per partition (partitions never written are absent)."""
+
+    @abc.abstractmethod
+    async def existing_event_ids(
+        self, tenant_id: str, event_ids: Collection[str], since: datetime
+    ) -> set[str]:
+        """Which of these ids of this tenant are already durable (ingested after `since`).
+
+        The exact confirmation behind a probabilistic dedup filter.
+        """
