@@ -1,0 +1,143 @@
+"""SDK benchmark: record() cost in the caller and throughput against a bare aiokafka producer.
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python bench/sdk_bench.py [--events N]
+
+Prints one table. Timing is wall-clock on whatever else the machine is doing,
+so compare runs on the same machine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tokenpulse.sdk import ProducerConfig, SyncUsageProducer, UsageProducer
+from tokenpulse.sdk._pipeline import compression_type
+from tokenpulse.sdk._record import build_event
+
+CALLS_PER_SAMPLE = 1_000
+TENANTS = [f"tenant-{i}" for i in range(16)]
+
+
+def _kwargs(i: int) -> dict[str, object]:
+    return {
+        "tenant_id": TENANTS[i % len(TENANTS)],
+        "model": "gpt-4o",
+        "input_tokens": 1200,
+        "output_tokens": 300,
+        "cached_input_tokens": 1000,
+        "agent_id": "agent-7",
+    }
+
+
+def _percentiles(samples_ns: list[float]) -> tuple[float, float]:
+    samples_ns.sort()
+    return statistics.median(samples_ns), samples_ns[int(len(samples_ns) * 0.99) - 1]
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+def sync_record_cost(config: ProducerConfig, events: int) -> tuple[float, float]:
+    """Per-call ns of SyncUsageProducer.record, averaged per batch of calls."""
+    samples: list[float] = []
+    kw = _kwargs(0)
+    with SyncUsageProducer(config) as producer:
+        for _ in range(max(events // CALLS_PER_SAMPLE, 10)):
+            t0 = time.perf_counter_ns()
+            for _ in range(CALLS_PER_SAMPLE):
+                producer.record(**kw)  # type: ignore[arg-type]
+            samples.append((time.perf_counter_ns() - t0) / CALLS_PER_SAMPLE)
+        producer.close(timeout_s=120)
+    return _percentiles(samples)
+
+
+async def async_record_cost(config: ProducerConfig, events: int) -> tuple[float, float]:
+    samples: list[float] = []
+    kw = _kwargs(0)
+    async with UsageProducer(config) as producer:
+        for _ in range(max(events // CALLS_PER_SAMPLE, 10)):
+            t0 = time.perf_counter_ns()
+            for _ in range(CALLS_PER_SAMPLE):
+                await producer.record(**kw)  # type: ignore[arg-type]
+            samples.append((time.perf_counter_ns() - t0) / CALLS_PER_SAMPLE)
+            await asyncio.sleep(0)  # let the drain task run, as an agent's awaits would
+        await producer.flush(timeout_s=120)
+    return _percentiles(samples)
+
+
+async def sdk_throughput(config: ProducerConfig, events: int) -> float:
+    async with UsageProducer(config) as producer:
+        t0 = time.perf_counter()
+        for i in range(events):
+            await producer.record(**_kwargs(i))  # type: ignore[arg-type]
+            if i % 1000 == 0:
+                await asyncio.sleep(0)
+        report = await producer.flush(timeout_s=300)
+        elapsed = time.perf_counter() - t0
+    assert report.ok, report.undelivered_count
+    return events / elapsed
+
+
+async def bare_throughput(config: ProducerConfig, events: int) -> float:
+    values = [(_kwargs(i)["tenant_id"], build_event(**_kwargs(i))[1]) for i in range(events)]  # type: ignore[arg-type]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=config.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=compression_type(config),
+        linger_ms=config.linger_ms,
+        max_batch_size=config.max_batch_bytes,
+    )
+    await producer.start()
+    try:
+        t0 = time.perf_counter()
+        futures = [
+            await producer.send(config.topic, value, key=str(tenant).encode())
+            for tenant, value in values
+        ]
+        await asyncio.gather(*futures)
+        return events / (time.perf_counter() - t0)
+    finally:
+        await producer.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create_topic(bootstrap, topic))
+    config = ProducerConfig(bootstrap_servers=bootstrap, topic=topic, buffer_max_events=1_000_000)
+    n = args.events
+    sync_med, sync_p99 = sync_record_cost(config, n)
+    async_med, async_p99 = asyncio.run(async_record_cost(config, n))
+    sdk_eps = asyncio.run(sdk_throughput(config, n))
+    bare_eps = asyncio.run(bare_throughput(config, n))
+    print(f"events={n} compression={compression_type(config)} topic={topic}")
+    print(f"{'measure':<44}{'value':>14}")
+    print(f"{'SyncUsageProducer.record() median ns/call':<44}{sync_med:>14.0f}")
+    print(f"{'SyncUsageProducer.record() p99 ns/call':<44}{sync_p99:>14.0f}")
+    print(f"{'await UsageProducer.record() median ns/call':<44}{async_med:>14.0f}")
+    print(f"{'await UsageProducer.record() p99 ns/call':<44}{async_p99:>14.0f}")
+    print(f"{'SDK throughput events/s (record->acked)':<44}{sdk_eps:>14.0f}")
+    print(f"{'bare aiokafka send() events/s, same bytes':<44}{bare_eps:>14.0f}")
+    print(f"{'SDK / bare ratio':<44}{sdk_eps / bare_eps:>14.2f}")
+
+
+if __name__ == "__main__":
+    main()
