@@ -157,5 +157,5 @@ class Settings:
             elif dev.get(key):
                 values[f.name] = dev[key]
         settings = cls(**values)
-        settings.clickhouse  # validate early: a bad URL fails here, not mid-run
+        _ = settings.clickhouse  # validate early: a bad URL fails here, not mid-run
         return settings

@@ -22,11 +22,12 @@ from tokenpulse.schemas import UsageEvent
 _ORGS = ("acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell")
 _DEPARTMENTS = ("research", "support", "sales", "platform")
 # (model, provider, mean input tokens, mean output tokens) per call
+# The models of examples/pricebook.toml and examples/serving.toml, so that
+# every simulated event can be billed and sized.
 _MODELS = (
-    ("gpt-5.1", "openai", 2400, 600),
-    ("claude-sonnet-4.5", "anthropic", 3200, 800),
-    ("llama-4-70b", "self-hosted", 1600, 400),
-    ("mistral-large-3", "mistral", 1200, 300),
+    ("frontier-large", "openai", 2400, 600),
+    ("research-xl", "anthropic", 3200, 800),
+    ("small-fast", "self-hosted", 1600, 400),
 )
 _REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
 _MALFORMED = (
@@ -71,7 +72,7 @@ class FleetConfig:
     malformed_pct: float = 0.5
     late_pct: float = 0.5
     late_by_s: float = 3600.0
-    span_s: float = 600.0
+    span_s: float = 120.0  # inside the worker's default allowed lateness (300 s)
     end: datetime = field(default_factory=lambda: datetime.now(UTC))
     seed: int = 7
 
