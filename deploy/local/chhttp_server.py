@@ -29,6 +29,7 @@ from tokenpulse.local.chhttp_body import (
     read_body,
 )
 from tokenpulse.local.chhttp_engine import Engine, Handle, Summary
+from tokenpulse.local.chhttp_form import MAX_FORM_BYTES, apply_form, is_form, parse_form
 from tokenpulse.local.chhttp_protocol import (
     BAD_ARGUMENTS,
     NOT_IMPLEMENTED,
@@ -218,6 +219,12 @@ class _Handler(BaseHTTPRequestHandler):
         body: IO[bytes] | None = None
         if self._raw is not None:
             body = open_body(self._raw, self.headers.get("Content-Encoding"))
+        content_type = self.headers.get("Content-Type")
+        if body is not None and is_form(content_type):
+            # The query and its parameters travel as form fields; no data follows.
+            data = read_body(body, MAX_FORM_BYTES + 1)
+            apply_form(params, parse_form(data, content_type or ""))
+            body = None
         head = params.query.encode("utf-8")
         eof = body is None
         if body is not None:

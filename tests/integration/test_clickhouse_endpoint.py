@@ -299,6 +299,34 @@ async def test_async_client(endpoint: Endpoint) -> None:
         await client.close()
 
 
+def test_long_bound_parameters_travel_as_multipart_form(endpoint: Endpoint) -> None:
+    # Over 4 KiB of bound values, clickhouse-connect sends the query and its
+    # param_* fields as multipart/form-data instead of URL parameters.
+    ids = [f"evt-{i:06d}-'quoted'" for i in range(400)]
+    client = endpoint.client()
+    try:
+        rows = client.query(
+            "SELECT count(), max(x) FROM (SELECT arrayJoin({ids:Array(String)}) AS x) "
+            "WHERE x != {skip:String}",
+            parameters={"ids": ids, "skip": ids[0]},
+        ).result_rows
+    finally:
+        client.close()
+    assert rows == [(399, ids[-1])]
+
+
+async def test_long_bound_parameters_async_client(endpoint: Endpoint) -> None:
+    ids = [f"tenant/{i:06d}" for i in range(500)]
+    client = await clickhouse_connect.get_async_client(
+        host="127.0.0.1", port=endpoint.port, username="default", password=PASSWORD
+    )
+    try:
+        result = await client.query("SELECT length({ids:Array(String)})", parameters={"ids": ids})
+        assert result.result_rows == [(500,)]
+    finally:
+        await client.close()
+
+
 def test_persistence_and_single_owner(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = _start(data_dir)
