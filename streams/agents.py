@@ -7,6 +7,7 @@ everything before them in the same partition is durable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -53,13 +54,22 @@ def build_worker(
     async def usage(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max_events, within=within_s):
             assert runtime.processor is not None, "Runtime.start() must run before the worker"
-            await runtime.processor.process([_record(e) for e in events])
+            try:
+                await runtime.processor.process([_record(e) for e in events])
+            except Exception as exc:
+                runtime.fatal(exc, "a usage batch")
+                # Never return or raise: Faust would restart the agent on the
+                # next records and commit past this batch. Wait to be stopped.
+                await asyncio.Event().wait()
 
     app.agent(usage_topic, name="tokenpulse.usage", concurrency=1)(usage)
 
     async def tick() -> None:
-        if runtime.processor is not None:
-            await runtime.processor.tick()
+        if runtime.processor is not None and runtime.exit_code is None:
+            try:
+                await runtime.processor.tick()
+            except Exception as exc:
+                runtime.fatal(exc, "the quota timer")
 
     app.timer(TICK_INTERVAL_S)(tick)
 

@@ -10,7 +10,7 @@ batch's sink write and broker acknowledgements returned.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from tokenpulse.sinks.base import UsageSink
 from tokenpulse.streams.processor import UsageProcessor
 from tokenpulse.streams.quota_feed import QuotaFeed
 from tokenpulse.streams.quotas import QuotaEngine
+from tokenpulse.streams.retry import FlowControl
 from tokenpulse.streams.settings import WorkerSettings
 from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageReader
 
@@ -56,6 +57,30 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     )
 
 
+EXIT_FATAL = 70  # EX_SOFTWARE: the worker stopped on an error retrying could not fix
+
+
+class FaustFlow(FlowControl):
+    """Pauses fetching of the usage topic's assigned partitions on Faust's consumer."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self.app = app
+        self.topic = topic
+
+    def _tps(self) -> set[TP]:
+        consumer: Any = self.app.consumer
+        return {tp for tp in consumer.assignment() if tp.topic == self.topic}
+
+    def pause(self) -> None:
+        # Faust keeps polling (group membership and heartbeats stay healthy) but
+        # hands out no records of paused partitions, and aiokafka prefetches at
+        # most one fetch per partition: memory stays bounded during an outage.
+        self.app.consumer.pause_partitions(self._tps())
+
+    def resume(self) -> None:
+        self.app.consumer.resume_partitions(self._tps())
+
+
 class FaustProducer:
     """The processor's Producer on the Faust app's producer (acks=all)."""
 
@@ -78,6 +103,9 @@ class Runtime:
     engine: QuotaEngine | None = None
     feed: QuotaFeed | None = None
     processor: UsageProcessor | None = field(default=None)
+    # Called once on a fatal error; the CLI stops the Faust worker from it.
+    on_fatal: Callable[[], None] | None = None
+    exit_code: int | None = None
 
     def keyring(self) -> Keyring | None:
         s = self.settings
@@ -100,6 +128,29 @@ class Runtime:
         # Faust's own commit path only commits acked messages; this topic has
         # acks disabled, so commit the offsets the processor proved durable.
         return bool(await consumer._commit(tps))
+
+    def fatal(self, exc: BaseException, where: str) -> None:
+        """Stop the worker with EXIT_FATAL: never keep running with a batch that failed.
+
+        A Faust agent that raises is restarted by its supervisor with the
+        next records, so the failed batch's offsets would be committed past:
+        data loss. Exiting leaves them uncommitted; the restarted worker (or
+        another group member) replays them.
+        """
+        if self.exit_code is not None:
+            return
+        self.exit_code = EXIT_FATAL
+        log.critical(
+            "worker stopping: %s failed with %s: %s; the batch stays uncommitted and is "
+            "replayed after a restart; exiting with code %d",
+            where,
+            type(exc).__name__,
+            exc,
+            EXIT_FATAL,
+            exc_info=exc,
+        )
+        if self.on_fatal is not None:
+            self.on_fatal()
 
     async def start(self) -> UsageProcessor:
         s = self.settings
@@ -130,6 +181,7 @@ class Runtime:
             allowed_lateness_s=s.allowed_lateness_s,
             max_record_bytes=s.max_record_bytes,
             sink_retry_max_s=s.sink_retry_max_s,
+            flow=FaustFlow(self.app, s.topics.usage),
         )
         return self.processor
 

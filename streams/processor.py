@@ -28,6 +28,7 @@ from tokenpulse.schemas.usage import UsageEvent, decode_usage_record
 from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
 from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
+from tokenpulse.streams.retry import FlowControl, SinkRetrier
 from tokenpulse.streams.windows import MinuteWindows, WindowInput
 
 log = logging.getLogger("tokenpulse.streams.processor")
@@ -100,6 +101,7 @@ class UsageProcessor:
         max_record_bytes: int = 1_048_576,
         sink_retry_max_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        flow: FlowControl | None = None,
     ) -> None:
         self.sink = sink
         self.producer = producer
@@ -117,6 +119,15 @@ class UsageProcessor:
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._retired: dict[tuple[str, int], _Partition] = {}
         self.stopping = False
+        # Set when a batch failed in a way retrying cannot fix: no later batch
+        # may run (its commit would move past the failed batch's offsets).
+        self.failed: BaseException | None = None
+        self.retrier = SinkRetrier(
+            max_backoff_s=sink_retry_max_s, flow=flow, on_retry=self._count_retry
+        )
+
+    def _count_retry(self, what: str, exc: BaseException) -> None:
+        self.counters.sink_retries += 1
 
     # -- rebalance ------------------------------------------------------------------
     async def on_revoked(self, partitions: Collection[tuple[str, int]]) -> None:
@@ -156,8 +167,22 @@ class UsageProcessor:
 
     # -- the batch ------------------------------------------------------------------
     async def process(self, records: Sequence[InRecord]) -> None:
+        """Make one batch durable and commit it; a non-retriable failure propagates."""
         async with self.lock:
-            await self._process_locked(records)
+            self._refuse_if_failed()
+            try:
+                await self._process_locked(records)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                self.failed = exc
+                raise
+
+    def _refuse_if_failed(self) -> None:
+        if self.failed is not None:
+            raise RuntimeError(
+                f"processor stopped after an earlier failure ({self.failed!r}); restart the worker"
+            ) from self.failed
 
     async def _process_locked(self, records: Sequence[InRecord]) -> None:
         groups: dict[tuple[str, int], list[InRecord]] = {}
@@ -214,6 +239,7 @@ class UsageProcessor:
         if self.quotas is None:
             return
         async with self.lock:
+            self._refuse_if_failed()
             outs = await self.quotas.check(())
             outs += await self.quotas.roll_periods()
             futures = [await self.producer.send(o.topic, o.key, o.value) for o in outs]
@@ -328,18 +354,8 @@ class UsageProcessor:
         await self._retrying(f"write of {batch.token}", lambda: self.sink.write(batch))
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[_R]]) -> _R:
-        delay_s = 0.1
-        while True:
-            try:
-                return await call()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Never drop, never skip: the offsets stay uncommitted until it works.
-                self.counters.sink_retries += 1
-                log.warning("sink %s failed (%s); retrying in %.1fs", what, exc, delay_s)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, self.sink_retry_max_s)
+        # Never drop, never skip: the offsets stay uncommitted until it works.
+        return await self.retrier.call(f"sink {what}", call)
 
 
 def _window_input(ev: UsageEvent) -> WindowInput:

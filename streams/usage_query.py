@@ -10,11 +10,15 @@ be rebuilt.
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime
 from typing import Any, Protocol
 
 from tokenpulse.config import ClickHouseTarget
 from tokenpulse.streams.quota_logic import Usage
+from tokenpulse.streams.retry import is_retriable
+
+log = logging.getLogger("tokenpulse.streams.usage_query")
 
 
 class UsageReader(Protocol):
@@ -73,9 +77,13 @@ class ClickHouseUsageReader:
             try:
                 result = await self._client.query(sql, parameters=params)
                 break
-            except Exception:
+            except Exception as exc:
                 # Quota checks sit before the offset commit: wait for the store
                 # rather than skip the check (the batch is already durable).
+                # A wrong query is a bug, not an outage: let it stop the worker.
+                if not is_retriable(exc):
+                    raise
+                log.warning("usage query failed (%s); retrying in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)
         row = result.result_rows[0]

@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
+
+FATAL_STOP_GRACE_S = 30.0
 
 
 def register(subparsers: Any) -> None:
@@ -83,8 +87,23 @@ def run(args: argparse.Namespace) -> int:
     app, runtime = build_worker(settings)
     loop.run_until_complete(runtime.start())
     worker = faust.Worker(app, loop=loop, loglevel=settings.loglevel, quiet=True)
+    runtime.on_fatal = lambda: _stop_after_fatal(loop, runtime.exit_code or 1)
     try:
         worker.execute_from_commandline()  # returns only by raising SystemExit
     except SystemExit as exc:
         code = exc.code
+    if runtime.exit_code is not None:
+        return runtime.exit_code
     return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+def _stop_after_fatal(loop: asyncio.AbstractEventLoop, exit_code: int) -> None:
+    """Stop like on SIGTERM (clean leave of the group), with a hard exit as backstop.
+
+    The backstop covers a shutdown that hangs (e.g. on a store that never
+    answers): a supervisor can only restart a process that exited.
+    """
+    loop.call_soon(os.kill, os.getpid(), signal.SIGTERM)
+    timer = threading.Timer(FATAL_STOP_GRACE_S, os._exit, (exit_code,))
+    timer.daemon = True
+    timer.start()
