@@ -92,11 +92,26 @@ class QuotaState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def quota_alert_id(
-    tenant_id: str, quota_id: str, period_start: datetime, threshold_pct: int
+    tenant_id: str, quota_id: str, period_start: datetime, threshold_pct: int, limit: Amount
 ) -> str:
-    """Deterministic alert id: the same crossing always gets the same id."""
-    material = "\x1f".join((tenant_id, quota_id, period_start.isoformat(), str(threshold_pct)))
+    """Deterministic alert id: the same crossing always gets the same id.
+
+    The limit is part of the crossing: after a limit raise in the same
+    period, crossing a threshold again is a new alert (consumers that dedupe
+    by alert_id must not drop it). Equal limits hash alike whatever their
+    spelling (100, Decimal("100.00")), so replays keep the id.
+    """
+    material = "\x1f".join(
+        (tenant_id, quota_id, period_start.isoformat(), str(threshold_pct), _canonical(limit))
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _canonical(amount: Amount) -> str:
+    if isinstance(amount, Decimal):
+        # normalize() drops trailing zeros; "f" avoids exponents (1E+2 -> "100").
+        return format(amount.normalize(), "f")
+    return str(amount)
 
 
 def quota_state_key(tenant_id: str, quota_id: str) -> bytes:

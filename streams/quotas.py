@@ -143,7 +143,7 @@ class QuotaEngine:
             )
             for pct in result.newly_crossed:
                 alert = QuotaAlert(
-                    alert_id=quota_alert_id(d.tenant_id, d.quota_id, start, pct),
+                    alert_id=quota_alert_id(d.tenant_id, d.quota_id, start, pct, d.limit),
                     tenant_id=d.tenant_id,
                     quota_id=d.quota_id,
                     period_start=start,

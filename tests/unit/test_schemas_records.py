@@ -90,11 +90,14 @@ def test_quota_definition_rejects(raw: bytes) -> None:
 
 
 def test_alert_id_is_deterministic_and_distinct() -> None:
-    a = quota_alert_id("acme", "q1", T0, 80)
-    assert a == quota_alert_id("acme", "q1", T0, 80)
-    assert (
-        len({a, quota_alert_id("acme", "q1", T0, 100), quota_alert_id("acme", "q2", T0, 80)}) == 3
-    )
+    a = quota_alert_id("acme", "q1", T0, 80, 1000)
+    assert a == quota_alert_id("acme", "q1", T0, 80, 1000)
+    others = {
+        quota_alert_id("acme", "q1", T0, 100, 1000),
+        quota_alert_id("acme", "q2", T0, 80, 1000),
+        quota_alert_id("acme", "q1", T0, 80, 2000),  # a raised limit is a new crossing
+    }
+    assert len({a, *others}) == 4
     alert = QuotaAlert(
         alert_id=a,
         tenant_id="acme",

@@ -1,0 +1,91 @@
+"""The quota engine with an in-memory usage reader: alert ids, limit raises, replays."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from tokenpulse.schemas import QuotaDefinition, decode_quota_alert, decode_quota_state
+from tokenpulse.schemas.quota import quota_alert_id, quota_state_key
+from tokenpulse.streams.quota_logic import Usage, period_bounds
+from tokenpulse.streams.quotas import QuotaEngine, Touch
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+class Reader:
+    def __init__(self) -> None:
+        self.input_tokens = 0
+
+    async def usage(
+        self, tenant_prefix: str, model: str | None, start: datetime, end: datetime
+    ) -> Usage:
+        return Usage(input_tokens=self.input_tokens)
+
+
+def _quota(limit: int) -> QuotaDefinition:
+    return QuotaDefinition(
+        quota_id="q1",
+        tenant_id="acme",
+        metric="input",
+        period="day",
+        limit=limit,
+        thresholds_pct=(50, 100),
+    )
+
+
+def _engine(reader: Reader) -> QuotaEngine:
+    return QuotaEngine(reader, alerts_topic="alerts", state_topic="state")
+
+
+KEY = quota_state_key("acme", "q1")
+TOUCH = Touch("acme/a", "m", NOW, "e1")
+
+
+def test_alert_id_pins_the_limit_golden() -> None:
+    # Pinned (sha256 of "acme\x1fq1\x1f2026-11-25T00:00:00+00:00\x1f80\x1f1000"): consumers
+    # dedupe by this id, so changing the recipe is a contract change.
+    start = datetime(2026, 11, 25, tzinfo=UTC)
+    assert quota_alert_id("acme", "q1", start, 80, 1000) == "942988ebb61e172c93eb4c5b5fc4e16f"
+    assert quota_alert_id("acme", "q1", start, 80, Decimal("12.50")) == quota_alert_id(
+        "acme", "q1", start, 80, Decimal("12.5")
+    )
+
+
+async def test_raised_limit_crossed_again_gets_a_new_alert_id_and_replay_keeps_it() -> None:
+    reader = Reader()
+    engine = _engine(reader)
+    engine.apply_definition(KEY, _quota(1000))
+    reader.input_tokens = 1200
+    first = [
+        decode_quota_alert(o.value) for o in await engine.check([TOUCH], NOW) if o.topic == "alerts"
+    ]
+    assert sorted(a.threshold_pct for a in first) == [50, 100]
+
+    # Raise the limit in the same period; usage grows past the new thresholds.
+    engine.apply_definition(KEY, _quota(2000))
+    reader.input_tokens = 2100
+    outs = await engine.check([TOUCH], NOW)
+    second = [decode_quota_alert(o.value) for o in outs if o.topic == "alerts"]
+    assert sorted(a.threshold_pct for a in second) == [50, 100]
+    assert {a.limit for a in second} == {2000}
+    assert not {a.alert_id for a in first} & {a.alert_id for a in second}
+    start, _ = period_bounds("day", NOW)
+    assert {a.alert_id for a in second} == {
+        quota_alert_id("acme", "q1", start, pct, 2000) for pct in (50, 100)
+    }
+
+    # Replay after a crash between alerts and state: same ids again.
+    replay = _engine(reader)
+    replay.apply_definition(KEY, _quota(2000))
+    again = [
+        decode_quota_alert(o.value) for o in await replay.check([TOUCH], NOW) if o.topic == "alerts"
+    ]
+    assert {a.alert_id for a in again} == {a.alert_id for a in second}
+
+    # Replay after the state was published: nothing is announced twice.
+    state = decode_quota_state([o.value for o in outs if o.topic == "state"][-1])
+    settled = _engine(reader)
+    settled.apply_definition(KEY, _quota(2000))
+    settled.apply_state(KEY, state)
+    assert [o for o in await settled.check([TOUCH], NOW) if o.topic == "alerts"] == []
