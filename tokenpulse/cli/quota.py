@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sys
 import tomllib
 import uuid
@@ -149,14 +150,61 @@ def _delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> int:
+def parse_quota_file(path: Path) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of the `[[quota]]` tables of a TOML file (see examples/quotas.toml).
+
+    A table without `quota_id` gets one derived from tenant, metric, period
+    and model, so loading the same file twice replaces rather than adds.
+    Unknown keys and float money are refused: a typo must not silently drop
+    a threshold, and cost limits are exact decimal strings.
+    """
+    from tokenpulse.schemas import QuotaDefinition
+
     try:
-        data = tomllib.loads(args.file.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read {args.file}: {exc}") from None
-    items = [_definition(raw) for raw in data.get("quota", [])]
-    if not items:
-        raise ConfigError(f"{args.file} has no [[quota]] tables")
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    tables = data.get("quota", [])
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{path} has no [[quota]] tables; see examples/quotas.toml")
+    allowed = set(QuotaDefinition.__struct_fields__)
+    items: list[tuple[bytes, bytes]] = []
+    for n, raw in enumerate(tables, start=1):
+        where = f"{path}: quota #{n}"
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        if isinstance(raw.get("limit"), float):
+            raise ConfigError(
+                f"{where}: limit {raw['limit']!r} is a float; write token limits as integers "
+                'and cost limits as decimal strings, e.g. limit = "250.00"'
+            )
+        raw = dict(raw)
+        if "quota_id" not in raw:
+            raw["quota_id"] = _derived_id(raw)
+        try:
+            items.append(_definition(raw))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.message}") from None
+    keys = [k for k, _ in items]
+    dupes = sorted({k.decode() for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise ConfigError(f"{path}: the same quota appears twice: {', '.join(dupes)}")
+    return items
+
+
+def _derived_id(raw: dict[str, Any]) -> str:
+    material = "|".join(
+        str(raw.get(k) or "") for k in ("tenant_id", "metric", "period", "model", "currency")
+    )
+    return "q-" + hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+def _load(args: argparse.Namespace) -> int:
+    items = parse_quota_file(args.file)
     asyncio.run(_publish(list(items)))
     print(f"loaded {len(items)} quotas")
     return 0
