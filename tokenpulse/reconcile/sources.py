@@ -1,0 +1,227 @@
+"""Reading both sides: the usage and DLQ topics from Kafka, usage_events from ClickHouse.
+
+Kafka is read with a plain consumer (no group, nothing committed,
+read_committed) from the offsets for a start time up to the end offsets
+taken when the read began (or the offsets for an end time), so a busy topic
+still gives a bounded, repeatable range.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from tokenpulse.errors import ConfigError, ServiceUnavailable
+from tokenpulse.reconcile.compare import ChRow, DlqEntry, Key
+from tokenpulse.reconcile.expect import KafkaRecord
+from tokenpulse.schemas import decode_dlq_record
+
+Ranges = dict[int, tuple[int, int]]
+_LOOKUP_CHUNK = 200  # ids per IN (...) lookup, so the parameters stay in the URL
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+async def _consumer(bootstrap: str, timeout_s: float) -> Any:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {bootstrap}: {exc}; start it (`tokenpulse dev up`) "
+            "or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+    return consumer
+
+
+async def _partitions(bootstrap: str, topic: str, timeout_s: float) -> list[int]:
+    """The topic's partitions from the broker's metadata (the consumer has no subscription)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for item in described:
+        if item.get("topic") == topic and not item.get("error_code"):
+            return sorted(int(p["partition"]) for p in item.get("partitions", []))
+    raise ConfigError(f"topic {topic!r} does not exist on the broker; check --topic")
+
+
+async def _ranges(
+    consumer: Any,
+    bootstrap: str,
+    topic: str,
+    since: datetime,
+    until: datetime | None,
+    timeout_s: float,
+) -> Ranges:
+    from aiokafka import TopicPartition
+
+    parts = await _partitions(bootstrap, topic, timeout_s)
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    ends = await consumer.end_offsets(tps)
+    starts = await consumer.offsets_for_times({tp: _ms(since) for tp in tps})
+    stops: dict[Any, Any] = {}
+    if until is not None:
+        stops = await consumer.offsets_for_times({tp: _ms(until) for tp in tps})
+    out: Ranges = {}
+    for tp in tps:
+        end = int(ends[tp])
+        start = end if starts.get(tp) is None else int(starts[tp].offset)
+        if until is not None and stops.get(tp) is not None:
+            end = min(end, int(stops[tp].offset))
+        out[tp.partition] = (start, max(start, end))
+    return out
+
+
+async def _read(consumer: Any, topic: str, ranges: Ranges, timeout_s: float) -> list[Any]:
+    from aiokafka import TopicPartition
+
+    todo = {TopicPartition(topic, p): r for p, r in ranges.items() if r[0] < r[1]}
+    if not todo:
+        return []
+    consumer.assign(list(todo))
+    for tp, (start, _) in todo.items():
+        consumer.seek(tp, start)
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while todo:
+        if time.monotonic() > deadline:
+            left = sorted(tp.partition for tp in todo)
+            raise ServiceUnavailable(
+                f"reading {topic} did not reach the end offsets of partitions {left} within "
+                f"{timeout_s:.0f}s; retry or raise --timeout-s"
+            )
+        batch = await consumer.getmany(*todo, timeout_ms=500)
+        for tp, msgs in batch.items():
+            end = todo[tp][1] if tp in todo else -1
+            out.extend(m for m in msgs if m.offset < end)
+        for tp in list(todo):
+            # Transaction markers take offsets too: the position, not the
+            # last record, tells when a partition is done.
+            if await consumer.position(tp) >= todo[tp][1]:
+                del todo[tp]
+    return out
+
+
+async def read_usage(
+    bootstrap: str,
+    topic: str,
+    since: datetime,
+    until: datetime | None,
+    *,
+    timeout_s: float = 120.0,
+) -> tuple[Ranges, list[KafkaRecord]]:
+    """The offset range per partition and every record in it, by (partition, offset)."""
+    consumer = await _consumer(bootstrap, timeout_s)
+    try:
+        ranges = await _ranges(consumer, bootstrap, topic, since, until, timeout_s)
+        msgs = await _read(consumer, topic, ranges, timeout_s)
+    finally:
+        await consumer.stop()
+    records = [
+        KafkaRecord(m.topic, m.partition, m.offset, m.value, tuple(m.headers or ())) for m in msgs
+    ]
+    records.sort(key=lambda r: (r.partition, r.offset))
+    return ranges, records
+
+
+async def read_dlq(
+    bootstrap: str, dlq_topic: str, usage_topic: str, since: datetime, *, timeout_s: float = 120.0
+) -> tuple[list[DlqEntry], int]:
+    """DLQ entries that point into usage_topic, plus how many DLQ records were unreadable.
+
+    Read from `since` to the end: a rejection is written after its record, so
+    every DLQ record for the reconciled range is at or after `since`.
+    """
+    consumer = await _consumer(bootstrap, timeout_s)
+    try:
+        ranges = await _ranges(consumer, bootstrap, dlq_topic, since, None, timeout_s)
+        msgs = await _read(consumer, dlq_topic, ranges, timeout_s)
+    finally:
+        await consumer.stop()
+    entries: list[DlqEntry] = []
+    unreadable = 0
+    for m in msgs:
+        try:
+            rec = decode_dlq_record(m.value or b"")
+        except Exception:  # msgspec errors: a foreign or corrupt DLQ record
+            unreadable += 1
+            continue
+        if rec.topic == usage_topic:
+            entries.append(DlqEntry(rec.partition, rec.offset, rec.reason, rec.batch_index))
+    return entries, unreadable
+
+
+_ROW_COLUMNS = (
+    "tenant_id, event_id, kafka_partition, kafka_offset, input_tokens, output_tokens,"
+    " cached_input_tokens"
+)
+
+
+def _row(values: Any) -> ChRow:
+    t, e, p, o, i, out, c = values
+    return ChRow(str(t), str(e), int(p), int(o), int(i), int(out), int(c))
+
+
+def clickhouse_rows(client: Any, database: str, topic: str, ranges: Ranges) -> list[ChRow]:
+    """usage_events rows of `topic` whose offsets fall in the ranges."""
+    rows: list[ChRow] = []
+    for partition, (start, end) in sorted(ranges.items()):
+        if start >= end:
+            continue
+        result = client.query(
+            f"SELECT {_ROW_COLUMNS} FROM {database}.usage_events"
+            " WHERE kafka_topic = {topic:String} AND kafka_partition = {p:UInt32}"
+            " AND kafka_offset >= {lo:UInt64} AND kafka_offset < {hi:UInt64}",
+            parameters={"topic": topic, "p": partition, "lo": start, "hi": end},
+        )
+        rows.extend(_row(r) for r in result.result_rows)
+    return rows
+
+
+def clickhouse_max_offsets(client: Any, database: str, topic: str) -> dict[int, int]:
+    result = client.query(
+        f"SELECT kafka_partition, max(kafka_offset) FROM {database}.usage_events"
+        " WHERE kafka_topic = {topic:String} GROUP BY kafka_partition",
+        parameters={"topic": topic},
+    )
+    return {int(p): int(o) for p, o in result.result_rows}
+
+
+def clickhouse_lookup(client: Any, database: str, keys: Iterable[Key]) -> dict[Key, list[ChRow]]:
+    """Rows for (tenant, event_id) keys anywhere in the table (e.g. before the range)."""
+    by_tenant: dict[str, list[str]] = {}
+    for tenant, event_id in keys:
+        by_tenant.setdefault(tenant, []).append(event_id)
+    out: dict[Key, list[ChRow]] = {}
+    for tenant, ids in by_tenant.items():
+        for i in range(0, len(ids), _LOOKUP_CHUNK):
+            result = client.query(
+                f"SELECT {_ROW_COLUMNS} FROM {database}.usage_events"
+                " WHERE tenant_id = {t:String} AND event_id IN {ids:Array(String)}",
+                parameters={"t": tenant, "ids": ids[i : i + _LOOKUP_CHUNK]},
+            )
+            for values in result.result_rows:
+                row = _row(values)
+                out.setdefault((row.tenant_id, row.event_id), []).append(row)
+    return out
