@@ -22,7 +22,10 @@ from tokenpulse.schemas.usage import MAX_ID_CHARS, TENANT_ID_PATTERN
 
 QuotaMetric = Literal["input", "output", "total", "cost"]
 QuotaPeriod = Literal["minute", "hour", "day", "month"]
-QuotaStatus = Literal["ok", "warning", "exceeded"]
+# unknown: a cost quota whose usage could not be priced at all (reason says why);
+# priced_partial: some of the period's usage has no price, `used` counts only the
+# priced part, so the real spend is higher. Neither blocks at the edge.
+QuotaStatus = Literal["ok", "warning", "exceeded", "unknown", "priced_partial"]
 # Token limits are integers; cost limits are exact decimals carried as JSON strings.
 Amount = int | Decimal
 
@@ -89,6 +92,7 @@ class QuotaState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime
     hard: bool = False
     model: str | None = None  # copied from the definition: blocks only that model
+    reason: str | None = None  # why the status is unknown/priced_partial
 
 
 def quota_alert_id(

@@ -160,8 +160,16 @@ class Runtime:
             ch = ClickHouseUsageReader(s.clickhouse_target())
             await ch.start()
             self.reader = ch
+        pricebook = None
+        if s.pricebook_file is not None:
+            from tokenpulse.sinks.billing import load_pricebook
+
+            pricebook = load_pricebook(s.pricebook_file)  # a bad file stops the start
         self.engine = QuotaEngine(
-            self.reader, alerts_topic=s.topics.alerts, state_topic=s.topics.state
+            self.reader,
+            alerts_topic=s.topics.alerts,
+            state_topic=s.topics.state,
+            pricebook=pricebook,
         )
         self.feed = QuotaFeed(
             self.engine,

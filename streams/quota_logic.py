@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
+
+Amount = int | Decimal  # tokens are ints, cost is an exact Decimal; never a float
 
 PERIODS = ("minute", "hour", "day", "week", "month")
 METRICS = ("input", "output", "total")
@@ -84,18 +87,18 @@ class Usage:
 class Evaluation:
     """The outcome of checking one quota in one period."""
 
-    used: int
+    used: Amount
     status: str
     newly_crossed: tuple[int, ...]  # thresholds (percent) to announce now, ascending
     crossed: frozenset[int]  # every threshold crossed at the current limit
 
 
-def crossed_thresholds(used: int, limit: int, thresholds: Iterable[int]) -> frozenset[int]:
+def crossed_thresholds(used: Amount, limit: Amount, thresholds: Iterable[int]) -> frozenset[int]:
     # Integer arithmetic: used/limit >= t/100  <=>  used*100 >= t*limit (no float rounding).
     return frozenset(t for t in thresholds if used * 100 >= t * limit)
 
 
-def status_for(used: int, limit: int, crossed: frozenset[int]) -> str:
+def status_for(used: Amount, limit: Amount, crossed: frozenset[int]) -> str:
     if used >= limit:
         return STATUS_EXCEEDED
     if crossed:
@@ -104,7 +107,7 @@ def status_for(used: int, limit: int, crossed: frozenset[int]) -> str:
 
 
 def evaluate(
-    *, used: int, limit: int, thresholds: Iterable[int], announced: frozenset[int]
+    *, used: Amount, limit: Amount, thresholds: Iterable[int], announced: frozenset[int]
 ) -> Evaluation:
     """Which thresholds cross now that were not announced before in this period/limit.
 

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from tokenpulse.schemas.quota import (
     QuotaAlert,
@@ -27,7 +28,9 @@ from tokenpulse.schemas.quota import (
     quota_state_key,
 )
 from tokenpulse.schemas.usage import tenant_lineage
-from tokenpulse.streams.quota_logic import crossed_thresholds, evaluate, period_bounds
+from tokenpulse.sinks.billing import PriceBook, PriceBookError
+from tokenpulse.streams.cost import PeriodCost, billing_month, period_cost
+from tokenpulse.streams.quota_logic import Amount, crossed_thresholds, evaluate, period_bounds
 from tokenpulse.streams.usage_query import UsageReader
 
 log = logging.getLogger("tokenpulse.streams.quotas")
@@ -51,8 +54,17 @@ class Outgoing:
 
 
 class QuotaEngine:
-    def __init__(self, reader: UsageReader, *, alerts_topic: str, state_topic: str) -> None:
+    def __init__(
+        self,
+        reader: UsageReader,
+        *,
+        alerts_topic: str,
+        state_topic: str,
+        pricebook: PriceBook | None = None,
+    ) -> None:
         self.reader = reader
+        self.pricebook = pricebook  # prices metric=cost quotas; None: they stay unknown
+        self._reported: dict[bytes, str] = {}  # last pricing problem logged per quota
         self.alerts_topic = alerts_topic
         self.state_topic = state_topic
         self.definitions: dict[bytes, QuotaDefinition] = {}
@@ -74,8 +86,7 @@ class QuotaEngine:
                 self._recheck.add(key)
         self._by_tenant = defaultdict(list)
         for d in self.definitions.values():
-            if d.metric != "cost":  # cost limits need the price book; see docs/streams.md
-                self._by_tenant[d.tenant_id].append(d)
+            self._by_tenant[d.tenant_id].append(d)
 
     def apply_state(self, key: bytes, value: QuotaState | None) -> None:
         if value is None:
@@ -131,16 +142,18 @@ class QuotaEngine:
             state = self.states.get(key)
             if state is not None and start < state.period_start:
                 continue  # a late event of a period already closed: no alerts for the past
-            assert isinstance(d.limit, int)
-            usage = await self.reader.usage(d.tenant_id, d.model, start, end)
-            used = usage.metric(d.metric)
+            used, pricing, reason = await self._measure(key, d, start, end)
             announced: frozenset[int] = frozenset()
             if state is not None and state.period_start == start and state.limit == d.limit:
-                assert isinstance(state.used, int)
                 announced = crossed_thresholds(state.used, d.limit, d.thresholds_pct)
             result = evaluate(
                 used=used, limit=d.limit, thresholds=d.thresholds_pct, announced=announced
             )
+            status = result.status
+            if pricing == "unknown" or (pricing == "priced_partial" and status != "exceeded"):
+                # A lower bound that is already over the limit is exceeded for
+                # sure; anything less is not known to be ok.
+                status = pricing
             for pct in result.newly_crossed:
                 alert = QuotaAlert(
                     alert_id=quota_alert_id(d.tenant_id, d.quota_id, start, pct, d.limit),
@@ -159,7 +172,7 @@ class QuotaEngine:
                 )
                 self.alerts_sent += 1
                 log.info(
-                    "quota %s of %s crossed %d%% (%d/%d)",
+                    "quota %s of %s crossed %d%% (%s/%s)",
                     d.quota_id,
                     d.tenant_id,
                     pct,
@@ -170,7 +183,8 @@ class QuotaEngine:
                 state is None
                 or state.period_start != start
                 or state.limit != d.limit
-                or state.status != result.status
+                or state.status != status
+                or state.reason != reason
                 or bool(result.newly_crossed)
                 or announced != result.crossed
             )
@@ -178,7 +192,7 @@ class QuotaEngine:
                 new_state = QuotaState(
                     tenant_id=d.tenant_id,
                     quota_id=d.quota_id,
-                    status=result.status,  # type: ignore[arg-type]
+                    status=status,  # type: ignore[arg-type]
                     used=used,
                     limit=d.limit,
                     period_start=start,
@@ -186,7 +200,48 @@ class QuotaEngine:
                     updated_at=now,
                     hard=d.hard,
                     model=d.model,
+                    reason=reason,
                 )
                 self.states[key] = new_state
                 states.append(Outgoing(self.state_topic, key, encode_quota_state(new_state)))
         return alerts + states
+
+    async def _measure(
+        self, key: bytes, d: QuotaDefinition, start: datetime, end: datetime
+    ) -> tuple[Amount, str | None, str | None]:
+        """(used, pricing status or None, reason) of one quota in one period."""
+        if d.metric != "cost":
+            usage = await self.reader.usage(d.tenant_id, d.model, start, end)
+            return usage.metric(d.metric), None, None
+        if self.pricebook is None:
+            reason = "no price book: start the worker with --pricebook or TOKENPULSE_PRICEBOOK"
+            self._report(key, d, reason)
+            return Decimal(0), "unknown", reason
+        month = billing_month(start)
+        since = datetime(month.year, month.month, 1, tzinfo=UTC)
+        rows = await self.reader.usage_by_model(d.tenant_id, d.model, since, start, end)
+        assert d.currency is not None  # QuotaDefinition requires it for metric=cost
+        try:
+            cost = period_cost(self.pricebook, d.currency, month, rows)
+        except PriceBookError as exc:
+            cost = PeriodCost(Decimal(0), (), False, exc.message)
+        if cost.reason is not None:
+            self._report(key, d, cost.reason)
+            return cost.amount, "unknown", cost.reason
+        if cost.unpriced_models:
+            reason = (
+                f"no price for model(s) {', '.join(cost.unpriced_models)} in "
+                f"{self.pricebook.source}; used counts only priced usage"
+            )
+            self._report(key, d, reason)
+            return cost.amount, ("priced_partial" if cost.priced_any else "unknown"), reason
+        self._reported.pop(key, None)
+        return cost.amount, None, None
+
+    def _report(self, key: bytes, d: QuotaDefinition, reason: str) -> None:
+        # Once per quota and problem, not once per batch.
+        if self._reported.get(key) != reason:
+            self._reported[key] = reason
+            log.error(
+                "cost quota %s of %s cannot be priced fully: %s", d.quota_id, d.tenant_id, reason
+            )

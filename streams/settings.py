@@ -94,6 +94,7 @@ class WorkerSettings:
     keyring_file: TOKENPULSE_KEYRING_FILE; the signing keys (required when verifying).
     max_record_bytes: TOKENPULSE_MAX_RECORD_BYTES; larger records go to the DLQ.
     sink_retry_max_s: backoff ceiling while the sink is unavailable (it retries forever).
+    pricebook_file: TOKENPULSE_PRICEBOOK; the billing price book that prices metric=cost quotas.
     """
 
     kafka_bootstrap_servers: str
@@ -112,6 +113,7 @@ class WorkerSettings:
     max_record_bytes: int = 1_048_576
     sink_retry_max_s: float = 30.0
     loglevel: str = "info"
+    pricebook_file: Path | None = None
 
     def __repr__(self) -> str:
         return (
@@ -151,4 +153,5 @@ class WorkerSettings:
             keyring_file=Path(keyring) if keyring else None,
             max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
             loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
+            pricebook_file=Path(pb) if (pb := env.get("TOKENPULSE_PRICEBOOK")) else None,
         )

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from tokenpulse.config import ClickHouseTarget
+from tokenpulse.streams.cost import ModelUsage
 from tokenpulse.streams.quota_logic import Usage
 from tokenpulse.streams.retry import is_retriable
 
@@ -25,6 +26,12 @@ class UsageReader(Protocol):
     async def usage(
         self, tenant_prefix: str, model: str | None, start: datetime, end: datetime
     ) -> Usage: ...
+
+    async def usage_by_model(
+        self, tenant_prefix: str, model: str | None, since: datetime, start: datetime, end: datetime
+    ) -> list[ModelUsage]:
+        """Tokens by type per (tenant, model): [since, start) as before, [start, end) within."""
+        ...
 
 
 class ClickHouseUsageReader:
@@ -72,11 +79,62 @@ class ClickHouseUsageReader:
         if model is not None:
             sql += " AND model = {m:String}"
             params["m"] = model
+        result = await self._query(sql, params)
+        row = result.result_rows[0]
+        return Usage(input_tokens=int(row[0] or 0), output_tokens=int(row[1] or 0))
+
+    async def usage_by_model(
+        self, tenant_prefix: str, model: str | None, since: datetime, start: datetime, end: datetime
+    ) -> list[ModelUsage]:
+        # The billing split of tokens (invoice.py): cached input and reasoning
+        # output are subsets, priced at their own rate.
+        kinds = (
+            "input_tokens - least(cached_input_tokens, input_tokens)",
+            "cached_input_tokens",
+            "output_tokens - least(reasoning_tokens, output_tokens)",
+            "reasoning_tokens",
+        )
+        before = ", ".join(
+            f"sumIf({k}, occurred_at < {{start:DateTime64(3, 'UTC')}})" for k in kinds
+        )
+        within = ", ".join(
+            f"sumIf({k}, occurred_at >= {{start:DateTime64(3, 'UTC')}})" for k in kinds
+        )
+        sql = (
+            f"SELECT tenant_id, model, {before}, {within}"
+            f" FROM {self.database}.usage_events"
+            " WHERE (tenant_id = {t:String} OR startsWith(tenant_id, {tp:String}))"
+            " AND occurred_at >= {since:DateTime64(3, 'UTC')}"
+            " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+        )
+        params: dict[str, Any] = {
+            "t": tenant_prefix,
+            "tp": tenant_prefix + "/",
+            "since": min(since, start),
+            "start": start,
+            "end": end,
+        }
+        if model is not None:
+            sql += " AND model = {m:String}"
+            params["m"] = model
+        sql += " GROUP BY tenant_id, model"
+        result = await self._query(sql, params)
+        types = ("input", "cached_input", "output", "reasoning")
+        return [
+            ModelUsage(
+                tenant_id=str(r[0]),
+                model=str(r[1]),
+                before={t: int(v or 0) for t, v in zip(types, r[2:6], strict=True)},
+                within={t: int(v or 0) for t, v in zip(types, r[6:10], strict=True)},
+            )
+            for r in result.result_rows
+        ]
+
+    async def _query(self, sql: str, params: dict[str, Any]) -> Any:
         delay_s = 0.2
         while True:
             try:
-                result = await self._client.query(sql, parameters=params)
-                break
+                return await self._client.query(sql, parameters=params)
             except Exception as exc:
                 # Quota checks sit before the offset commit: wait for the store
                 # rather than skip the check (the batch is already durable).
@@ -86,5 +144,3 @@ class ClickHouseUsageReader:
                 log.warning("usage query failed (%s); retrying in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)
-        row = result.result_rows[0]
-        return Usage(input_tokens=int(row[0] or 0), output_tokens=int(row[1] or 0))

@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--keyring", type=Path, default=None, help="keyring file (TOKENPULSE_KEYRING_FILE)"
     )
+    p.add_argument(
+        "--pricebook",
+        type=Path,
+        default=None,
+        help="billing price book TOML that prices metric=cost quotas (TOKENPULSE_PRICEBOOK)",
+    )
     p.set_defaults(func=run)
 
 
@@ -67,6 +73,8 @@ def _settings(args: argparse.Namespace) -> Any:
         changes["keyring_file"] = args.keyring
     if args.loglevel:
         changes["loglevel"] = args.loglevel
+    if args.pricebook is not None:
+        changes["pricebook_file"] = args.pricebook
     assert isinstance(s.topics, TopicNames)
     return s.with_(**changes) if changes else s
 
