@@ -231,8 +231,7 @@ def test_clean_run_reports_nothing_then_every_planted_difference_is_named(stack:
     # Lightweight DELETE is refused on this table (its p_offsets projection),
     # so the plant is a classic mutation.
     stack.client.command(
-        f"ALTER TABLE {db}.usage_events DELETE WHERE event_id = %(e)s"
-        " SETTINGS mutations_sync = 2",
+        f"ALTER TABLE {db}.usage_events DELETE WHERE event_id = %(e)s SETTINGS mutations_sync = 2",
         parameters={"e": deleted.event.event_id},
     )
     stack.client.command(
