@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check lint typecheck unit integration clean
+.PHONY: help setup chromium demo test lint typecheck unit integration fuzz clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -17,6 +17,9 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 setup: $(BIN)/.installed ## create .venv and install tokenpulse with its pinned dependencies
+
+chromium: ## install Debian's Chromium (once) for the HTML report's browser test
+	@sh scripts/ensure-chromium.sh
 
 demo: setup ## fresh machine: start the local stack, run the pipeline on a simulated fleet, print the bill
 	$(BIN)/tokenpulse demo
@@ -31,11 +34,14 @@ typecheck: setup ## mypy --strict
 unit: setup ## unit tests only (no broker)
 	$(BIN)/pytest -m 'not integration' tests
 
-integration: setup ## integration tests on real Kafka and ClickHouse
+integration: setup chromium ## integration tests on real Kafka and ClickHouse
 	$(BIN)/pytest -m integration tests
 
-test: setup lint typecheck ## everything CI runs: lint, types, all tests on the real services
+test: setup chromium lint typecheck ## everything CI runs: lint, types, all tests on the real services
 	$(BIN)/pytest tests
+
+fuzz: setup ## long property/fuzz campaign (hypothesis "fuzz" profile, 20k examples per test)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
 
 clean: ## remove the venv (the local stack's data stays in TOKENPULSE_HOME)
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -29,6 +29,9 @@ _VERB_MODULES = (
     "tokenpulse.cli.db",
     "tokenpulse.cli.bill",
     "tokenpulse.cli.capacity",
+    "tokenpulse.cli.report",
+    "tokenpulse.cli.reconcile",
+    "tokenpulse.cli.bench",
     "tokenpulse.cli.demo",
 )
 
