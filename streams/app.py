@@ -9,6 +9,7 @@ batch's sink write and broker acknowledgements returned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,14 +19,17 @@ import faust
 from faust.types import TP
 
 from tokenpulse.errors import ConfigError
+from tokenpulse.schemas.quota import decode_quota_alert
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.sinks.base import UsageSink
+from tokenpulse.streams.metrics import WorkerMetrics
 from tokenpulse.streams.processor import UsageProcessor
 from tokenpulse.streams.quota_feed import QuotaFeed
 from tokenpulse.streams.quotas import QuotaEngine
 from tokenpulse.streams.retry import FlowControl
 from tokenpulse.streams.settings import WorkerSettings
 from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageReader
+from tokenpulse.streams.webhook import WebhookSender
 
 log = logging.getLogger("tokenpulse.streams.app")
 
@@ -57,6 +61,7 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     )
 
 
+STOP_WAIT_S = 10.0
 EXIT_FATAL = 70  # EX_SOFTWARE: the worker stopped on an error retrying could not fix
 
 
@@ -106,6 +111,34 @@ class Runtime:
     # Called once on a fatal error; the CLI stops the Faust worker from it.
     on_fatal: Callable[[], None] | None = None
     exit_code: int | None = None
+    stopping: bool = False  # set by stop(): failures from here on are not fatal
+    webhook: WebhookSender | None = None
+    metrics: WorkerMetrics | None = None
+    metrics_port: int | None = None  # bound port, once serving
+
+    def _on_alert(self, body: bytes) -> None:
+        if self.webhook is not None:
+            self.webhook.offer(decode_quota_alert(body).alert_id, body)
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned usage partition: highwater - next offset to process."""
+        p = self.processor
+        consumer: Any = self.app.consumer
+        out: dict[tuple[str, int], int] = {}
+        if p is None:
+            return out
+        try:
+            assigned = [
+                tp for tp in consumer.assignment() if tp.topic == self.settings.topics.usage
+            ]
+            for tp in assigned:
+                high = consumer.highwater(tp)
+                done = p.processed_upto(tp.topic, tp.partition)
+                if high is not None and done is not None:
+                    out[(tp.topic, tp.partition)] = max(0, int(high) - (done + 1))
+        except Exception:  # scraping must never break on a consumer mid-rebalance
+            log.debug("consumer lag unavailable", exc_info=True)
+        return out
 
     def keyring(self) -> Keyring | None:
         s = self.settings
@@ -138,6 +171,15 @@ class Runtime:
         another group member) replays them.
         """
         if self.exit_code is not None:
+            return
+        if self.stopping:
+            # The sink or the reader closed under a batch during a clean stop:
+            # the batch is uncommitted and replays; not a failure of its own.
+            log.info(
+                "batch abandoned at shutdown (%s: %s); it stays uncommitted",
+                type(exc).__name__,
+                exc,
+            )
             return
         self.exit_code = EXIT_FATAL
         log.critical(
@@ -190,10 +232,46 @@ class Runtime:
             max_record_bytes=s.max_record_bytes,
             sink_retry_max_s=s.sink_retry_max_s,
             flow=FaustFlow(self.app, s.topics.usage),
+            on_alert=self._on_alert,
         )
+        if s.alert_webhook_url:
+            secret = s.alert_webhook_secret.encode() if s.alert_webhook_secret else None
+            self.webhook = WebhookSender(s.alert_webhook_url, secret)
+            await self.webhook.start()
+        if s.metrics_port or self.metrics is not None:
+            self.metrics = WorkerMetrics(lambda: self.processor, self.lag)
+            self.processor.observe_write = self.metrics.sink_batch_seconds.observe
+            if self.webhook is not None:
+                self.webhook.on_event = self.metrics.webhook_event
+            if s.metrics_port:
+                try:
+                    self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+                except OSError as exc:
+                    # Metering matters more than its metrics (e.g. two workers on
+                    # one host with the default port): say so loudly, keep going.
+                    log.error(
+                        "metrics endpoint %s:%d unavailable (%s); set TOKENPULSE_METRICS_PORT "
+                        "to a free port (0 = off)",
+                        s.metrics_host,
+                        s.metrics_port,
+                        exc,
+                    )
         return self.processor
 
     async def stop(self) -> None:
+        self.stopping = True
+        if self.processor is not None:
+            # Let an in-flight batch finish before its sink closes under it; a
+            # batch stuck on an unreachable store is abandoned (uncommitted).
+            try:
+                await asyncio.wait_for(self.processor.lock.acquire(), STOP_WAIT_S)
+                self.processor.lock.release()
+            except TimeoutError:
+                log.warning("stopping with a batch in flight; it stays uncommitted")
+        if self.webhook is not None:
+            await self.webhook.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         if self.feed is not None:
             await self.feed.stop()
         if isinstance(self.reader, ClickHouseUsageReader):

@@ -67,6 +67,9 @@ class Counters:
     confirmations: int = 0
     sink_retries: int = 0
     commits: int = 0
+    rows_written: int = 0
+    alerts: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +105,7 @@ class UsageProcessor:
         sink_retry_max_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         flow: FlowControl | None = None,
+        on_alert: Callable[[bytes], None] | None = None,
     ) -> None:
         self.sink = sink
         self.producer = producer
@@ -119,6 +123,9 @@ class UsageProcessor:
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._retired: dict[tuple[str, int], _Partition] = {}
         self.stopping = False
+        # Called with each alert after the broker acknowledged it (webhooks, metrics).
+        self.on_alert = on_alert
+        self.observe_write: Callable[[float], None] | None = None  # sink latency histogram
         # Set when a batch failed in a way retrying cannot fix: no later batch
         # may run (its commit would move past the failed batch's offsets).
         self.failed: BaseException | None = None
@@ -128,6 +135,11 @@ class UsageProcessor:
 
     def _count_retry(self, what: str, exc: BaseException) -> None:
         self.counters.sink_retries += 1
+
+    def processed_upto(self, topic: str, partition: int) -> int | None:
+        """Highest offset whose outcome is durable, for assigned partitions seen so far."""
+        state = self._parts.get((topic, partition))
+        return None if state is None else state.processed_upto
 
     # -- rebalance ------------------------------------------------------------------
     async def on_revoked(self, partitions: Collection[tuple[str, int]]) -> None:
@@ -223,13 +235,16 @@ class UsageProcessor:
             commits.setdefault(topic, {})[partition] = batch.last_offset + 1
             touches += work.touches
             touches += [_touch(a.event) for a in accepted]
+        quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
-            for out in await self.quotas.check(touches):
+            quota_outs = await self.quotas.check(touches)
+            for out in quota_outs:
                 # Alerts before states (the engine orders them): a crash in
                 # between repeats an alert (same alert_id), never loses one.
                 pending.append(await self.producer.send(out.topic, out.key, out.value))
         if pending:
             await asyncio.gather(*pending)
+        self._alerts_durable(quota_outs)
         for topic, offsets in commits.items():
             if await self.committer(topic, offsets):
                 self.counters.commits += 1
@@ -245,6 +260,16 @@ class UsageProcessor:
             futures = [await self.producer.send(o.topic, o.key, o.value) for o in outs]
             if futures:
                 await asyncio.gather(*futures)
+            self._alerts_durable(outs)
+
+    def _alerts_durable(self, outs: Sequence[Outgoing]) -> None:
+        if self.quotas is None:
+            return
+        for out in outs:
+            if out.topic == self.quotas.alerts_topic:
+                self.counters.alerts += 1
+                if self.on_alert is not None:
+                    self.on_alert(out.value)
 
     async def _decode_slice(
         self, state: _Partition, recs: Sequence[InRecord], work: _Work
@@ -310,6 +335,8 @@ class UsageProcessor:
 
     def _reject(self, rec: InRecord, err: InvalidRecord, work: _Work) -> None:
         self.counters.rejected += 1
+        by_reason = self.counters.rejected_by_reason
+        by_reason[err.reason] = by_reason.get(err.reason, 0) + 1
         dlq = dlq_record_for(
             err,
             rec.value or b"",
@@ -351,7 +378,11 @@ class UsageProcessor:
         self.counters.duplicates += len(unique) - len(work.accepted)
 
     async def _write(self, batch: SinkBatch) -> None:
+        started = time.monotonic()
         await self._retrying(f"write of {batch.token}", lambda: self.sink.write(batch))
+        self.counters.rows_written += len(batch.events)
+        if self.observe_write is not None:
+            self.observe_write(time.monotonic() - started)
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[_R]]) -> _R:
         # Never drop, never skip: the offsets stay uncommitted until it works.

@@ -51,6 +51,16 @@ def _num(env: Mapping[str, str], key: str, default: float) -> float:
         ) from None
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    raw = (env.get("TOKENPULSE_LOG_FORMAT") or "text").lower()
+    if raw not in ("text", "json"):
+        raise ConfigError(
+            f"TOKENPULSE_LOG_FORMAT must be text or json, got {raw!r}",
+            details={"setting": "TOKENPULSE_LOG_FORMAT"},
+        )
+    return raw
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """The five topics, with an optional prefix/suffix (unique names per test)."""
@@ -95,6 +105,11 @@ class WorkerSettings:
     max_record_bytes: TOKENPULSE_MAX_RECORD_BYTES; larger records go to the DLQ.
     sink_retry_max_s: backoff ceiling while the sink is unavailable (it retries forever).
     pricebook_file: TOKENPULSE_PRICEBOOK; the billing price book that prices metric=cost quotas.
+    alert_webhook_url: TOKENPULSE_ALERT_WEBHOOK_URL; POST every alert there (off = unset).
+    alert_webhook_secret: TOKENPULSE_ALERT_WEBHOOK_SECRET; HMAC key of the signature header.
+    metrics_port: TOKENPULSE_METRICS_PORT; Prometheus endpoint (default 9464; 0 = off).
+    metrics_host: TOKENPULSE_METRICS_HOST; its bind address (default 127.0.0.1).
+    log_format: TOKENPULSE_LOG_FORMAT; "text" (default) or "json" (one object per line).
     """
 
     kafka_bootstrap_servers: str
@@ -114,6 +129,11 @@ class WorkerSettings:
     sink_retry_max_s: float = 30.0
     loglevel: str = "info"
     pricebook_file: Path | None = None
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    alert_webhook_secret: str | None = field(default=None, repr=False)
+    metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"
+    log_format: str = "text"
 
     def __repr__(self) -> str:
         return (
@@ -154,4 +174,9 @@ class WorkerSettings:
             max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
             loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
             pricebook_file=Path(pb) if (pb := env.get("TOKENPULSE_PRICEBOOK")) else None,
+            alert_webhook_url=env.get("TOKENPULSE_ALERT_WEBHOOK_URL") or None,
+            alert_webhook_secret=env.get("TOKENPULSE_ALERT_WEBHOOK_SECRET") or None,
+            metrics_port=int(_num(env, "TOKENPULSE_METRICS_PORT", 9464)),
+            metrics_host=env.get("TOKENPULSE_METRICS_HOST") or "127.0.0.1",
+            log_format=_log_format(env),
         )

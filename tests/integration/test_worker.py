@@ -66,6 +66,7 @@ class Env:
             TOKENPULSE_FLUSH_INTERVAL_MS="200",
             TOKENPULSE_BATCH_MAX_EVENTS="500",
             TOKENPULSE_LOGLEVEL="warning",
+            TOKENPULSE_METRICS_PORT="0",  # parallel workers on one host: no port clash
         )
         env.update(extra)
         return env

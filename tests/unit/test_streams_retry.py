@@ -174,3 +174,16 @@ def test_fatal_sets_exit_code_logs_and_stops_once(
     assert len(critical) == 1
     assert "SinkWriteError" in critical[0].getMessage()
     assert f"exiting with code {EXIT_FATAL}" in critical[0].getMessage()
+
+
+def test_failure_during_a_clean_stop_is_not_fatal() -> None:
+    settings = WorkerSettings(
+        kafka_bootstrap_servers="127.0.0.1:1", clickhouse_url="http://127.0.0.1:1/x"
+    )
+    runtime = Runtime(settings=settings, app=cast(Any, None), sink=FlakySink())
+    stops: list[int | None] = []
+    runtime.on_fatal = lambda: stops.append(runtime.exit_code)
+    runtime.stopping = True  # the sink closed under a batch during SIGTERM handling
+    runtime.fatal(RuntimeError("sink closed"), "a usage batch")
+    assert runtime.exit_code is None
+    assert stops == []

@@ -87,6 +87,13 @@ def run(args: argparse.Namespace) -> int:
 
     code: object = 0
     settings = _settings(args)
+    from tokenpulse.streams.logs import logging_config
+
+    json_logs = logging_config(settings.loglevel, settings.log_format)
+    if json_logs is not None:
+        import logging.config
+
+        logging.config.dictConfig(json_logs)  # for the start-up lines, before Faust's setup
     # One loop for everything: the runtime's clients must live on the loop
     # the Faust worker runs.
     loop = asyncio.new_event_loop()
@@ -94,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
     loop.run_until_complete(ensure_topics(settings))
     app, runtime = build_worker(settings)
     loop.run_until_complete(runtime.start())
-    worker = faust.Worker(app, loop=loop, loglevel=settings.loglevel, quiet=True)
+    worker = faust.Worker(
+        app,
+        loop=loop,
+        loglevel=settings.loglevel,
+        quiet=True,
+        logging_config=json_logs,
+    )
     runtime.on_fatal = lambda: _stop_after_fatal(loop, runtime.exit_code or 1)
     try:
         worker.execute_from_commandline()  # returns only by raising SystemExit
