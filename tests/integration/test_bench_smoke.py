@@ -1,0 +1,61 @@
+"""`tokenpulse bench --quick` runs the whole benchmark and prints the full table.
+
+Checks the shape and sanity of the table only (every row present, every
+measured value a positive number): never timings, on a shared machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+ROWS = (
+    "worker sustained, 1 event/record",
+    "worker sustained, SDK envelopes",
+    "raw kafka-consumer-perf-test",
+    "raw kafka-producer-perf-test",
+    "quixstreams peer (per-minute -> ClickHouse)",
+    "tokenpulse / raw consume",
+    "tokenpulse / quixstreams peer",
+    "freshness p50 / p99 at",
+    "alert latency p99",
+    "worker peak RSS,",
+    "worker CPU per 100,000 events",
+)
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def test_bench_quick_prints_every_row_with_positive_values(services: Any) -> None:
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=services.kafka_bootstrap,
+        CLICKHOUSE_URL=services.clickhouse_url + "default",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenpulse.cli.bench", "--quick"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = [ln for ln in done.stdout.splitlines() if ln.startswith("| ")]
+    body = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in table[2:]}
+    assert len(body) == len(ROWS), done.stdout
+    for name in ROWS:
+        matches = [v for k, v in body.items() if k.startswith(name)]
+        assert matches, f"row {name!r} missing:\n{done.stdout}"
+        value = matches[0]
+        numbers = [float(n.replace(",", "")) for n in _NUMBER.findall(value)]
+        assert numbers, f"{name}: no number in {value!r}"
+        assert numbers[0] > 0, f"{name}: {value!r}"
+    alerts = body["alert latency p99"]
+    assert "(0 alerts)" not in alerts

@@ -1,0 +1,161 @@
+"""The benchmark's load: fleet backlogs through the SDK and a paced live load.
+
+A backlog is produced before the worker starts, so the worker's drain rate
+is its sustained throughput. The paced load runs beside a live worker and
+remembers when each sampled event was produced (freshness) and when each
+quota-crossing event was produced (alert latency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from tokenpulse.fleet import FleetConfig, FleetRecord, RecordKind, generate
+from tokenpulse.schemas import UsageEvent
+from tokenpulse.sdk import ProducerConfig, UsageProducer
+
+FRESH_ORG = "fresh"
+ALERT_ORG = "alerting"
+
+
+@dataclass
+class Backlog:
+    records: int = 0
+    expected_events: int = 0  # unique accepted events the pipeline must count
+    malformed: int = 0
+    produce_s: float = 0.0
+
+
+def fleet(events: int, tenants: int, seed: int) -> list[FleetRecord]:
+    """The simulated fleet (Zipf tenants, 3 models, 3 regions, 1 % duplicates,
+    0.5 % malformed, 0.5 % late), generated before anything is timed."""
+    return list(
+        generate(FleetConfig(events=events, tenants=tenants, seed=seed, end=datetime.now(UTC)))
+    )
+
+
+def uniform_tenants(tenants: int, per_tenant: int, tag: str) -> list[FleetRecord]:
+    """`per_tenant` events for each of `tenants` tenants: many active tenants at once."""
+    now = datetime.now(UTC)
+    out = []
+    for i in range(per_tenant):
+        for t in range(tenants):
+            tenant = f"many/{t // 1000}/agent-{t}"
+            ev = UsageEvent(
+                event_id=f"{tag}-{i}-{t}",
+                tenant_id=tenant,
+                occurred_at=now,
+                model="small-fast",
+                input_tokens=100 + t % 50,
+                output_tokens=20,
+                region="eu-west-1",
+            )
+            out.append(FleetRecord(RecordKind.VALID, tenant, ev))
+    return out
+
+
+def _config(bootstrap: str, topic: str, envelope: bool) -> ProducerConfig:
+    # A large buffer: the backlog is produced as fast as the SDK can, never dropped.
+    return ProducerConfig(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        envelope=envelope,
+        buffer_max_events=200_000,
+        block_timeout_s=120.0,
+        linger_ms=20,
+    )
+
+
+async def produce_backlog(
+    bootstrap: str, topic: str, records: list[FleetRecord], *, envelope: bool
+) -> Backlog:
+    """Send `records` through one UsageProducer (malformed ones through a bare producer)."""
+    from aiokafka import AIOKafkaProducer
+
+    out = Backlog(records=len(records))
+    seen: set[str] = set()
+    raw = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    started = time.perf_counter()
+    await raw.start()
+    try:
+        async with UsageProducer(_config(bootstrap, topic, envelope)) as producer:
+            for rec in records:
+                if rec.kind is RecordKind.MALFORMED:
+                    assert rec.raw is not None
+                    out.malformed += 1
+                    await raw.send(topic, rec.raw, key=rec.tenant_id.encode())
+                    continue
+                assert rec.event is not None
+                await producer.record_event(rec.event)
+                if rec.event.event_id not in seen:
+                    seen.add(rec.event.event_id)
+                    out.expected_events += 1
+            report = await producer.flush(timeout_s=300)
+            if report.undelivered_count:
+                raise RuntimeError(f"{report.undelivered_count} backlog events undelivered")
+        await raw.flush()
+    finally:
+        await raw.stop()
+    out.produce_s = time.perf_counter() - started
+    return out
+
+
+@dataclass
+class PacedResult:
+    sent: int = 0
+    fresh_sent_at: dict[str, float] = field(default_factory=dict)  # event_id -> wall time
+    crossing_sent_at: dict[str, float] = field(default_factory=dict)  # tenant -> wall time
+
+
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    *,
+    rate_eps: float,
+    duration_s: float,
+    sample_every: int,
+    alert_tenants: list[str],
+    alert_limit: int,
+    result: PacedResult,
+) -> None:
+    """Events at `rate_eps` for `duration_s`; the alert tenants cross their quota
+    one after another, spread over the run."""
+    total = max(int(rate_eps * duration_s), 1)
+    cross_every = max(total // (len(alert_tenants) + 1), 1) if alert_tenants else 0
+    pending_alerts = list(alert_tenants)
+    started = time.perf_counter()
+    config = ProducerConfig(bootstrap_servers=bootstrap, topic=topic, linger_ms=5)
+    async with UsageProducer(config) as producer:
+        for n in range(total):
+            tenant = f"{FRESH_ORG}/team-{n % 100}"
+            ev = UsageEvent(
+                event_id=f"fresh-{n}",
+                tenant_id=tenant,
+                occurred_at=datetime.now(UTC),
+                model="frontier-large",
+                input_tokens=1000 + n % 500,
+                output_tokens=200,
+            )
+            await producer.record_event(ev)
+            if n % sample_every == 0:
+                result.fresh_sent_at[ev.event_id] = time.time()
+            if cross_every and n % cross_every == cross_every - 1 and pending_alerts:
+                who = pending_alerts.pop(0)
+                crossing = UsageEvent(
+                    event_id=f"cross-{who}",
+                    tenant_id=who,
+                    occurred_at=datetime.now(UTC),
+                    model="frontier-large",
+                    input_tokens=alert_limit,  # 100 % of the quota in one event
+                    output_tokens=1,
+                )
+                await producer.record_event(crossing)
+                result.crossing_sent_at[who] = time.time()
+            result.sent = n + 1
+            ahead = (n + 1) / rate_eps - (time.perf_counter() - started)
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await producer.flush(timeout_s=60)

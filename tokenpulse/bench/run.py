@@ -1,0 +1,379 @@
+"""The end-to-end benchmark: phases, measurements and the one table it prints.
+
+Phases, on one broker and one ClickHouse:
+1. raw limit: ProducerPerformance into a scratch topic;
+2. a fleet backlog (one event per record) is produced; ConsumerPerformance and
+   the quixstreams peer read the same topic; then one worker drains it:
+   sustained events/s and CPU seconds per 100,000 events;
+3. with that worker live: a paced load at about half its rate, freshness
+   (produced -> queryable) of sampled events and alert latency (crossing
+   event produced -> alert on the alerts topic);
+4. many active tenants: peak RSS of the same worker;
+5. the same backlog in SDK batch envelopes into a fresh pipeline: events/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenpulse.bench import load, raw
+from tokenpulse.bench.services import Pipeline, Services, proc_cpu_s, proc_rss_mb
+from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool = False
+    events: int = 300_000  # fleet backlog records
+    fleet_tenants: int = 200
+    fresh_duration_s: float = 30.0
+    alert_quotas: int = 50
+    many_tenants: int = 100_000
+    raw_records: int = 1_000_000
+    profile_path: Path | None = None  # py-spy collapsed stacks of the worker while draining
+
+    @classmethod
+    def quick_run(cls) -> BenchConfig:
+        return cls(
+            quick=True,
+            events=20_000,
+            fleet_tenants=100,
+            fresh_duration_s=6.0,
+            alert_quotas=5,
+            many_tenants=5_000,
+            raw_records=100_000,
+        )
+
+
+@dataclass
+class BenchResult:
+    single_eps: float = 0.0
+    envelope_eps: float = 0.0
+    raw_consume_rps: float = 0.0
+    raw_produce_rps: float = 0.0
+    peer_rps: float = 0.0
+    peer_note: str = ""
+    fresh_rate_eps: float = 0.0
+    fresh_p50_s: float = 0.0
+    fresh_p99_s: float = 0.0
+    fresh_samples: int = 0
+    alert_p99_s: float = 0.0
+    alerts: int = 0
+    rss_mb: float = 0.0
+    many_tenants: int = 0
+    cpu_s_per_100k: float = 0.0
+    profile_top: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        def ratio(a: float, b: float) -> str:
+            return f"{a / b:.2f}x ({a / b * 100:.0f} %)" if b else "n/a"
+
+        return [
+            ("worker sustained, 1 event/record", f"{self.single_eps:,.0f} events/s", "100,000"),
+            ("worker sustained, SDK envelopes", f"{self.envelope_eps:,.0f} events/s", "100,000"),
+            ("raw kafka-consumer-perf-test", f"{self.raw_consume_rps:,.0f} records/s", ""),
+            ("raw kafka-producer-perf-test", f"{self.raw_produce_rps:,.0f} records/s", ""),
+            (
+                "quixstreams peer (per-minute -> ClickHouse)",
+                f"{self.peer_rps:,.0f} records/s" if self.peer_rps else self.peer_note,
+                "",
+            ),
+            ("tokenpulse / raw consume", ratio(self.single_eps, self.raw_consume_rps), ">= 50 %"),
+            ("tokenpulse / quixstreams peer", ratio(self.single_eps, self.peer_rps), ""),
+            (
+                f"freshness p50 / p99 at {self.fresh_rate_eps:,.0f} events/s",
+                f"{self.fresh_p50_s:.2f} s / {self.fresh_p99_s:.2f} s"
+                f" ({self.fresh_samples} samples)",
+                "p99 < 2 s",
+            ),
+            (
+                "alert latency p99",
+                f"{self.alert_p99_s:.2f} s ({self.alerts} alerts)",
+                "< 1 s",
+            ),
+            (
+                f"worker peak RSS, {self.many_tenants:,} active tenants",
+                f"{self.rss_mb:,.0f} MB",
+                "< 1 GB",
+            ),
+            ("worker CPU per 100,000 events", f"{self.cpu_s_per_100k:.1f} CPU s", ""),
+        ]
+
+    def table(self) -> str:
+        head = ("measure", "result", "goal")
+        rows = [head, *self.rows()]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [
+            "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+            for r in rows
+        ]
+        lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+        return "\n".join(lines)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+Say = Callable[[str], None]
+
+
+def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
+    res = BenchResult()
+    run_id = "bench" + uuid.uuid4().hex[:8]
+    single = Pipeline(services, run_id, "single")
+    envelope = Pipeline(services, run_id, "envelope")
+    try:
+        _raw_produce(config, services, single, res, say)
+        _single(config, services, single, res, say)
+        _fresh_and_alerts(config, single, res, say)
+        _many_tenants(config, single, res, say)
+        single.stop_worker()
+        _envelope(config, envelope, res, say)
+    finally:
+        single.teardown()
+        envelope.teardown()
+    return res
+
+
+def _raw_produce(
+    config: BenchConfig, services: Services, pipe: Pipeline, res: BenchResult, say: Say
+) -> None:
+    pipe.setup()
+    say(f"raw: kafka-producer-perf-test, {config.raw_records:,} records of 400 B")
+    # The DLQ topic of this pipeline is a scratch topic until the worker runs;
+    # the records are deleted with the pipeline's topics at the end.
+    scratch = pipe.prefix + "raw-perf"
+    asyncio.run(_create_topic(services.bootstrap, scratch, pipe.partitions))
+    res.raw_produce_rps = raw.producer_perf(services.bootstrap, scratch, config.raw_records, 400)
+
+
+async def _create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+def _put_alert_quotas(pipe: Pipeline, count: int, limit: int) -> list[str]:
+    from aiokafka import AIOKafkaProducer
+
+    tenants = [f"{load.ALERT_ORG}/t{i}" for i in range(count)]
+
+    async def put() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=pipe.services.bootstrap, acks="all")
+        await producer.start()
+        try:
+            for t in tenants:
+                q = QuotaDefinition(
+                    quota_id="bench", tenant_id=t, metric="input", period="day",
+                    limit=limit, thresholds_pct=(100,),
+                )  # fmt: skip
+                await producer.send_and_wait(
+                    pipe.topics.quotas, encode_quota_definition(q), key=quota_state_key(t, "bench")
+                )
+        finally:
+            await producer.stop()
+
+    asyncio.run(put())
+    return tenants
+
+
+def _drain(pipe: Pipeline, expected: int, res_profile: BenchConfig | None) -> tuple[float, float]:
+    """Start the worker on a produced backlog; (events/s, CPU s per 100k events)."""
+    pid = pipe.start_worker()
+    t0 = pipe.wait_rows(max(expected // 20, 1), 600, poll_s=0.05)
+    rows0, cpu0 = pipe.rows(), proc_cpu_s(pid)
+    prof: subprocess.Popen[bytes] | None = None
+    if res_profile is not None and res_profile.profile_path is not None:
+        prof = _start_profile(pid, res_profile.profile_path)
+    t1 = pipe.wait_rows(expected, 1800, poll_s=0.1)
+    cpu1 = proc_cpu_s(pid)
+    if prof is not None:
+        prof.wait(120)
+    done = expected - rows0
+    return done / max(t1 - t0, 1e-9), (cpu1 - cpu0) / max(done, 1) * 100_000
+
+
+def _start_profile(pid: int, path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+         "--duration", "15", "--rate", "50", "--format", "raw", "--output", str(path),
+         "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _single(
+    config: BenchConfig, services: Services, pipe: Pipeline, res: BenchResult, say: Say
+) -> None:
+    _put_alert_quotas(pipe, config.alert_quotas, limit=10_000)
+    records = load.fleet(config.events, config.fleet_tenants, seed=5)
+    say(f"backlog: {len(records):,} fleet records, one event per record")
+    backlog = asyncio.run(
+        load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=False)
+    )
+    say(f"  produced in {backlog.produce_s:.1f} s; raw kafka-consumer-perf-test on it")
+    res.raw_consume_rps = raw.consumer_perf(services.bootstrap, pipe.topics.usage, backlog.records)
+    say("  quixstreams peer on the same topic")
+    _peer(services, pipe, backlog.records, res)
+    say("  one tokenpulse worker drains it")
+    res.single_eps, res.cpu_s_per_100k = _drain(pipe, backlog.expected_events, config)
+    if config.profile_path is not None and config.profile_path.exists():
+        res.profile_top = top_frames(config.profile_path)
+
+
+def _peer(services: Services, pipe: Pipeline, records: int, res: BenchResult) -> None:
+    argv = [
+        sys.executable, "-m", "tokenpulse.bench.peer",
+        "--bootstrap", services.bootstrap, "--topic", pipe.topics.usage,
+        "--records", str(records), "--clickhouse-url", services.clickhouse_url,
+        "--database", pipe.database, "--group", pipe.prefix + "quix-peer",
+        "--state-dir", str(services.home / "quix-state"),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=1800, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        res.peer_note = f"failed: {why[:120]}"
+        return
+    out = json.loads(lines[-1])
+    res.peer_rps = float(out["rate_rps"])
+
+
+def _fresh_and_alerts(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> None:
+    rate = max(res.single_eps / 2, 50.0)
+    res.fresh_rate_eps = rate
+    say(f"freshness and alerts: {rate:,.0f} events/s for {config.fresh_duration_s:.0f} s")
+    alert_tenants = [f"{load.ALERT_ORG}/t{i}" for i in range(config.alert_quotas)]
+    paced = load.PacedResult()
+    alerts_at: dict[str, float] = {}
+    seen_at: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_alerts, args=(pipe, alerts_at, stop), daemon=True)
+    watcher.start()
+    producer = threading.Thread(
+        target=lambda: asyncio.run(
+            load.produce_paced(
+                pipe.services.bootstrap, pipe.topics.usage, rate_eps=rate,
+                duration_s=config.fresh_duration_s, sample_every=max(int(rate // 20), 1),
+                alert_tenants=alert_tenants, alert_limit=10_000, result=paced,
+            )
+        ),
+        daemon=True,
+    )  # fmt: skip
+    producer.start()
+    deadline = time.monotonic() + config.fresh_duration_s + 60
+    while time.monotonic() < deadline:
+        pending = [i for i in list(paced.fresh_sent_at) if i not in seen_at]
+        if pending:
+            found = pipe.client.query(
+                f"SELECT event_id FROM {pipe.database}.usage_events"
+                " WHERE tenant_id >= 'fresh/' AND tenant_id < 'fresh0'"
+                " AND has({ids:Array(String)}, event_id)",
+                parameters={"ids": pending},
+            ).result_rows
+            now = time.time()
+            for (event_id,) in found:
+                seen_at[str(event_id)] = now
+        finished = not producer.is_alive()
+        if (
+            finished
+            and len(seen_at) >= len(paced.fresh_sent_at)
+            and len(alerts_at) >= len(alert_tenants)
+        ):
+            break
+        pipe.check_worker()
+        time.sleep(0.05)
+    stop.set()
+    watcher.join(10)
+    fresh = [seen_at[i] - t for i, t in paced.fresh_sent_at.items() if i in seen_at]
+    res.fresh_samples = len(fresh)
+    res.fresh_p50_s = statistics.median(fresh) if fresh else 0.0
+    res.fresh_p99_s = _pct(fresh, 0.99)
+    lat = [alerts_at[t] - s for t, s in paced.crossing_sent_at.items() if t in alerts_at]
+    res.alerts = len(lat)
+    res.alert_p99_s = _pct(lat, 0.99)
+
+
+def _watch_alerts(pipe: Pipeline, alerts_at: dict[str, float], stop: threading.Event) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from tokenpulse.schemas import decode_quota_alert
+
+    async def watch() -> None:
+        consumer = AIOKafkaConsumer(
+            pipe.topics.alerts,
+            bootstrap_servers=pipe.services.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=50)
+                now = time.time()
+                for msgs in batch.values():
+                    for m in msgs:
+                        alert = decode_quota_alert(m.value)
+                        alerts_at.setdefault(alert.tenant_id, now)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(watch())
+
+
+def _many_tenants(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> None:
+    say(f"many tenants: {config.many_tenants:,} tenants x 2 events")
+    records = load.uniform_tenants(config.many_tenants, 2, tag="many")
+    before = pipe.rows()
+    asyncio.run(
+        load.produce_backlog(pipe.services.bootstrap, pipe.topics.usage, records, envelope=False)
+    )
+    pipe.wait_rows(before + len(records), 1800)
+    assert pipe.worker is not None
+    res.rss_mb = proc_rss_mb(pipe.worker.pid, "VmHWM")
+    res.many_tenants = config.many_tenants
+
+
+def _envelope(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> None:
+    pipe.setup()
+    records = load.fleet(config.events, config.fleet_tenants, seed=5)
+    say(f"backlog: {len(records):,} fleet records in SDK batch envelopes")
+    backlog = asyncio.run(
+        load.produce_backlog(pipe.services.bootstrap, pipe.topics.usage, records, envelope=True)
+    )
+    res.envelope_eps, _ = _drain(pipe, backlog.expected_events, None)
+    pipe.stop_worker()
+
+
+def top_frames(path: Path, limit: int = 8) -> list[str]:
+    """The functions most often on top of the worker's stack (py-spy raw format)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+        total += int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
+    return [f"{n / max(total, 1) * 100:5.1f} %  {frame}" for frame, n in ranked]

@@ -1,0 +1,198 @@
+"""Where the benchmark runs: the services, and one Pipeline (topics, database, worker).
+
+KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL, when both are set, name a running
+stack; otherwise a LocalStack starts in a temporary home on free ports and is
+stopped afterwards. Every pipeline gets its own topic prefix, consumer group
+and database, dropped at the end, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from tokenpulse.errors import ServiceUnavailable
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Services:
+    bootstrap: str
+    clickhouse_url: str  # server URL ending in '/', no database
+    origin: str
+    home: Path  # scratch space: worker data dirs and logs
+
+
+@contextlib.contextmanager
+def obtain_services(keep_dir: Path | None = None) -> Iterator[Services]:
+    """The running stack named by the environment, or a temporary local one."""
+    with tempfile.TemporaryDirectory(prefix="tokenpulse-bench-") as tmp:
+        home = keep_dir or Path(tmp)
+        home.mkdir(parents=True, exist_ok=True)
+        kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        ch = os.environ.get("CLICKHOUSE_URL")
+        if kafka and ch:
+            root = urlunsplit(urlsplit(ch)._replace(path="/"))
+            yield Services(kafka, root, "environment", home)
+            return
+        from tokenpulse.local.stack import LocalStack
+
+        stack = LocalStack.for_tests(home / "stack")
+        stack.up()
+        try:
+            yield Services(stack.kafka_bootstrap, stack.clickhouse_url, "local stack", home)
+        finally:
+            stack.down()
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (from /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_mb(pid: int, key: str = "VmRSS") -> float:
+    """Resident memory in MB; key=VmHWM gives the peak since the process started."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Pipeline:
+    """One tokenpulse pipeline: its topics, its database, and at most one worker."""
+
+    def __init__(self, services: Services, run_id: str, name: str, partitions: int = 6) -> None:
+        from tokenpulse.streams.settings import TopicNames
+
+        self.services = services
+        self.name = name
+        self.prefix = f"{run_id}-{name}."
+        self.topics = TopicNames.with_affixes(prefix=self.prefix)
+        self.database = f"{run_id}_{name}".replace("-", "_")
+        self.group = f"{run_id}-{name}-workers"
+        self.partitions = partitions
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.log_path = services.home / f"worker-{name}.log"
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import clickhouse_connect
+
+            self._client = clickhouse_connect.get_client(dsn=self.services.clickhouse_url)
+        return self._client
+
+    def setup(self) -> None:
+        from tokenpulse.sinks.migrations import RenderOptions, migrate
+        from tokenpulse.streams.settings import WorkerSettings
+        from tokenpulse.streams.topics import ensure_topics
+
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        migrate(self.client, RenderOptions(database=self.database))
+        settings = WorkerSettings(
+            kafka_bootstrap_servers=self.services.bootstrap,
+            clickhouse_url=self.services.clickhouse_url + self.database,
+            topics=self.topics,
+            partitions=self.partitions,
+        )
+        asyncio.run(ensure_topics(settings))
+
+    def start_worker(self) -> int:
+        env = dict(os.environ)
+        env.update(
+            KAFKA_BOOTSTRAP_SERVERS=self.services.bootstrap,
+            CLICKHOUSE_URL=self.services.clickhouse_url + self.database,
+            TOKENPULSE_HOME=str(self.services.home),
+            TOKENPULSE_TOPIC_PREFIX=self.prefix,
+            TOKENPULSE_WORKER_GROUP=self.group,
+            TOKENPULSE_TOPIC_PARTITIONS=str(self.partitions),
+            TOKENPULSE_WORKER_DATA_DIR=str(self.services.home / f"worker-{self.name}"),
+            # The bench's agents do not sign: broker ACLs are the trust model here.
+            TOKENPULSE_VERIFY_SIGNATURES="false",
+            TOKENPULSE_LOGLEVEL="warning",
+            TOKENPULSE_METRICS_PORT="0",  # no fixed port: other workers may share the host
+        )
+        with self.log_path.open("ab") as log:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "tokenpulse", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self.worker.pid
+
+    def check_worker(self) -> None:
+        if self.worker is not None and self.worker.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise ServiceUnavailable(
+                f"the bench worker {self.name} exited with {self.worker.returncode}; "
+                f"see {self.log_path}:\n{tail}"
+            )
+
+    def stop_worker(self) -> None:
+        if self.worker is None:
+            return
+        if self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(60)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait(30)
+        self.worker = None
+
+    def rows(self) -> int:
+        return int(
+            self.client.query(f"SELECT count() FROM {self.database}.usage_events").result_rows[0][0]
+        )
+
+    def wait_rows(self, target: int, timeout_s: float, poll_s: float = 0.25) -> float:
+        """Poll until usage_events holds `target` rows; returns the monotonic time seen."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.rows() >= target:
+                return time.monotonic()
+            self.check_worker()
+            time.sleep(poll_s)
+        raise ServiceUnavailable(
+            f"pipeline {self.name}: {self.rows()} of {target} rows after {timeout_s:.0f} s; "
+            f"see {self.log_path}"
+        )
+
+    def teardown(self) -> None:
+        self.stop_worker()
+        with contextlib.suppress(Exception):
+            self.client.command(f"DROP DATABASE IF EXISTS {self.database}")
+        with contextlib.suppress(Exception):
+            asyncio.run(_delete_topics(self.services.bootstrap, self.prefix))
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
