@@ -12,7 +12,9 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tokenpulse.errors import LocalStackError
@@ -96,6 +98,40 @@ def running_pid(pid_file: Path, *, marker: str) -> int | None:
     if not any(marker in arg for arg in pid_cmdline(pid)):
         return None
     return pid
+
+
+def spawn_detached(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    pid_file: Path,
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a server in its own session (it outlives the CLI), output to log_path."""
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n", encoding="utf-8")
+    return proc
+
+
+def stop_detached(
+    pid: int | None, proc: subprocess.Popen[bytes] | None, pid_file: Path, *, timeout_s: float
+) -> None:
+    """Stop a server started by spawn_detached (by this process or an earlier one)."""
+    if pid is not None:
+        terminate(pid, timeout_s=timeout_s)
+    if proc is not None:
+        proc.wait(timeout=10)  # reap our own child so it leaves no zombie
+    pid_file.unlink(missing_ok=True)
 
 
 def terminate(pid: int, *, timeout_s: float) -> None:

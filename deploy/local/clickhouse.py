@@ -115,17 +115,9 @@ class ClickHouseNode:
         log.info(
             "starting the ClickHouse endpoint on %s:%d (log: %s)", c.host, c.port, self.log_path
         )
-        with self.log_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                self.argv(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self._dir,
-                start_new_session=True,  # survives the CLI that started it
-            )
-        self._pid_file.write_text(f"{self._proc.pid}\n", encoding="utf-8")
+        self._proc = _process.spawn_detached(
+            self.argv(), log_path=self.log_path, pid_file=self._pid_file, cwd=self._dir, env=env
+        )
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -162,8 +154,5 @@ class ClickHouseNode:
         pid = self.pid()
         if pid is not None:
             log.info("stopping the ClickHouse endpoint (pid %d)", pid)
-            _process.terminate(pid, timeout_s=timeout_s)
-        if self._proc is not None:
-            self._proc.wait(timeout=10)
-            self._proc = None
-        self._pid_file.unlink(missing_ok=True)
+        _process.stop_detached(pid, self._proc, self._pid_file, timeout_s=timeout_s)
+        self._proc = None

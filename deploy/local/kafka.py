@@ -351,16 +351,9 @@ class KafkaNode:
         self._format(java, libs, cluster_id)
         argv = self._java_argv(java, libs, "kafka.Kafka", str(self._properties))
         log.info("starting Kafka %s on %s (logs: %s)", c.version, self.bootstrap, self.log_path)
-        with self.stdout_path.open("ab") as out:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self._dir,
-                start_new_session=True,  # survives the CLI that started it
-            )
-        self._pid_file.write_text(f"{self._proc.pid}\n", encoding="utf-8")
+        self._proc = _process.spawn_detached(
+            argv, log_path=self.stdout_path, pid_file=self._pid_file, cwd=self._dir
+        )
         self._wait_ready(timeout_s)
 
     def _wait_ready(self, timeout_s: float) -> None:
@@ -388,8 +381,5 @@ class KafkaNode:
         pid = self.pid()
         if pid is not None:
             log.info("stopping Kafka (pid %d)", pid)
-            _process.terminate(pid, timeout_s=timeout_s)
-        if self._proc is not None:
-            self._proc.wait(timeout=10)
-            self._proc = None
-        self._pid_file.unlink(missing_ok=True)
+        _process.stop_detached(pid, self._proc, self._pid_file, timeout_s=timeout_s)
+        self._proc = None
