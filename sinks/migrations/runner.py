@@ -8,7 +8,7 @@ instead of editing an old one).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +64,16 @@ def applied_versions(client: Any, database: str) -> dict[int, str]:
 
 
 def migrate(
-    client: Any, opts: RenderOptions, migrations: Sequence[Migration] = MIGRATIONS
+    client: Any,
+    opts: RenderOptions,
+    migrations: Sequence[Migration] = MIGRATIONS,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> MigrateResult:
-    """Bring `opts.database` up to the newest version with a clickhouse-connect client."""
+    """Bring `opts.database` up to the newest version with a clickhouse-connect client.
+
+    `progress(done, total)` is called after each migration (applied or skipped).
+    """
     versions = [m.version for m in migrations]
     if versions != sorted(set(versions)):
         raise MigrationError(f"migration versions must be unique and increasing, got {versions}")
@@ -91,6 +98,8 @@ def migrate(
                     details={"version": m.version},
                 )
             skipped.append(m.version)
+            if progress is not None:
+                progress(len(applied) + len(skipped), len(migrations))
             continue
         # Every statement is IF NOT EXISTS / OR REPLACE, so a run cut short
         # between a statement and the bookkeeping insert can simply be re-run.
@@ -103,4 +112,6 @@ def migrate(
             column_type_names=["UInt32", "String", "String"],
         )
         applied.append(m.version)
+        if progress is not None:
+            progress(len(applied) + len(skipped), len(migrations))
     return MigrateResult(tuple(applied), tuple(skipped))

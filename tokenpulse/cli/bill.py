@@ -11,23 +11,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_format, add_parser
+from tokenpulse.cli._progress import phase
 from tokenpulse.config import Settings
 
 DEFAULT_PRICEBOOK = Path("examples/pricebook.toml")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_parser(
+        subparsers,
         "bill",
-        help="compute monthly invoices or chargeback",
+        help="a month's invoices or chargeback, from the price book",
         description=(
             "Invoices per tenant for a month: exact token sums from ClickHouse, tiers and"
-            " money in decimal, each line rounded half-up to cents. See docs/billing.md."
+            " money in decimal, each line rounded half-up to cents; usage that arrived after"
+            " a month closed goes on the next invoice as an adjustment. --chargeback rolls"
+            " usage and cost up the tenant hierarchy (acme, acme/research, ...)."
+            " See docs/billing.md."
+        ),
+        example_lines=(
+            "tokenpulse bill --month 2026-11",
+            "tokenpulse bill --month 2026-11 --format json",
+            "tokenpulse bill --month 2026-11 --tenant acme/research --format csv",
+            "tokenpulse bill --month 2026-11 --chargeback --format json",
+            "tokenpulse bill --month 2026-11 --pricebook examples/pricebook.toml --write",
         ),
     )
     p.add_argument("--month", required=True, help="YYYY-MM")
     p.add_argument("--tenant", help="one tenant (chargeback: a tenant and its descendants)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    add_format(p, ("table", "csv", "json"))
     p.add_argument(
         "--pricebook",
         type=Path,
@@ -75,18 +88,22 @@ def run(args: argparse.Namespace) -> int:
     client = sync_client(settings.clickhouse)
     try:
         if args.chargeback:
-            rows = fetch_hierarchy_usage(client, database, month, args.tenant)
+            with phase(f"reading {args.month} usage by tenant hierarchy from {database}"):
+                rows = fetch_hierarchy_usage(client, database, month, args.tenant)
             chargeback = [r.to_dict() for r in compute_chargeback(rows, book, month)]
             _emit(args.format, {"month": args.month, "chargeback": chargeback}, chargeback)
             return 0
-        usage = fetch_usage(
-            client, database, month, tenant_id=args.tenant, grace_days=args.grace_days
-        )
-        invoices = compute_invoices(
-            usage, book, month, tenant_id=args.tenant, grace_days=args.grace_days
-        )
+        with phase(f"reading {args.month} usage from {database}"):
+            usage = fetch_usage(
+                client, database, month, tenant_id=args.tenant, grace_days=args.grace_days
+            )
+        with phase(f"pricing {len({u.tenant_id for u in usage}):,} tenants"):
+            invoices = compute_invoices(
+                usage, book, month, tenant_id=args.tenant, grace_days=args.grace_days
+            )
         if args.write:
-            write_invoices(client, database, invoices)
+            with phase(f"writing {len(invoices):,} invoices to {database}.invoice_lines"):
+                write_invoices(client, database, invoices)
     finally:
         client.close()
     flat = [

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_format, add_parser
+from tokenpulse.cli._progress import phase
 from tokenpulse.config import Settings
 from tokenpulse.errors import ConfigError
 
@@ -16,10 +18,19 @@ DEFAULT_SERVING = Path("examples/serving.toml")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_parser(
+        subparsers,
         "capacity",
-        help="peak tokens/s, GPUs needed and a weekly forecast per model and region",
-        description="See sinks/capacity.py and docs/queries.md for the method.",
+        help="peak tokens/s, GPUs needed and a forecast per model",
+        description="Per model and region: tokens/s percentiles of the per-minute demand in "
+        "the window, the GPUs that demand needs with headroom (from the serving table: "
+        "tokens/s per GPU per model), and a trend x hour-of-week forecast for the coming "
+        "weeks. See sinks/capacity.py and docs/queries.md for the method.",
+        example_lines=(
+            "tokenpulse capacity --weeks 8",
+            "tokenpulse capacity --days 7 --until 2026-11-30 --format json",
+            "tokenpulse capacity --serving examples/serving.toml --headroom 0.3",
+        ),
     )
     p.add_argument("--weeks", type=int, default=8, help="weeks to forecast (default 8)")
     p.add_argument("--days", type=int, default=28, help="history window in days (default 28)")
@@ -30,7 +41,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--serving", type=Path, default=DEFAULT_SERVING, help="serving table TOML")
     p.add_argument("--headroom", type=float, help="override the serving table's headroom")
     p.add_argument("--database", help="database (default: from CLICKHOUSE_URL)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    add_format(p, ("table", "json"))
     p.set_defaults(func=run)
 
 
@@ -57,10 +68,10 @@ def run(args: argparse.Namespace) -> int:
     start = end - timedelta(days=args.days)
     settings = Settings.from_env()
     client = sync_client(settings.clickhouse)
+    database = args.database or settings.clickhouse.database
     try:
-        demand = fetch_minute_demand(
-            client, args.database or settings.clickhouse.database, start, end
-        )
+        with phase(f"reading {args.days} days of per-minute demand from {database}"):
+            demand = fetch_minute_demand(client, database, start, end)
     finally:
         client.close()
     plans = plan_capacity(demand, serving, start, end, args.weeks)

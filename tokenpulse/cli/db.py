@@ -6,17 +6,38 @@ import argparse
 import sys
 from typing import Any
 
+from tokenpulse.cli._common import add_format, add_parser, write_json
+from tokenpulse.cli._progress import Progress
 from tokenpulse.config import Settings
 
 
 def register(subparsers: Any) -> None:
-    db = subparsers.add_parser("db", help="manage the ClickHouse schema")
+    db = add_parser(
+        subparsers,
+        "db",
+        help="the ClickHouse schema: migrate (idempotent), status",
+        description="Versioned, idempotent migrations of the tokenpulse schema (usage_events, "
+        "per-minute and per-hour aggregates, demand, invoice lines) in the database "
+        "CLICKHOUSE_URL names, or --database.",
+        example_lines=(
+            "tokenpulse db migrate",
+            "tokenpulse db status --format json",
+            "tokenpulse db migrate --print-sql --cluster analytics",
+        ),
+    )
     verbs = db.add_subparsers(dest="db_verb", metavar="ACTION", required=True)
 
-    mig = verbs.add_parser(
+    mig = add_parser(
+        verbs,
         "migrate",
         help="apply pending schema migrations (idempotent)",
-        description="Create or upgrade the tokenpulse schema. Running it twice changes nothing.",
+        description="Create or upgrade the tokenpulse schema. Running it twice changes nothing; "
+        "a migration edited after it was applied is refused.",
+        example_lines=(
+            "tokenpulse db migrate",
+            "tokenpulse db migrate --format json",
+            "tokenpulse db migrate --print-sql --cluster analytics --retention-days 400",
+        ),
     )
     _common(mig)
     mig.add_argument("--cluster", help="render ON CLUSTER / Replicated* / Distributed DDL")
@@ -27,10 +48,18 @@ def register(subparsers: Any) -> None:
         help="TTL of raw usage_events when the table is created (default: keep forever)",
     )
     mig.add_argument("--print-sql", action="store_true", help="print the DDL instead of running it")
+    add_format(mig)
     mig.set_defaults(func=_migrate)
 
-    status = verbs.add_parser("status", help="list applied and pending migrations")
+    status = add_parser(
+        verbs,
+        "status",
+        help="list applied and pending migrations",
+        description="Each migration's version, state (applied, pending, CHANGED) and name.",
+        example_lines=("tokenpulse db status", "tokenpulse db status --format json"),
+    )
     _common(status)
+    add_format(status)
     status.set_defaults(func=_status)
 
 
@@ -60,9 +89,19 @@ def _migrate(args: argparse.Namespace) -> int:
         return 0
     client = sync_client(settings.clickhouse)
     try:
-        result = migrate(client, opts)
+        with Progress(f"migrating {opts.database}", unit="migrations") as bar:
+            result = migrate(client, opts, progress=bar.update)
     finally:
         client.close()
+    if args.format == "json":
+        write_json(
+            {
+                "database": opts.database,
+                "applied": list(result.applied),
+                "already_applied": list(result.already_applied),
+            }
+        )
+        return 0
     applied = ", ".join(map(str, result.applied)) or "none"
     sys.stdout.write(
         f"database {opts.database}: applied {applied};"
@@ -87,9 +126,15 @@ def _status(args: argparse.Namespace) -> int:
         done = applied_versions(client, database) if int(exists) else {}
     finally:
         client.close()
+    rows = []
     for m in MIGRATIONS:
         state = "applied" if m.version in done else "pending"
         if m.version in done and done[m.version] != m.checksum:
             state = "CHANGED"
-        sys.stdout.write(f"{m.version:>4}  {state:<8} {m.name}\n")
+        rows.append({"version": m.version, "state": state, "name": m.name})
+    if args.format == "json":
+        write_json({"database": database, "migrations": rows})
+        return 0
+    for row in rows:
+        sys.stdout.write(f"{row['version']:>4}  {row['state']:<8} {row['name']}\n")
     return 0

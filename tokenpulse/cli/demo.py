@@ -19,23 +19,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_parser, topic_names
 from tokenpulse.errors import ServiceUnavailable
-
-EXAMPLE = """\
-example:
-  tokenpulse demo --events 20000 --tenants 40
-"""
 
 
 def register(subparsers: Any) -> None:
     from tokenpulse.cli.simulate import add_fleet_arguments
 
-    p: argparse.ArgumentParser = subparsers.add_parser(
+    p = add_parser(
+        subparsers,
         "demo",
-        help="run the whole pipeline on a simulated fleet and print usage and the bill",
-        description=__doc__,
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="the whole pipeline on a simulated fleet, end to end",
+        description=__doc__ or "",
+        example_lines=(
+            "tokenpulse demo                              # 20,000 records from 40 tenants",
+            "tokenpulse demo --events 100000 --tenants 200 --seed 1",
+        ),
     )
     add_fleet_arguments(p)
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for counting")
@@ -106,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
         _say(f"sending {config.events} records from {config.tenants} simulated agents")
         result = asyncio.run(
             run_simulation(
-                config, bootstrap_servers=settings.kafka_bootstrap_servers, org_secrets=secrets
+                config,
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                topic=topic_names().usage,  # the worker's names (TOKENPULSE_TOPIC_PREFIX)
+                org_secrets=secrets,
             )
         )
         _say(
@@ -239,14 +241,15 @@ def _print_alerts(settings: Any) -> None:
     """The quota alerts on the alerts topic (all runs of the demo today)."""
     import asyncio
 
-    from tokenpulse.config import TOPIC_QUOTA_ALERTS
     from tokenpulse.schemas import decode_quota_alert
+
+    alerts_topic = topic_names().alerts
 
     async def read() -> list[Any]:
         from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(
-            TOPIC_QUOTA_ALERTS,
+            alerts_topic,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -259,7 +262,7 @@ def _print_alerts(settings: Any) -> None:
             await consumer.stop()
 
     alerts = asyncio.run(read())
-    _say(f"{len(alerts)} quota alerts on {TOPIC_QUOTA_ALERTS}")
+    _say(f"{len(alerts)} quota alerts on {alerts_topic}")
     for a in alerts[-10:]:
         sys.stdout.write(
             f"  {a.tenant_id:16} {a.quota_id:22} crossed {a.threshold_pct:>3}% "

@@ -10,39 +10,86 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import sys
 import tomllib
 import uuid
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_format, add_parser, write_json
 from tokenpulse.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("quota", help="set, list, delete and load quota definitions")
-    sub = p.add_subparsers(dest="quota_cmd", metavar="CMD")
-    s = sub.add_parser("set", help="create or replace a quota")
-    s.add_argument("--tenant", required=True)
+    p = add_parser(
+        subparsers,
+        "quota",
+        help="quota definitions: set, list, delete, load (no restart)",
+        description="Quota definitions live on the compacted topic tokenpulse.quotas.v1 (with "
+        "TOKENPULSE_TOPIC_PREFIX/SUFFIX); every worker follows it, so a change applies within "
+        "seconds. A quota limits input, output or total tokens of a tenant (and its "
+        "sub-tenants: acme covers acme/research) per minute, hour, day or month; alerts go out "
+        "at each threshold.",
+        example_lines=_EXAMPLES,
+    )
+    sub = p.add_subparsers(dest="quota_cmd", metavar="ACTION", required=True)
+    s = add_parser(
+        sub,
+        "set",
+        help="create or replace a quota; prints its id",
+        description="Create a quota, or replace the one with the same --id.",
+        example_lines=(_EXAMPLES[0], _EXAMPLES[1]),
+    )
+    s.add_argument("--tenant", required=True, help="tenant id, e.g. acme or acme/research")
     s.add_argument("--metric", choices=("input", "output", "total"), default="total")
     s.add_argument("--period", choices=("minute", "hour", "day", "month"), default="day")
-    s.add_argument("--limit", type=int, required=True)
-    s.add_argument("--model", default=None)
-    s.add_argument("--thresholds", default="50,80,100", help="percentages, comma-separated")
+    s.add_argument("--limit", type=int, required=True, help="tokens per period")
+    s.add_argument("--model", default=None, help="only this model (default: all models)")
+    s.add_argument(
+        "--thresholds", default="50,80,100", help="alert percentages (default 50,80,100)"
+    )
     s.add_argument("--hard", action="store_true", help="the edge blocks once exceeded")
-    s.add_argument("--timezone", default="UTC")
-    s.add_argument("--id", dest="quota_id", default=None)
+    s.add_argument("--timezone", default="UTC", help="where periods start (IANA name)")
+    s.add_argument("--id", dest="quota_id", default=None, help="quota id (default: generated)")
     s.set_defaults(func=_set)
-    ls = sub.add_parser("list", help="list current quotas")
-    ls.add_argument("--format", choices=("text", "json"), default="text")
+    ls = add_parser(
+        sub,
+        "list",
+        help="list current quotas",
+        description="Read the quotas topic to its end and print the current definitions.",
+        example_lines=(_EXAMPLES[2], "tokenpulse quota list"),
+    )
+    add_format(ls)
     ls.set_defaults(func=_list)
-    d = sub.add_parser("delete", help="delete a quota by id")
-    d.add_argument("quota_id")
+    d = add_parser(
+        sub,
+        "delete",
+        help="delete a quota by id",
+        description="Write a tombstone for the quota; exit 1 when no quota has that id.",
+        example_lines=(_EXAMPLES[4],),
+    )
+    d.add_argument("quota_id", help="the id `quota set` printed or `quota list` shows")
     d.set_defaults(func=_delete)
-    ld = sub.add_parser("load", help="load [[quota]] tables from a TOML file")
-    ld.add_argument("file", type=Path)
+    ld = add_parser(
+        sub,
+        "load",
+        help="load [[quota]] tables from a TOML file (all or nothing)",
+        description="Validate every [[quota]] table of the file, then publish them all; loading "
+        "the same file twice replaces rather than adds. The format is documented in "
+        "examples/quotas.toml.",
+        example_lines=(_EXAMPLES[3],),
+    )
+    ld.add_argument("file", type=Path, help="TOML file with [[quota]] tables")
     ld.set_defaults(func=_load)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+_EXAMPLES = (
+    "tokenpulse quota set --tenant acme/research --metric total --period day --limit 1000000 "
+    "--id research-daily",
+    "tokenpulse quota set --tenant acme --period hour --limit 5000000 --thresholds 80,100 --hard",
+    "tokenpulse quota list --format json",
+    "tokenpulse quota load examples/quotas.toml",
+    "tokenpulse quota delete research-daily",
+)
 
 
 def _settings() -> Any:
@@ -130,7 +177,7 @@ def _list(args: argparse.Namespace) -> int:
 
     defs = asyncio.run(_current())
     if args.format == "json":
-        sys.stdout.write(msgspec.json.encode(list(defs.values())).decode() + "\n")
+        write_json(msgspec.to_builtins(list(defs.values())))
         return 0
     for q in defs.values():
         print(

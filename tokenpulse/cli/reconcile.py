@@ -17,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_format, add_parser, topic_names, write_json
+from tokenpulse.cli._progress import Progress
 from tokenpulse.config import TOPIC_USAGE, Settings
 from tokenpulse.errors import ConfigError
 
@@ -44,18 +46,31 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_parser(
+        subparsers,
         "reconcile",
-        help="compare what Kafka holds with ClickHouse and the DLQ; exit 1 on differences",
+        help="compare Kafka with ClickHouse and the DLQ (exit 1: differ)",
         description=(
             "Read the usage topic from --since to its end (or --until), apply the worker's "
             "acceptance rules and compare with usage_events and the DLQ, per partition, "
-            "tenant and event id. Exit 0: no differences; 1: differences."
+            "tenant and event id. Exit 0: no differences; 1: differences (or an error). "
+            "Offsets the worker has not processed yet are reported as pending, and count "
+            "as differences only with --strict. See docs/reconcile.md."
         ),
+        example_lines=(
+            "tokenpulse reconcile --since 2h",
+            "tokenpulse reconcile --since 24h --until 5m --format json",
+        ),
+        notes="In a script, after the worker has drained: "
+        "tokenpulse reconcile --since 1d --strict || alert",
     )
     p.add_argument("--since", required=True, help="RFC 3339 time or a duration ago (2h, 30m)")
     p.add_argument("--until", default=None, help="RFC 3339 time or a duration ago (default: now)")
-    p.add_argument("--topic", default=TOPIC_USAGE, help=f"usage topic (default {TOPIC_USAGE})")
+    p.add_argument(
+        "--topic",
+        default=None,
+        help=f"usage topic (default {TOPIC_USAGE} with TOKENPULSE_TOPIC_PREFIX/SUFFIX)",
+    )
     p.add_argument("--dlq-topic", default=None, help="DLQ topic (default: beside --topic)")
     p.add_argument("--database", default=None, help="database (default: from CLICKHOUSE_URL)")
     p.add_argument(
@@ -65,7 +80,7 @@ def register(subparsers: Any) -> None:
         help="the worker's keyring when it verifies signatures (TOKENPULSE_KEYRING_FILE)",
     )
     p.add_argument("--strict", action="store_true", help="pending offsets count as differences")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    add_format(p, ("table", "json"))
     p.add_argument("--timeout-s", type=float, default=120.0, help="per-side read timeout")
     p.set_defaults(func=_run)
 
@@ -102,7 +117,7 @@ def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> A
         clickhouse=settings.clickhouse,
         since=since,
         until=until,
-        topic=args.topic,
+        topic=args.topic or topic_names(env).usage,
         dlq_topic=args.dlq_topic,
         database=args.database,
         keyring=_keyring(args, env),
@@ -115,12 +130,11 @@ def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> A
 def _run(args: argparse.Namespace) -> int:
     from tokenpulse.reconcile import reconcile
 
-    report = asyncio.run(reconcile(options(args)))
+    opts = options(args)
+    with Progress(f"reading {opts.topic}", unit="records") as bar:
+        report = asyncio.run(reconcile(opts, progress=bar.update))
     if args.format == "json":
-        import orjson
-
-        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        write_json(report.to_dict())
     else:
         sys.stdout.write(render_table(report.to_dict()))
     return 0 if report.ok else 1

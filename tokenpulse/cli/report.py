@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_format, add_parser, write_json
 from tokenpulse.config import TOPIC_QUOTAS, Settings
 from tokenpulse.errors import ServiceUnavailable, TokenpulseError
 
@@ -18,15 +19,21 @@ DEFAULT_SERVING = Path("examples/serving.toml")
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    p = add_parser(
+        subparsers,
         "report",
-        help="write a self-contained HTML report (usage, quotas, costs, capacity)",
+        help="an HTML report: usage, quotas, costs, capacity",
         description=(
             "One HTML file with inline SVG charts: tokens per day by tenant and model, top"
             " tenants, each quota's burn-down, cost by department and GPU capacity with its"
-            " forecast. Opening it fetches nothing."
+            " forecast. Opening it fetches nothing. Parts whose input is missing (no price"
+            " book, Kafka not reachable) are replaced by a note. stdout: the file's path"
+            " (text) or a summary (json)."
         ),
-        epilog="Example: tokenpulse report --html report.html --month 2026-11",
+        example_lines=(
+            "tokenpulse report --html report.html --month 2026-11",
+            "tokenpulse report --html report.html --no-quotas --format json",
+        ),
     )
     p.add_argument("--html", type=Path, required=True, help="output file")
     p.add_argument("--month", help="YYYY-MM (default: the current month, UTC)")
@@ -52,12 +59,13 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--kafka-timeout-s", type=float, default=10.0, help="give up on Kafka after this long"
     )
+    add_format(p)
     p.set_defaults(func=run)
 
 
 def _progress(message: str, started: float) -> None:
     # Progress goes to stderr so the one line on stdout (the file) stays scriptable.
-    sys.stderr.write(f"[{time.monotonic() - started:5.1f}s] {message}\n")
+    sys.stderr.write(f"tokenpulse: [{time.monotonic() - started:6.1f}s] {message}\n")
     sys.stderr.flush()
 
 
@@ -136,6 +144,19 @@ def run(args: argparse.Namespace) -> int:
         raise TokenpulseError(
             f"cannot write {out}: {exc.strerror}; choose another --html path"
         ) from None
-    _progress(f"wrote {len(page.encode()):,} bytes", started)
-    sys.stdout.write(f"{out}\n")
+    size = len(page.encode())
+    _progress(f"wrote {size:,} bytes", started)
+    if args.format == "json":
+        write_json(
+            {
+                "html": str(out),
+                "bytes": size,
+                "month": f"{month:%Y-%m}",
+                "database": database,
+                "notes": {k: v for k, v in kw.items() if k.endswith("_note")},
+                "elapsed_s": round(time.monotonic() - started, 3),
+            }
+        )
+    else:
+        sys.stdout.write(f"{out}\n")
     return 0

@@ -15,16 +15,28 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tokenpulse.cli._common import add_parser
+
 FATAL_STOP_GRACE_S = 30.0
 
 
 def register(subparsers: Any) -> None:
-    p: argparse.ArgumentParser = subparsers.add_parser(
+    p = add_parser(
+        subparsers,
         "worker",
-        help="run the stream processors (validate, dedup, sink, quotas)",
-        description="Consume tokenpulse.usage.v1 and meter it into ClickHouse. "
-        "Configured by KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL and TOKENPULSE_* "
-        "variables (see docs/streams.md); flags override them.",
+        help="run the stream processors: validate, dedup, meter, quotas",
+        description="Consume tokenpulse.usage.v1 and meter it into ClickHouse: validate, verify "
+        "signatures, dedup, write usage_events, enforce quotas (alerts and state topics). "
+        "Runs until SIGTERM/SIGINT, then leaves the consumer group cleanly (exit 0); exit 70 "
+        "when it stopped on an error retrying could not fix. Configured by "
+        "KAFKA_BOOTSTRAP_SERVERS, CLICKHOUSE_URL and TOKENPULSE_* variables (see "
+        "docs/streams.md); flags override them. Start more workers with the same group to "
+        "scale out.",
+        example_lines=(
+            "tokenpulse worker --keyring keyring.json            # verify signed events",
+            "tokenpulse worker --no-verify-signatures --loglevel info",
+            "tokenpulse worker --topic-prefix staging. --partitions 3",
+        ),
     )
     p.add_argument("--workers-id", dest="app_id", help="Faust app id / consumer group")
     p.add_argument("--loglevel", default=None, help="debug, info, warning, error")

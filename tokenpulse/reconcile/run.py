@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,11 +45,19 @@ class ReconcileOptions:
     timeout_s: float = 120.0
 
 
-async def reconcile(opts: ReconcileOptions) -> Report:
+async def reconcile(
+    opts: ReconcileOptions, *, progress: Callable[[int, int], None] | None = None
+) -> Report:
+    """Compare; `progress(records_read, offsets_in_range)` follows the usage topic's read."""
     database = check_identifier(opts.database or opts.clickhouse.database, "database")
     dlq_topic = opts.dlq_topic or dlq_topic_for(opts.topic)
     ranges, records = await read_usage(
-        opts.kafka_bootstrap_servers, opts.topic, opts.since, opts.until, timeout_s=opts.timeout_s
+        opts.kafka_bootstrap_servers,
+        opts.topic,
+        opts.since,
+        opts.until,
+        timeout_s=opts.timeout_s,
+        progress=progress,
     )
     dlq, unreadable = await read_dlq(
         opts.kafka_bootstrap_servers, dlq_topic, opts.topic, opts.since, timeout_s=opts.timeout_s

@@ -9,7 +9,7 @@ still gives a bounded, repeatable range.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -93,12 +93,19 @@ async def _ranges(
     return out
 
 
-async def _read(consumer: Any, topic: str, ranges: Ranges, timeout_s: float) -> list[Any]:
+async def _read(
+    consumer: Any,
+    topic: str,
+    ranges: Ranges,
+    timeout_s: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Any]:
     from aiokafka import TopicPartition
 
     todo = {TopicPartition(topic, p): r for p, r in ranges.items() if r[0] < r[1]}
     if not todo:
         return []
+    total = sum(end - start for start, end in todo.values())
     consumer.assign(list(todo))
     for tp, (start, _) in todo.items():
         consumer.seek(tp, start)
@@ -115,6 +122,8 @@ async def _read(consumer: Any, topic: str, ranges: Ranges, timeout_s: float) -> 
         for tp, msgs in batch.items():
             end = todo[tp][1] if tp in todo else -1
             out.extend(m for m in msgs if m.offset < end)
+        if progress is not None:
+            progress(len(out), total)  # offsets, not records: markers make total an upper bound
         for tp in list(todo):
             # Transaction markers take offsets too: the position, not the
             # last record, tells when a partition is done.
@@ -130,12 +139,16 @@ async def read_usage(
     until: datetime | None,
     *,
     timeout_s: float = 120.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Ranges, list[KafkaRecord]]:
-    """The offset range per partition and every record in it, by (partition, offset)."""
+    """The offset range per partition and every record in it, by (partition, offset).
+
+    `progress(records_read, offsets_in_range)` is called after each fetch.
+    """
     consumer = await _consumer(bootstrap, timeout_s)
     try:
         ranges = await _ranges(consumer, bootstrap, topic, since, until, timeout_s)
-        msgs = await _read(consumer, topic, ranges, timeout_s)
+        msgs = await _read(consumer, topic, ranges, timeout_s, progress)
     finally:
         await consumer.stop()
     records = [
