@@ -14,6 +14,7 @@ import logging
 import secrets
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,8 @@ from tokenpulse.local.chhttp_body import (
 )
 from tokenpulse.local.chhttp_engine import Engine, Handle, Summary
 from tokenpulse.local.chhttp_form import MAX_FORM_BYTES, apply_form, is_form, parse_form
+from tokenpulse.local.chhttp_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tokenpulse.local.chhttp_metrics import EndpointMetrics
 from tokenpulse.local.chhttp_protocol import (
     BAD_ARGUMENTS,
     NOT_IMPLEMENTED,
@@ -71,6 +74,7 @@ class EndpointHTTPServer(ThreadingHTTPServer):
         self.user = user
         self.password = password
         self.display_name = socket.gethostname() or "tokenpulse"
+        self.metrics = EndpointMetrics()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # One broken connection must never take the server down or spam stderr.
@@ -87,6 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     _raw: LengthBody | ChunkedBody | None = None
     _query_id = ""
+    _kind = "other"  # for the metrics: query, insert, ping, metrics, other
 
     def version_string(self) -> str:
         return self.server_version
@@ -110,14 +115,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         self._raw = None
         self._query_id = ""
+        self._kind = "other"
+        started = time.perf_counter()
         path, _, query_string = self.path.partition("?")
         try:
             self._raw = self._raw_body()
             if path in ("/ping", "/replicas_status") or (
                 path == "/" and not query_string and self.command == "GET"
             ):
+                self._kind = "ping"
                 self._send_plain(200, b"Ok.\n")
+            elif path == "/metrics":
+                self._kind = "metrics"
+                self._send_plain(200, self.server.metrics.render(), METRICS_CONTENT_TYPE)
             elif path == "/":
+                self._kind = "query"
                 self._handle_query(query_string)
             else:
                 self._send_plain(404, b"There is no handle " + path.encode()[:200] + b"\n")
@@ -128,6 +140,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("unexpected failure serving a request")
             self._send_error(ClickHouseHTTPError(UNKNOWN_EXCEPTION, "internal server error"))
+        finally:
+            self.server.metrics.observe(self._kind, time.perf_counter() - started)
 
     def _raw_body(self) -> LengthBody | ChunkedBody | None:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -160,15 +174,18 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_header("Keep-Alive", f"timeout={KEEP_ALIVE_S}")
 
-    def _send_plain(self, status: int, body: bytes) -> None:
+    def _send_plain(
+        self, status: int, body: bytes, mime: str = "text/plain; charset=UTF-8"
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=UTF-8")
+        self.send_header("Content-Type", mime)
         self.send_header("Content-Length", str(len(body)))
         self._common_headers()
         self.end_headers()
         self.wfile.write(body)
 
     def _send_error(self, exc: ClickHouseHTTPError) -> None:
+        self.server.metrics.errors.labels(str(exc.code)).inc()
         body = exc.text(self.server.engine.version).encode("utf-8", "replace")
         try:
             self.send_response(exc.status)
@@ -272,7 +289,9 @@ class _Handler(BaseHTTPRequestHandler):
             params.session_id, timeout_s=params.session_timeout_s, check=params.session_check
         ) as handle:
             handle.prepare(params.database, params.settings)
+            self._kind = "insert"
             summary = handle.insert(statement, fmt, self._insert_chunks(first, body))
+        self.server.metrics.inserted_rows.inc(summary.written_rows)
         self._result_headers(200, None, summary, 0)
         self.send_header("Content-Length", "0")
         self.end_headers()

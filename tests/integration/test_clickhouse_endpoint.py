@@ -327,6 +327,42 @@ async def test_long_bound_parameters_async_client(endpoint: Endpoint) -> None:
         await client.close()
 
 
+def _metric(text: str, name: str, labels: str = "") -> float:
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_count_requests_errors_and_inserted_rows(
+    endpoint: Endpoint, unique_name: str
+) -> None:
+    def scrape() -> str:
+        with urllib.request.urlopen(endpoint.url("metrics"), timeout=10) as resp:  # noqa: S310 - our http URL
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            return str(resp.read().decode())
+
+    before = scrape()
+    client = endpoint.client()
+    try:
+        client.command(f"CREATE TABLE default.{unique_name} (a UInt32) ENGINE = Memory")
+        client.insert(f"default.{unique_name}", [[i] for i in range(1234)], column_names=["a"])
+        with pytest.raises(DatabaseError):
+            client.query("SELECT * FROM default.no_such_table_for_metrics")
+    finally:
+        client.close()
+    after = scrape()
+    rows = "tokenpulse_clickhouse_http_inserted_rows_total"
+    assert _metric(after, rows) - _metric(before, rows) == 1234
+    inserts = "tokenpulse_clickhouse_http_requests_total"
+    assert _metric(after, inserts, 'kind="insert"') - _metric(before, inserts, 'kind="insert"') == 1
+    errors = "tokenpulse_clickhouse_http_errors_total"
+    assert _metric(after, errors, 'code="60"') - _metric(before, errors, 'code="60"') >= 1
+    assert "tokenpulse_clickhouse_http_request_seconds_bucket" in after
+
+
 def test_persistence_and_single_owner(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     first = _start(data_dir)
