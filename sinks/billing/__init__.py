@@ -1,14 +1,13 @@
-"""Billing: the price book (TOML, tiers, versions), monthly invoices and chargeback."""
+"""Billing: the price book (TOML, tiers, versions), billing accounts, invoices, chargeback."""
 
+from tokenpulse.sinks.billing.accounts import AccountMap, allocate_cents
 from tokenpulse.sinks.billing.invoice import (
     Invoice,
     InvoiceLine,
     PricingError,
     UsageRow,
     compute_invoices,
-    fetch_usage,
     parse_month,
-    write_invoices,
 )
 from tokenpulse.sinks.billing.pricebook import (
     TOKEN_TYPES,
@@ -18,15 +17,18 @@ from tokenpulse.sinks.billing.pricebook import (
     parse_pricebook,
     round_money,
 )
+from tokenpulse.sinks.billing.store import fetch_usage, write_invoices
 
 __all__ = [
     "TOKEN_TYPES",
+    "AccountMap",
     "Invoice",
     "InvoiceLine",
     "PriceBook",
     "PriceBookError",
     "PricingError",
     "UsageRow",
+    "allocate_cents",
     "compute_invoices",
     "fetch_usage",
     "load_pricebook",

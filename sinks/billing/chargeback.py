@@ -1,11 +1,12 @@
 """Chargeback: usage and cost at every level of the tenant hierarchy, with growth.
 
 A tenant id such as `acme/research/agent-7` rolls up into `acme`,
-`acme/research` and itself. Cost per leaf tenant is the price book's cost of
-its month (tiers included, minimum fees and late adjustments excluded: this
-is what the period's usage cost, not what was invoiced), split across
-regions in proportion to each token type's tokens, then summed upwards in
-exact Decimal and rounded to cents only for display.
+`acme/research` and itself. Cost is the price book's cost of the month
+with tiers over the billing account's tokens (as on the invoice; minimum
+fees and late adjustments excluded: this is what the period's usage cost,
+not what was invoiced), split over the account's tenants and regions in
+proportion to each token type's tokens, then summed upwards in exact
+Decimal and rounded to cents only for display.
 """
 
 from __future__ import annotations
@@ -117,9 +118,18 @@ GROUP BY tenant_id, model, region, month
 
 
 def compute_chargeback(
-    rows: list[tuple[str, str, str, date, dict[str, int]]], pricebook: PriceBook, month: date
+    rows: list[tuple[str, str, str, date, dict[str, int]]],
+    pricebook: PriceBook,
+    month: date,
+    *,
+    tenant_prefix: str | None = None,
 ) -> list[ChargebackRow]:
-    """Roll leaf usage and cost up the hierarchy, by model and by region."""
+    """Roll leaf usage and cost up the hierarchy, by model and by region.
+
+    Tiers run over each billing account's tokens, so `rows` must hold every
+    tenant of the accounts shown; `tenant_prefix` keeps only the rows of that
+    node and its descendants in the result.
+    """
     # (tenant, model, month) -> region -> priced quantities
     leaves: dict[tuple[str, str, date], dict[str, dict[str, int]]] = defaultdict(dict)
     missing: set[str] = set()
@@ -136,29 +146,42 @@ def compute_chargeback(
             details={"models": sorted(missing)},
         )
     prev = add_months(month, -1)
+    # (account, model, month) -> token type -> tokens: what the tiers run over.
+    totals: dict[tuple[str, str, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (tenant, model, m), by_region in leaves.items():
+        account = pricebook.accounts.account_for(tenant)
+        for q in by_region.values():
+            for tt, n in q.items():
+                totals[(account, model, m)][tt] += n
+    type_cost: dict[tuple[str, str, date, str], Decimal] = {}
+    for (account, model, m), by_type in totals.items():
+        for tt, n in by_type.items():
+            found = pricebook.version_for(m).rate(model, tt)
+            assert found is not None
+            type_cost[(account, model, m, tt)] = found[1].cost(n)
     # (node, model, region) -> [tokens, cost, prev_tokens, prev_cost]
     acc: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, Decimal(0), 0, Decimal(0)])
     for (tenant, model, m), by_region in leaves.items():
-        version = pricebook.version_for(m)
         slot = 0 if m == month else 2 if m == prev else None
         if slot is None:
             continue
-        totals: dict[str, int] = defaultdict(int)
-        for q in by_region.values():
-            for tt, n in q.items():
-                totals[tt] += n
-        type_cost: dict[str, Decimal] = {}
-        for tt, n in totals.items():
-            found = version.rate(model, tt)
-            assert found is not None
-            type_cost[tt] = found[1].cost(n)
+        account = pricebook.accounts.account_for(tenant)
+        account_tokens = totals[(account, model, m)]
         for region, q in by_region.items():
             n_tokens = sum(q.values())
             cost = sum(
-                (type_cost[tt] * n / totals[tt] for tt, n in q.items() if n),
+                (
+                    type_cost[(account, model, m, tt)] * n / account_tokens[tt]
+                    for tt, n in q.items()
+                    if n
+                ),
                 Decimal(0),
             )
             for node in ancestors(tenant):
+                if tenant_prefix and not (
+                    node == tenant_prefix or node.startswith(tenant_prefix + SEPARATOR)
+                ):
+                    continue
                 for key in ((node, ALL, ALL), (node, model, ALL), (node, ALL, region)):
                     acc[key][slot] += n_tokens
                     acc[key][slot + 1] += cost

@@ -1,4 +1,4 @@
-"""Monthly invoices: exact token sums from ClickHouse, tiers and money in Decimal.
+"""Monthly invoices per billing account: tiers and money in Decimal, an exact tenant split.
 
 Token types billed (cached and reasoning tokens are subsets, per the contract):
   input        = input_tokens - cached_input_tokens   (uncached input)
@@ -8,6 +8,12 @@ Token types billed (cached and reasoning tokens are subsets, per the contract):
 A model without a cached_input (reasoning) price bills those tokens as input
 (output), so no token is billed twice or at zero.
 
+Who is invoiced: the billing account of each tenant (accounts.py; the leaf
+tenant when account_level is 0). Tiers run over the account's monthly tokens
+per model and token type, and the minimum fee applies per account. With
+`by_tenant`, each account line is split over its tenants in proportion to
+their tokens, rounded by largest remainder so the parts add up exactly.
+
 Which invoice an event lands on: its usage month, unless it was ingested
 after that month closed (month end + grace); then it goes on the invoice of
 the month in which it arrived (minus grace), as an adjustment line for its
@@ -15,31 +21,32 @@ usage month. Adjustment amount = cost(all usage of that month billed so far
 + the late tokens) - cost(usage billed so far), both rounded, so the tiers
 stay right and every usage month's invoices add up to its true cost.
 
-Rounding: each line is rounded half-up to cents; an invoice total is the
-sum of its lines; a minimum monthly fee adds a `minimum` line for the gap.
+Rounding: each account line is rounded half-up to cents; an invoice total is
+the sum of its lines; a minimum monthly fee adds a `minimum` line for the gap.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from tokenpulse.errors import TokenpulseError
+from tokenpulse.sinks.billing.accounts import allocate_cents
 from tokenpulse.sinks.billing.pricebook import (
     TOKEN_TYPES,
     PriceBook,
     PriceBookVersion,
     round_money,
 )
-from tokenpulse.sinks.migrations.ddl import check_identifier
 
 DEFAULT_GRACE_DAYS = 3
 DEFAULT_LOOKBACK_MONTHS = 12
+
+_Key = tuple[str, str, date]  # (account, model, usage month)
 
 
 class PricingError(TokenpulseError):
@@ -59,7 +66,7 @@ class UsageRow:
 
 @dataclass(frozen=True)
 class InvoiceLine:
-    tenant_id: str
+    account_id: str
     kind: str  # usage | adjustment | minimum
     model: str
     token_type: str
@@ -67,9 +74,17 @@ class InvoiceLine:
     quantity: int
     amount: Decimal
     detail: str = ""  # tier breakdown, human readable
+    # Whose share the line is: the account itself (the default), or one of its
+    # tenants on a `by_tenant` invoice.
+    tenant_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tenant_id:
+            object.__setattr__(self, "tenant_id", self.account_id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "tenant_id": self.tenant_id,
             "kind": self.kind,
             "model": self.model,
             "token_type": self.token_type,
@@ -82,24 +97,33 @@ class InvoiceLine:
 
 @dataclass(frozen=True)
 class Invoice:
-    tenant_id: str
+    account_id: str
     month: date
     currency: str
     pricebook_version: str
     lines: tuple[InvoiceLine, ...]
     provisional: bool = False
+    tenants: tuple[str, ...] = ()  # the tenants whose usage is on this invoice
+    by_tenant: bool = False  # lines split per tenant (they add up to the account lines)
     total: Decimal = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "total", sum((ln.amount for ln in self.lines), Decimal("0.00")))
 
+    @property
+    def tenant_id(self) -> str:
+        """The invoiced id (kept for callers written before billing accounts)."""
+        return self.account_id
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "tenant_id": self.tenant_id,
+            "account_id": self.account_id,
             "month": f"{self.month:%Y-%m}",
             "currency": self.currency,
             "pricebook_version": self.pricebook_version,
             "provisional": self.provisional,
+            "by_tenant": self.by_tenant,
+            "tenants": list(self.tenants),
             "total": str(self.total),
             "lines": [ln.to_dict() for ln in self.lines],
         }
@@ -124,53 +148,6 @@ def month_closes_at(month: date, grace_days: int = DEFAULT_GRACE_DAYS) -> dateti
 
 def _as_dt(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
-
-
-def fetch_usage(
-    client: Any,
-    database: str,
-    month: date,
-    *,
-    tenant_id: str | None = None,
-    grace_days: int = DEFAULT_GRACE_DAYS,
-    lookback_months: int = DEFAULT_LOOKBACK_MONTHS,
-) -> list[UsageRow]:
-    """Exact sums per (tenant, model, usage month, bill month) for usage months <= month."""
-    db = check_identifier(database, "database")
-    tenant_filter = " AND tenant_id = {tenant:String}" if tenant_id is not None else ""
-    sql = f"""
-SELECT tenant_id, model,
-       toStartOfMonth(occurred_at) AS usage_month,
-       greatest(usage_month,
-                toStartOfMonth(ingested_at - toIntervalSecond({{grace_s:UInt32}}))) AS bill_month,
-       sum(input_tokens - least(cached_input_tokens, input_tokens)) AS input,
-       sum(cached_input_tokens) AS cached_input,
-       sum(output_tokens - least(reasoning_tokens, output_tokens)) AS output,
-       sum(reasoning_tokens) AS reasoning
-FROM {db}.usage_events
-WHERE occurred_at >= {{from:DateTime64(3, 'UTC')}} AND occurred_at < {{to:DateTime64(3, 'UTC')}}
-  {tenant_filter}
-GROUP BY tenant_id, model, usage_month, bill_month
-HAVING bill_month <= {{month:Date}}
-"""
-    params = {
-        "grace_s": grace_days * 86400,
-        "from": _as_dt(add_months(month, -lookback_months)),
-        "to": _as_dt(add_months(month, 1)),
-        "month": month,
-        "tenant": tenant_id,
-    }
-    rows = client.query(sql, parameters=params).result_rows
-    return [
-        UsageRow(
-            tenant_id=str(r[0]),
-            model=str(r[1]),
-            usage_month=_to_date(r[2]),
-            bill_month=_to_date(r[3]),
-            tokens={tt: int(v) for tt, v in zip(TOKEN_TYPES, r[4:8], strict=True)},
-        )
-        for r in rows
-    ]
 
 
 def _to_date(v: Any) -> date:
@@ -203,29 +180,54 @@ def compute_invoices(
     pricebook: PriceBook,
     month: date,
     *,
+    account_id: str | None = None,
     tenant_id: str | None = None,
+    by_tenant: bool = False,
     now: datetime | None = None,
     grace_days: int = DEFAULT_GRACE_DAYS,
 ) -> list[Invoice]:
-    """The invoices of `month`, one per tenant, from the rows of fetch_usage."""
-    # (tenant, model, usage_month) -> tokens billed before `month` / on `month`
-    before: dict[tuple[str, str, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    now_q: dict[tuple[str, str, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    """The invoices of `month`, one per billing account, from the rows of fetch_usage.
+
+    `account_id` keeps one account's invoice; `tenant_id` keeps the invoice of
+    the account that tenant is billed to (the tenant's own at account level 0).
+    """
+    accounts = pricebook.accounts
+    selected = account_id
+    if selected is None and tenant_id is not None:
+        selected = accounts.account_for(tenant_id)
+    # (account, model, usage_month) -> tokens billed before `month`; and on
+    # `month`, per tenant (for the split).
+    before: dict[_Key, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    now_q: dict[_Key, dict[str, dict[str, int]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(int))
+    )
+    members: dict[str, set[str]] = defaultdict(set)
     for r in rows:
-        target = now_q if r.bill_month == month else before
-        for tt, n in r.tokens.items():
-            target[(r.tenant_id, r.model, r.usage_month)][tt] += n
+        account = accounts.account_for(r.tenant_id)
+        if selected is not None and account != selected:
+            continue
+        key = (account, r.model, r.usage_month)
+        if r.bill_month == month:
+            members[account].add(r.tenant_id)
+            for tt, n in r.tokens.items():
+                now_q[key][r.tenant_id][tt] += n
+        else:
+            for tt, n in r.tokens.items():
+                before[key][tt] += n
     version_m = pricebook.version_for(month)
     missing: dict[str, set[str]] = defaultdict(set)
     lines: dict[str, list[InvoiceLine]] = defaultdict(list)
     for key in sorted(now_q):
-        tenant, model, usage_month = key
+        account, model, usage_month = key
         version = pricebook.version_for(usage_month)
-        q_now = priced_quantities(version, model, now_q[key])
+        by_t = {
+            t: priced_quantities(version, model, tokens) for t, tokens in sorted(now_q[key].items())
+        }
         q_before = priced_quantities(version, model, before.get(key, {}))
-        if q_now is None or q_before is None:
-            missing[model].add(tenant)
+        if q_before is None or any(q is None for q in by_t.values()):
+            missing[model].update(by_t)
             continue
+        shares = {t: q for t, q in by_t.items() if q is not None}
         if version.currency != version_m.currency:
             raise PricingError(
                 f"usage of {usage_month:%Y-%m} is priced in {version.currency} but the"
@@ -233,7 +235,7 @@ def compute_invoices(
             )
         kind = "usage" if usage_month == month else "adjustment"
         for tt in TOKEN_TYPES:
-            qty = q_now.get(tt, 0)
+            qty = sum(q.get(tt, 0) for q in shares.values())
             if not qty:
                 continue
             found = version.rate(model, tt)
@@ -244,9 +246,8 @@ def compute_invoices(
             detail = _detail(version, model, tt, prior + qty)
             if prior:
                 detail = f"after {prior} tokens billed earlier; month total {detail}"
-            lines[tenant].append(
-                InvoiceLine(tenant, kind, model, tt, usage_month, qty, amount, detail)
-            )
+            line = InvoiceLine(account, kind, model, tt, usage_month, qty, amount, detail)
+            lines[account].extend(_split(line, shares) if by_tenant else [line])
     if missing:
         listed = "; ".join(
             f"{m} (tenants: {', '.join(sorted(t))})" for m, t in sorted(missing.items())
@@ -256,21 +257,22 @@ def compute_invoices(
             " add their prices to the price book (nothing is billed at zero)",
             details={"models": sorted(missing)},
         )
-    tenants = set(lines)
-    for t in version_m.tenant_minimums:
-        if tenant_id is None or t == tenant_id:
-            tenants.add(t)
+    invoiced = set(lines)
+    for a in version_m.tenant_minimums:
+        if selected is None or a == selected:
+            invoiced.add(a)
     provisional = (now or datetime.now(UTC)) < month_closes_at(month, grace_days)
     invoices = []
-    for tenant in sorted(tenants):
-        tl = lines.get(tenant, [])
-        usage_subtotal = sum((ln.amount for ln in tl if ln.kind == "usage"), Decimal(0))
-        minimum = version_m.minimum_for(tenant)
+    for account in sorted(invoiced):
+        al = lines.get(account, [])
+        usage_subtotal = sum((ln.amount for ln in al if ln.kind == "usage"), Decimal(0))
+        minimum = version_m.minimum_for(account)
         if usage_subtotal < minimum:
-            tl = [
-                *tl,
+            # An account charge: never split over tenants (it is not anyone's usage).
+            al = [
+                *al,
                 InvoiceLine(
-                    tenant,
+                    account,
                     "minimum",
                     "",
                     "",
@@ -281,68 +283,36 @@ def compute_invoices(
                 ),
             ]
         invoices.append(
-            Invoice(tenant, month, version_m.currency, version_m.id, tuple(tl), provisional)
+            Invoice(
+                account,
+                month,
+                version_m.currency,
+                version_m.id,
+                tuple(al),
+                provisional,
+                tuple(sorted(members.get(account, ()))),
+                by_tenant,
+            )
         )
     return invoices
 
 
-def write_invoices(client: Any, database: str, invoices: Sequence[Invoice]) -> int:
-    """Append the lines to `invoice_lines`; `invoice_lines_current` shows the latest run."""
-    db = check_identifier(database, "database")
-    computed_at = datetime.now(UTC)
-    rows = []
-    for inv in invoices:
-        for i, ln in enumerate(inv.lines, start=1):
-            rows.append(
-                [
-                    inv.month,
-                    inv.tenant_id,
-                    i,
-                    ln.kind,
-                    ln.model,
-                    ln.token_type,
-                    ln.usage_month,
-                    ln.quantity,
-                    ln.amount,
-                    inv.currency,
-                    inv.pricebook_version,
-                    json.dumps({"detail": ln.detail}),
-                    computed_at,
-                ]
-            )
-    if rows:
-        client.insert(
-            f"{db}.invoice_lines",
-            rows,
-            column_names=[
-                "invoice_month",
-                "tenant_id",
-                "line_no",
-                "kind",
-                "model",
-                "token_type",
-                "usage_month",
-                "quantity",
-                "amount",
-                "currency",
-                "pricebook_version",
-                "detail",
-                "computed_at",
-            ],
-            column_type_names=[
-                "Date",
-                "String",
-                "UInt32",
-                "LowCardinality(String)",
-                "LowCardinality(String)",
-                "LowCardinality(String)",
-                "Date",
-                "UInt64",
-                "Decimal(38, 2)",
-                "LowCardinality(String)",
-                "String",
-                "String",
-                "DateTime64(3, 'UTC')",
-            ],
+def _split(line: InvoiceLine, shares: dict[str, dict[str, int]]) -> list[InvoiceLine]:
+    """The account line per tenant, by tokens, largest remainder to the cent (sums exactly)."""
+    tenants = sorted(t for t, q in shares.items() if q.get(line.token_type, 0))
+    weights = [shares[t][line.token_type] for t in tenants]
+    parts = allocate_cents(line.amount, weights)
+    return [
+        InvoiceLine(
+            line.account_id,
+            line.kind,
+            line.model,
+            line.token_type,
+            line.usage_month,
+            n,
+            part,
+            f"{n} of {line.quantity} tokens of the account line ({line.detail})",
+            tenant,
         )
-    return len(rows)
+        for tenant, n, part in zip(tenants, weights, parts, strict=True)
+    ]

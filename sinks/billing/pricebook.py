@@ -9,14 +9,18 @@ schedule over the tenant's monthly quantity of that token type of that model:
 - volume: all tokens at the price of the tier the monthly total falls in.
 
 Tier `i` covers quantities (up_to[i-1], up_to[i]]; the last tier has no
-`up_to`. Everything is validated before anything is billed or written.
+`up_to`. Tiers and minimums apply per billing account: top-level
+`account_level` and `[accounts]` say which account a tenant is billed to
+(see accounts.py); `tenant_minimums` keys are account ids. Everything is
+validated before anything is billed or written.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenpulse.errors import ConfigError
+from tokenpulse.sinks.billing.accounts import SEPARATOR, AccountMap
 
 TOKEN_TYPES = ("input", "cached_input", "output", "reasoning")
 # A token type without its own price is billed as part of its parent type
@@ -86,10 +91,11 @@ class PriceBookVersion:
     currency: str
     models: Mapping[str, Mapping[str, Rate]]
     minimum_monthly_fee: Decimal = Decimal(0)
+    # Keyed by billing account id (the leaf tenant when account_level is 0).
     tenant_minimums: Mapping[str, Decimal] = field(default_factory=dict)
 
-    def minimum_for(self, tenant_id: str) -> Decimal:
-        return self.tenant_minimums.get(tenant_id, self.minimum_monthly_fee)
+    def minimum_for(self, account_id: str) -> Decimal:
+        return self.tenant_minimums.get(account_id, self.minimum_monthly_fee)
 
     def rate(self, model: str, token_type: str) -> tuple[str, Rate] | None:
         """(the type whose price applies, its rate), or None if the model has no price."""
@@ -108,6 +114,18 @@ class PriceBookVersion:
 class PriceBook:
     versions: tuple[PriceBookVersion, ...]  # sorted by effective_from
     source: str = "<memory>"
+    accounts: AccountMap = field(default_factory=AccountMap)
+
+    def with_account_level(self, level: int) -> PriceBook:
+        """This book with `account_level` replaced (`bill --account-level`), re-validated."""
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise PriceBookError(
+                f"account level {level!r} must be an integer >= 0"
+                " (0 bills each tenant, 1 its top-level org, ...)"
+            )
+        accounts = dataclasses.replace(self.accounts, level=level)
+        _check_minimums(self.versions, accounts, self.source)
+        return dataclasses.replace(self, accounts=accounts)
 
     def version_for(self, month: date) -> PriceBookVersion:
         applicable = [v for v in self.versions if v.effective_from <= month]
@@ -217,6 +235,49 @@ def _version(raw: Any, index: int, default_currency: str | None) -> PriceBookVer
     return PriceBookVersion(vid, eff, currency.upper(), models, minimum, tenant_minimums)
 
 
+def _accounts(data: Mapping[str, Any], source: str) -> AccountMap:
+    level = data.get("account_level", 0)
+    if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+        raise PriceBookError(
+            f"price book {source}: account_level {level!r} must be an integer >= 0"
+            " (0 bills each tenant, 1 its top-level org such as `globex`, ...)"
+        )
+    raw = data.get("accounts", {})
+    if not isinstance(raw, dict):
+        raise PriceBookError(
+            f'price book {source}: [accounts] must be a table of "tenant/prefix" = "account-id"'
+        )
+    explicit: dict[str, str] = {}
+    for prefix, account in raw.items():
+        if (
+            not isinstance(account, str)
+            or not account
+            or not prefix
+            or prefix != prefix.strip(SEPARATOR)
+        ):
+            raise PriceBookError(
+                f"price book {source}: [accounts] {prefix!r} = {account!r}: expected"
+                ' "tenant/prefix" = "account-id" (no leading or trailing "/", a non-empty id)'
+            )
+        explicit[prefix] = account
+    return AccountMap(level, explicit)
+
+
+def _check_minimums(
+    versions: Sequence[PriceBookVersion], accounts: AccountMap, source: str
+) -> None:
+    """A minimum for an account no tenant is billed to would invoice a phantom customer."""
+    for v in versions:
+        for account in v.tenant_minimums:
+            if not accounts.can_produce(account):
+                parent = SEPARATOR.join(account.split(SEPARATOR)[: accounts.level])
+                raise PriceBookError(
+                    f"price book {source} version {v.id}: tenant_minimums names {account!r},"
+                    f" but with account_level = {accounts.level} no tenant is billed to it;"
+                    f" name its account ({parent!r}) or map {account!r} in [accounts]"
+                )
+
+
 def parse_pricebook(data: Mapping[str, Any], source: str = "<memory>") -> PriceBook:
     versions_raw = data.get("versions")
     if not isinstance(versions_raw, list) or not versions_raw:
@@ -231,7 +292,9 @@ def parse_pricebook(data: Mapping[str, Any], source: str = "<memory>") -> PriceB
             raise PriceBookError(
                 f"price book versions {a.id} and {b.id} both start {a.effective_from}"
             )
-    return PriceBook(tuple(versions), source)
+    accounts = _accounts(data, source)
+    _check_minimums(versions, accounts, source)
+    return PriceBook(tuple(versions), source, accounts)
 
 
 def load_pricebook(path: Path) -> PriceBook:

@@ -158,7 +158,24 @@ class View:
         return [f"CREATE OR REPLACE VIEW {opts.database}.{self.name}{opts.on_cluster}\nAS {select}"]
 
 
-SchemaObject = Table | MaterializedView | View
+@dataclass(frozen=True)
+class AddColumn:
+    """A column added to an existing table (idempotent); on a cluster, to both layers."""
+
+    table: str
+    column: str
+    ctype: str  # type and optional DEFAULT expression
+    after: str | None = None
+
+    def render(self, opts: RenderOptions) -> list[str]:
+        where = f" AFTER {self.after}" if self.after else ""
+        clause = f"ADD COLUMN IF NOT EXISTS {self.column} {self.ctype}{where}"
+        # The Distributed table keeps its own column list, so it is altered too.
+        targets = [f"{self.table}_local", self.table] if opts.cluster else [self.table]
+        return [f"ALTER TABLE {opts.database}.{t}{opts.on_cluster} {clause}" for t in targets]
+
+
+SchemaObject = Table | MaterializedView | View | AddColumn
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tokenpulse.sinks.migrations.ddl import MaterializedView, Migration, Table, View
+from tokenpulse.sinks.migrations.ddl import AddColumn, MaterializedView, Migration, Table, View
 
 # Deduplication window (blocks remembered per table) for insert_deduplication_token
 # on non-replicated MergeTree tables; MV targets need it too, or a retried
@@ -203,6 +203,26 @@ MIGRATIONS: tuple[Migration, ...] = (
                     "SELECT * FROM {db}.invoice_lines WHERE (invoice_month, tenant_id, computed_at)"
                     " IN (SELECT invoice_month, tenant_id, max(computed_at)"
                     " FROM {db}.invoice_lines GROUP BY invoice_month, tenant_id)"
+                ),
+            ),
+        ),
+    ),
+    Migration(
+        version=3,
+        name="invoice_lines: billing account per line",
+        objects=(
+            # Lines written before billing accounts were per leaf tenant, which
+            # was then the account: the default makes them read as such.
+            AddColumn("invoice_lines", "account_id", "String DEFAULT tenant_id", "invoice_month"),
+            View(
+                name="invoice_lines_current",
+                # The invoice is per account now: the latest run per (month,
+                # account); tenant_id is whose share a line is.
+                select=(
+                    "SELECT * FROM {db}.invoice_lines"
+                    " WHERE (invoice_month, account_id, computed_at) IN"
+                    " (SELECT invoice_month, account_id, max(computed_at)"
+                    " FROM {db}.invoice_lines GROUP BY invoice_month, account_id)"
                 ),
             ),
         ),

@@ -3,7 +3,8 @@
 Tens of thousands of events go through the ClickHouseSink (some of them late,
 after October closed); the expected invoices are computed here from the raw
 events with a deliberately plain implementation that shares no code with
-tokenpulse.sinks.billing.
+tokenpulse.sinks.billing: once per leaf tenant (account level 0), once per
+billing account (level 1 with an explicit mapping), with the per-tenant split.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ from __future__ import annotations
 import json
 import tomllib
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.billing_plain import (
+    MODELS,
+    NOV,
+    Key,
+    cents,
+    expected_invoices,
+    load,
+    priced_parts,
+    waves,
+)
 from tokenpulse.cli import main
-from tokenpulse.schemas import UsageEvent
-from tokenpulse.sinks.clickhouse import ClickHouseSink
 from tokenpulse.sinks.migrations import RenderOptions, migrate
-from tokenpulse.sinks.synthetic import as_batches, random_events
 
 pytestmark = pytest.mark.integration
 
@@ -54,78 +61,6 @@ tiers = [{ up_to = 20_000_000, price = "0.15" }, { price = "0.11" }]
 """
 
 TENANTS = ("acme/research", "acme/research/agent-7", "acme/ops", "globex", "initech")
-MODELS = ("research-xl", "frontier-large", "small-fast")
-OCT, NOV = date(2026, 10, 1), date(2026, 11, 1)
-GRACE = timedelta(days=3)
-
-
-def _plain_cost(spec: Any, qty: int) -> Decimal:
-    """Independent tier arithmetic, straight from the TOML."""
-    if isinstance(spec, str):
-        return Decimal(qty) * Decimal(spec) / 1_000_000
-    bounds = [t.get("up_to") for t in spec["tiers"]]
-    prices = [Decimal(t["price"]) for t in spec["tiers"]]
-    if spec.get("mode", "graduated") == "volume":
-        for b, p in zip(bounds, prices, strict=True):
-            if b is None or qty <= b:
-                return Decimal(qty) * p / 1_000_000
-    total, lower = Decimal(0), 0
-    for b, p in zip(bounds, prices, strict=True):
-        top = qty if b is None else min(qty, b)
-        if top > lower:
-            total += Decimal(top - lower) * p / 1_000_000
-        if b is None or qty <= b:
-            break
-        lower = b
-    return total
-
-
-def _cents(x: Decimal) -> Decimal:
-    return x.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-
-
-def _month(d: datetime) -> date:
-    return date(d.year, d.month, 1)
-
-
-def _expected(
-    events: list[tuple[UsageEvent, datetime]], book: dict[str, Any]
-) -> dict[str, dict[tuple[str, str, str, str], Decimal]]:
-    version = book["versions"][0]
-    models = version["models"]
-    before: dict[tuple[str, str, date, str], int] = defaultdict(int)
-    now: dict[tuple[str, str, date, str], int] = defaultdict(int)
-    for ev, ingested in events:
-        usage_m = _month(ev.occurred_at)
-        bill_m = max(usage_m, _month(ingested - GRACE))
-        if bill_m > NOV:
-            continue
-        prices = models[ev.model]
-        parts = {
-            "input": ev.input_tokens - ev.cached_input_tokens,
-            "cached_input": ev.cached_input_tokens,
-            "output": ev.output_tokens - ev.reasoning_tokens,
-            "reasoning": ev.reasoning_tokens,
-        }
-        for ttype, n in parts.items():
-            priced_as = ttype if ttype in prices else {"cached_input": "input"}.get(ttype, "output")
-            target = now if bill_m == NOV else before
-            target[(ev.tenant_id, ev.model, usage_m, priced_as)] += n
-    out: dict[str, dict[tuple[str, str, str, str], Decimal]] = defaultdict(dict)
-    for (tenant, model, usage_m, ttype), qty in now.items():
-        if not qty:
-            continue
-        spec = models[model][ttype]
-        prior = before.get((tenant, model, usage_m, ttype), 0)
-        amount = _cents(_plain_cost(spec, prior + qty)) - _cents(_plain_cost(spec, prior))
-        kind = "usage" if usage_m == NOV else "adjustment"
-        out[tenant][(kind, model, ttype, f"{usage_m:%Y-%m}")] = amount
-    for tenant in set(out) | set(version["tenant_minimums"]):
-        usage = sum((a for k, a in out[tenant].items() if k[0] == "usage"), Decimal(0))
-        minimum = Decimal(version["tenant_minimums"].get(tenant, version["minimum_monthly_fee"]))
-        if usage < minimum:
-            out[tenant][("minimum", "", "", "2026-11")] = _cents(minimum - usage)
-    return out
 
 
 async def test_bill_matches_an_independent_computation_to_the_cent(
@@ -140,48 +75,23 @@ async def test_bill_matches_an_independent_computation_to_the_cent(
     migrate(clickhouse_client, RenderOptions(database=db))
     book_path = tmp_path / "pricebook.toml"
     book_path.write_text(PRICEBOOK, encoding="utf-8")
-
-    def gen(n: int, start: datetime, span: timedelta, seed: int, prefix: str) -> list[UsageEvent]:
-        return random_events(
-            n, start=start, span=span, tenants=TENANTS, models=MODELS, seed=seed, prefix=prefix
-        )
-
-    oct_start = datetime(2026, 10, 1, tzinfo=UTC)
-    nov_start = datetime(2026, 11, 1, tzinfo=UTC)
-    waves = [
-        # October usage billed in October, ingested on time
-        (gen(12_000, oct_start, timedelta(days=31), 1, "oct"), datetime(2026, 10, 31, tzinfo=UTC)),
-        # October usage arriving Nov 2 (within grace): still October's invoice
-        (gen(1_500, oct_start, timedelta(days=31), 2, "oct-g"), datetime(2026, 11, 2, tzinfo=UTC)),
-        # October usage arriving Nov 20, after October closed: November adjustments
-        (gen(2_500, oct_start, timedelta(days=31), 3, "oct-l"), datetime(2026, 11, 20, tzinfo=UTC)),
-        (gen(16_000, nov_start, timedelta(days=30), 4, "nov"), datetime(2026, 11, 30, tzinfo=UTC)),
-        # November usage arriving Dec 2 (within grace): November's invoice
-        (gen(1_000, nov_start, timedelta(days=30), 5, "nov-g"), datetime(2026, 12, 2, tzinfo=UTC)),
-        # November usage arriving Dec 10: December's invoice, not this one
-        (gen(700, nov_start, timedelta(days=30), 6, "nov-l"), datetime(2026, 12, 10, tzinfo=UTC)),
-    ]
-    all_events: list[tuple[UsageEvent, datetime]] = []
-    async with ClickHouseSink(services.clickhouse_url, database=db) as sink:
-        for i, (events, ingested) in enumerate(waves):
-            topic = f"usage-{i}"
-            for batch in as_batches(events, topic=topic, batch_rows=4_000, ingested_at=ingested):
-                await sink.write(batch)
-            all_events += [(e, ingested) for e in events]
-    assert sum(len(w[0]) for w in waves) == 33_700
+    loaded = waves(TENANTS)
+    all_events = await load(services.clickhouse_url, db, loaded)
+    assert sum(len(w[0]) for w in loaded) == 33_700
 
     monkeypatch.setenv("CLICKHOUSE_URL", services.clickhouse_url)
     argv = ["bill", "--month", "2026-11", "--format", "json", "--pricebook", str(book_path)]
     assert main([*argv, "--database", db, "--write"]) == 0
     doc = json.loads(capsys.readouterr().out)
+    assert doc["account_level"] == 0
     got = {
-        inv["tenant_id"]: {
+        inv["account_id"]: {
             (ln["kind"], ln["model"], ln["token_type"], ln["usage_month"]): Decimal(ln["amount"])
             for ln in inv["lines"]
         }
         for inv in doc["invoices"]
     }
-    expected = _expected(all_events, tomllib.loads(PRICEBOOK))
+    expected = expected_invoices(all_events, tomllib.loads(PRICEBOOK))
     assert got == expected
     for inv in doc["invoices"]:
         assert inv["currency"] == "EUR"
@@ -192,11 +102,11 @@ async def test_bill_matches_an_independent_computation_to_the_cent(
 
     # --write stored exactly these lines; the view shows the latest run.
     stored = clickhouse_client.query(
-        f"SELECT tenant_id, sum(amount) FROM {db}.invoice_lines_current"
-        " WHERE invoice_month = '2026-11-01' GROUP BY tenant_id"
+        f"SELECT account_id, sum(amount) FROM {db}.invoice_lines_current"
+        " WHERE invoice_month = '2026-11-01' GROUP BY account_id"
     ).result_rows
     assert {t: Decimal(a) for t, a in stored} == {
-        inv["tenant_id"]: Decimal(inv["total"]) for inv in doc["invoices"]
+        inv["account_id"]: Decimal(inv["total"]) for inv in doc["invoices"]
     }
 
     # One tenant alone, as CSV, has the same lines.
@@ -218,3 +128,186 @@ async def test_bill_matches_an_independent_computation_to_the_cent(
     )
     csv_lines = capsys.readouterr().out.strip().splitlines()
     assert len(csv_lines) == 1 + len(expected["globex"])
+
+
+ACCOUNT_TENANTS = (
+    "acme/research/agent-1",
+    "acme/research/agent-7",
+    "acme/ops/agent-3",
+    "globex/research/agent-2",
+    "globex/ops/agent-5",
+    "globex/ops/agent-6",
+    "initech/lab/agent-9",
+    "initech/lab/agent-8",
+)
+# acme/research is its own customer; everyone else is billed per org.
+EXPLICIT = {"acme/research": "acme-research"}
+ACCOUNT_BOOK = """
+currency = "EUR"
+account_level = 1
+[accounts]
+"acme/research" = "acme-research"
+[[versions]]
+id = "2026-q4"
+effective_from = 2026-10-01
+minimum_monthly_fee = "0.00"
+[versions.tenant_minimums]
+{minimums}
+[versions.models."research-xl"]
+input = "150.00"
+cached_input = "15.00"
+output = "150.00"
+[versions.models."frontier-large"]
+cached_input = "1.337"
+output = "75.00"
+reasoning = "80.00"
+[versions.models."frontier-large".input]
+mode = "graduated"
+tiers = [{{ up_to = {threshold}, price = "15.00" }}, {{ price = "9.99" }}]
+[versions.models."small-fast"]
+output = "0.60"
+input = "0.15"
+"""
+
+
+def _account_of(tenant: str) -> str:
+    """Plain: an explicit prefix, else the first path component."""
+    for prefix, account in EXPLICIT.items():
+        if tenant == prefix or tenant.startswith(prefix + "/"):
+            return account
+    return tenant.split("/")[0]
+
+
+def _usage_subtotals(lines: dict[str, dict[Key, Decimal]]) -> dict[str, Decimal]:
+    return {
+        who: sum((a for k, a in ls.items() if k[0] == "usage"), Decimal(0))
+        for who, ls in lines.items()
+    }
+
+
+async def test_bill_per_account_matches_an_independent_computation_to_the_cent(
+    services: Any,
+    clickhouse_client: Any,
+    clickhouse_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = clickhouse_database
+    migrate(clickhouse_client, RenderOptions(database=db))
+    all_events = await load(services.clickhouse_url, db, waves(ACCOUNT_TENANTS, scale=2))
+
+    # The tier threshold sits between the largest November frontier-large input
+    # of any one tenant and of any one account: only account totals cross it.
+    every_type = dict.fromkeys(("input", "cached_input", "output", "reasoning"), "")
+    _, now = priced_parts(all_events, dict.fromkeys(MODELS, every_type), _account_of)
+    per_tenant: dict[str, int] = defaultdict(int)
+    per_account: dict[str, int] = defaultdict(int)
+    for (acct, model, usage_m, ttype, tenant), n in now.items():
+        if (model, usage_m, ttype) == ("frontier-large", NOV, "input"):
+            per_tenant[tenant] += n
+            per_account[acct] += n
+    top_tenant, top_account = max(per_tenant.values()), max(per_account.values())
+    assert top_tenant < top_account
+    threshold = (top_tenant + top_account) // 2
+
+    # Minimums per account: initech's is above its usage (a minimum line, once
+    # for the account); globex's is above what any one globex tenant would pay
+    # alone but below the org's usage (no minimum line).
+    def book_text(minimums: dict[str, str]) -> str:
+        rows = "\n".join(f'"{a}" = "{m}"' for a, m in minimums.items())
+        return ACCOUNT_BOOK.format(minimums=rows, threshold=threshold)
+
+    draft = tomllib.loads(book_text({}))
+    per_account_usage = _usage_subtotals(expected_invoices(all_events, draft, _account_of))
+    alone = _usage_subtotals(expected_invoices(all_events, draft))
+    globex_alone = max(v for t, v in alone.items() if t.startswith("globex/"))
+    globex_min = cents((globex_alone + per_account_usage["globex"]) / 2)
+    assert globex_alone < globex_min < per_account_usage["globex"]
+    minimums = {
+        "initech": str(cents(per_account_usage["initech"] + 1000)),
+        "globex": str(globex_min),
+        "hooli": "99.00",  # an account without usage still pays its minimum
+    }
+    text = book_text(minimums)
+    book_path = tmp_path / "pricebook.toml"
+    book_path.write_text(text, encoding="utf-8")
+    split: dict[str, dict[tuple[Key, str], Decimal]] = {}
+    expected = expected_invoices(all_events, tomllib.loads(text), _account_of, split)
+    assert set(expected) == {"acme", "acme-research", "globex", "initech", "hooli"}
+
+    monkeypatch.setenv("CLICKHOUSE_URL", services.clickhouse_url)
+    argv = ["bill", "--month", "2026-11", "--format", "json", "--pricebook", str(book_path)]
+    assert main([*argv, "--database", db]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["account_level"] == 1
+    got = {
+        inv["account_id"]: {
+            (ln["kind"], ln["model"], ln["token_type"], ln["usage_month"]): Decimal(ln["amount"])
+            for ln in inv["lines"]
+        }
+        for inv in doc["invoices"]
+    }
+    assert got == expected
+    # The account's frontier-large input crossed the tier no tenant reaches.
+    crossed = [
+        ln
+        for inv in doc["invoices"]
+        for ln in inv["lines"]
+        if (ln["model"], ln["token_type"], ln["kind"]) == ("frontier-large", "input", "usage")
+        and ln["quantity"] > threshold
+    ]
+    assert crossed
+    assert all("9.99/M" in ln["detail"] for ln in crossed)
+    minimum_lines = {a: k for a, ls in got.items() for k in ls if k[0] == "minimum"}
+    assert set(minimum_lines) == {"initech", "hooli"}
+    assert {k[0] for ls in got.values() for k in ls} == {"usage", "adjustment", "minimum"}
+    invoices = {inv["account_id"]: inv for inv in doc["invoices"]}
+    assert set(invoices["globex"]["tenants"]) == {t for t in ACCOUNT_TENANTS if "globex" in t}
+
+    # --by-tenant: per-tenant lines equal to the plain largest-remainder split,
+    # adding up exactly to each account line and to the same totals.
+    assert main([*argv, "--database", db, "--by-tenant", "--write"]) == 0
+    by_tenant = json.loads(capsys.readouterr().out)
+    got_split = {
+        inv["account_id"]: {
+            (
+                (ln["kind"], ln["model"], ln["token_type"], ln["usage_month"]),
+                ln["tenant_id"],
+            ): Decimal(ln["amount"])
+            for ln in inv["lines"]
+        }
+        for inv in by_tenant["invoices"]
+    }
+    assert got_split == split
+    for account, lines in got_split.items():
+        summed: dict[Key, Decimal] = defaultdict(Decimal)
+        for (key, tenant), amount in lines.items():
+            assert tenant == account or _account_of(tenant) == account
+            summed[key] += amount
+        assert summed == expected[account]
+    assert {inv["account_id"]: inv["total"] for inv in by_tenant["invoices"]} == {
+        inv["account_id"]: inv["total"] for inv in doc["invoices"]
+    }
+
+    # Stored: per account the invoice total, per tenant its share.
+    stored = clickhouse_client.query(
+        f"SELECT account_id, tenant_id, sum(amount) FROM {db}.invoice_lines_current"
+        " WHERE invoice_month = '2026-11-01' GROUP BY account_id, tenant_id"
+    ).result_rows
+    per_stored: dict[str, Decimal] = defaultdict(Decimal)
+    for account, tenant, amount in stored:
+        per_stored[account] += Decimal(amount)
+        assert sum(v for (_, t), v in split[account].items() if t == tenant) == Decimal(amount)
+    assert per_stored == {a: Decimal(inv["total"]) for a, inv in invoices.items()}
+
+    # One account, picked by one of its tenants, as CSV.
+    csv_argv = [*argv[:3], "--format", "csv", "--pricebook", str(book_path), "--database", db]
+    assert main([*csv_argv, "--tenant", "globex/ops/agent-5"]) == 0
+    csv_lines = capsys.readouterr().out.strip().splitlines()
+    assert csv_lines[0].startswith("account_id,currency,kind,")
+    assert len(csv_lines) == 1 + len(expected["globex"])
+    # At level 0 the same usage is one invoice per leaf tenant again.
+    assert main([*csv_argv, "--account-level", "0", "--tenant", "globex/ops/agent-5"]) == 0
+    leaf = capsys.readouterr().out.strip().splitlines()
+    assert {line.split(",")[0] for line in leaf[1:]} == {"globex/ops/agent-5"}

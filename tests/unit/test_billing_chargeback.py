@@ -57,3 +57,29 @@ def test_costs_roll_up_every_level_with_growth() -> None:
 def test_unpriced_models_are_reported() -> None:
     with pytest.raises(PricingError, match="mystery"):
         compute_chargeback([("a", "mystery", "eu", NOV, _tokens(inp=5))], BOOK, NOV)
+
+
+def test_costs_use_the_account_tiers_and_the_prefix_keeps_a_subtree() -> None:
+    book = parse_pricebook(
+        tomllib.loads(
+            'currency = "USD"\naccount_level = 1\n[[versions]]\nid = "v"\n'
+            'effective_from = 2026-01-01\n[versions.models.big]\noutput = "1.00"\n'
+            '[versions.models.big.input]\nmode = "graduated"\n'
+            'tiers = [{ up_to = 1_000_000, price = "10.00" }, { price = "5.00" }]\n'
+        )
+    )
+    rows = [
+        ("acme/research/a", "big", "eu", NOV, _tokens(inp=600_000)),
+        ("acme/ops/b", "big", "us", NOV, _tokens(inp=1_400_000)),
+    ]
+    # acme's 2M: 1M x 10 + 1M x 5 = 15.00, shared 30% / 70% by tokens (at level 0
+    # they would cost 6.00 and 12.00, 18.00 in all).
+    out = {(r.node, r.model, r.region): r for r in compute_chargeback(rows, book, NOV)}
+    assert out[("acme", ALL, ALL)].cost == Decimal(15)
+    assert out[("acme/research/a", ALL, ALL)].cost == Decimal("4.5")
+    assert out[("acme/ops", ALL, "us")].cost == Decimal("10.5")
+    subtree = compute_chargeback(rows, book, NOV, tenant_prefix="acme/research")
+    assert {r.node for r in subtree} == {"acme/research", "acme/research/a"}
+    assert {r.cost for r in subtree} == {Decimal("4.5")}
+    flat = compute_chargeback(rows, book.with_account_level(0), NOV)
+    assert next(r.cost for r in flat if r.node == "acme" and r.model == r.region == ALL) == 18

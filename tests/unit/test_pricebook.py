@@ -119,3 +119,9 @@ def test_month_before_the_first_version_is_an_error() -> None:
 def test_missing_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(PriceBookError, match="--pricebook"):
         load_pricebook(tmp_path / "nope.toml")
+
+
+def test_the_example_price_book_bills_orgs() -> None:
+    accounts = load_pricebook(EXAMPLE).accounts
+    assert accounts.level == 1
+    assert accounts.account_for("globex/research/agent-2") == "globex"

@@ -24,22 +24,47 @@ def register(subparsers: Any) -> None:
         "bill",
         help="a month's invoices or chargeback, from the price book",
         description=(
-            "Invoices per tenant for a month: exact token sums from ClickHouse, tiers and"
-            " money in decimal, each line rounded half-up to cents; usage that arrived after"
-            " a month closed goes on the next invoice as an adjustment. --chargeback rolls"
-            " usage and cost up the tenant hierarchy (acme, acme/research, ...)."
+            "Invoices per billing account for a month: a tenant such as"
+            " globex/research/agent-2 is billed to its account (its ancestor at the price"
+            " book's account_level, or an [accounts] mapping); tiers and minimums apply to"
+            " the account's total. Exact token sums from ClickHouse, tiers and money in"
+            " decimal, each line rounded half-up to cents; usage that arrived after a month"
+            " closed goes on the next invoice as an adjustment. --by-tenant splits each line"
+            " over the account's tenants (the parts add up exactly). --chargeback rolls usage"
+            " and cost up the tenant hierarchy (acme, acme/research, ...)."
             " See docs/billing.md."
         ),
         example_lines=(
             "tokenpulse bill --month 2026-11",
             "tokenpulse bill --month 2026-11 --format json",
+            "tokenpulse bill --month 2026-11 --account globex --by-tenant  # split per tenant",
+            "tokenpulse bill --month 2026-11 --account-level 0 --format csv  # per leaf tenant",
             "tokenpulse bill --month 2026-11 --tenant acme/research --format csv",
             "tokenpulse bill --month 2026-11 --chargeback --format json",
             "tokenpulse bill --month 2026-11 --pricebook examples/pricebook.toml --write",
         ),
     )
     p.add_argument("--month", required=True, help="YYYY-MM")
-    p.add_argument("--tenant", help="one tenant (chargeback: a tenant and its descendants)")
+    p.add_argument("--account", help="only this billing account's invoice")
+    p.add_argument(
+        "--tenant",
+        help="invoices: only the invoice of the account this tenant is billed to;"
+        " chargeback: the tenant and its descendants",
+    )
+    p.add_argument(
+        "--account-level",
+        type=int,
+        default=None,
+        metavar="N",
+        help="bill each tenant's ancestor with N path components (1: globex/research/agent-2"
+        " -> globex; 0: each leaf tenant); default: the price book's account_level",
+    )
+    p.add_argument(
+        "--by-tenant",
+        action="store_true",
+        help="split each account line per tenant in proportion to tokens (to the cent,"
+        " largest remainder; the parts add up to the account line)",
+    )
     add_format(p, ("table", "csv", "json"))
     p.add_argument(
         "--pricebook",
@@ -83,23 +108,39 @@ def run(args: argparse.Namespace) -> int:
 
     month = parse_month(args.month)
     book = load_pricebook(_pricebook_path(args.pricebook))
+    if args.account_level is not None:
+        book = book.with_account_level(args.account_level)
+    # Tiers run over whole accounts: a tenant filter cannot narrow the read
+    # unless each tenant is its own account.
+    per_tenant = book.accounts.level == 0 and not book.accounts.explicit
     settings = Settings.from_env()
     database = args.database or settings.clickhouse.database
     client = sync_client(settings.clickhouse)
     try:
         if args.chargeback:
             with phase(f"reading {args.month} usage by tenant hierarchy from {database}"):
-                rows = fetch_hierarchy_usage(client, database, month, args.tenant)
-            chargeback = [r.to_dict() for r in compute_chargeback(rows, book, month)]
+                prefix = args.tenant if per_tenant else None
+                rows = fetch_hierarchy_usage(client, database, month, prefix)
+            chargeback = [
+                r.to_dict()
+                for r in compute_chargeback(rows, book, month, tenant_prefix=args.tenant)
+            ]
             _emit(args.format, {"month": args.month, "chargeback": chargeback}, chargeback)
             return 0
         with phase(f"reading {args.month} usage from {database}"):
+            tenant = args.tenant if per_tenant and args.account is None else None
             usage = fetch_usage(
-                client, database, month, tenant_id=args.tenant, grace_days=args.grace_days
+                client, database, month, tenant_id=tenant, grace_days=args.grace_days
             )
         with phase(f"pricing {len({u.tenant_id for u in usage}):,} tenants"):
             invoices = compute_invoices(
-                usage, book, month, tenant_id=args.tenant, grace_days=args.grace_days
+                usage,
+                book,
+                month,
+                account_id=args.account,
+                tenant_id=args.tenant,
+                by_tenant=args.by_tenant,
+                grace_days=args.grace_days,
             )
         if args.write:
             with phase(f"writing {len(invoices):,} invoices to {database}.invoice_lines"):
@@ -107,16 +148,21 @@ def run(args: argparse.Namespace) -> int:
     finally:
         client.close()
     flat = [
-        {"tenant_id": inv.tenant_id, "currency": inv.currency, **ln.to_dict()}
+        {"account_id": inv.account_id, "currency": inv.currency, **ln.to_dict()}
         for inv in invoices
         for ln in inv.lines
     ]
+    if not args.by_tenant:
+        # Without the split every line's tenant is the account: a redundant column.
+        for row in flat:
+            del row["tenant_id"]
     doc = {
         "month": args.month,
+        "account_level": book.accounts.level,
         "provisional": any(inv.provisional for inv in invoices),
         "invoices": [inv.to_dict() for inv in invoices],
     }
-    _emit(args.format, doc, flat, totals={inv.tenant_id: str(inv.total) for inv in invoices})
+    _emit(args.format, doc, flat, totals={inv.account_id: str(inv.total) for inv in invoices})
     if doc["provisional"] and args.format == "table":
         sys.stdout.write(
             f"note: {args.month} is not closed yet (month end + {args.grace_days} days);"
