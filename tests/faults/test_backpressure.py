@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(6
 def test_full_sink_buffer_backpressure_exact(
     env: Env, workers: list[Worker], services: Any
 ) -> None:
-    config = fleet_config(MODE.events // 3, seed=23)
+    config = fleet_config(1000 if MODE.name == "short" else 3000, seed=23)
     expected = expected_for(config)
     put_quota(env, quota_for(expected))
     with clickhouse_proxy(services.clickhouse_url, delay_s=0.01) as proxy:

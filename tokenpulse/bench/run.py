@@ -236,6 +236,10 @@ def _single(
     _peer(services, pipe, backlog.records, res)
     say("  one tokenpulse worker drains it")
     res.single_eps, res.cpu_s_per_100k = _drain(pipe, backlog.expected_events, config)
+    say(
+        f"  raw consume {res.raw_consume_rps:,.0f}/s, peer {res.peer_rps:,.0f}/s, worker "
+        f"{res.single_eps:,.0f} events/s, {res.cpu_s_per_100k:.1f} CPU s per 100k"
+    )
     if config.profile_path is not None and config.profile_path.exists():
         res.profile_top = top_frames(config.profile_path)
 
@@ -311,6 +315,10 @@ def _fresh_and_alerts(config: BenchConfig, pipe: Pipeline, res: BenchResult, say
     lat = [alerts_at[t] - s for t, s in paced.crossing_sent_at.items() if t in alerts_at]
     res.alerts = len(lat)
     res.alert_p99_s = _pct(lat, 0.99)
+    say(
+        f"  freshness p50 {res.fresh_p50_s:.2f} s p99 {res.fresh_p99_s:.2f} s; "
+        f"alert p99 {res.alert_p99_s:.2f} s over {res.alerts} alerts"
+    )
 
 
 def _watch_alerts(pipe: Pipeline, alerts_at: dict[str, float], stop: threading.Event) -> None:
@@ -351,6 +359,7 @@ def _many_tenants(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Sa
     assert pipe.worker is not None
     res.rss_mb = proc_rss_mb(pipe.worker.pid, "VmHWM")
     res.many_tenants = config.many_tenants
+    say(f"  peak RSS {res.rss_mb:,.0f} MB")
 
 
 def _envelope(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> None:
