@@ -124,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
     month = datetime.now(UTC).strftime("%Y-%m")
     top = _print_invoices(settings, month)
     if top:
-        _say(f"the invoice of {top} (tokenpulse bill --month {month} --tenant {top})")
-        cli_main(["bill", "--month", month, "--tenant", top])
+        _say(f"the invoice of {top} (tokenpulse bill --month {month} --account {top} --by-tenant)")
+        cli_main(["bill", "--month", month, "--account", top, "--by-tenant"])
     _say("done. The stack is still up: `tokenpulse dev status`, `tokenpulse dev down`.")
     return 0 if counted == result.expected_events else 1
 
@@ -215,7 +215,10 @@ def _print_summary(settings: Any, seed: int) -> None:
 
 
 def _print_invoices(settings: Any, month: str) -> str | None:
-    """Invoice totals of the month per tenant (top ten) and in all; returns the top tenant."""
+    """Invoice totals of the month per billing account (top ten) and in all.
+
+    Returns the top account, whose invoice the demo then prints split by tenant.
+    """
     from decimal import Decimal
 
     from tokenpulse.cli.bill import _pricebook_path
@@ -231,10 +234,15 @@ def _print_invoices(settings: Any, month: str) -> str | None:
         client.close()
     invoices = sorted(compute_invoices(rows, book, first), key=lambda i: -i.total)
     grand = sum((i.total for i in invoices), Decimal(0))
-    _say(f"invoices for {month}: {len(invoices)} tenants, {grand} in all (examples/pricebook.toml)")
+    _say(
+        f"invoices for {month}: {len(invoices)} billing accounts, {grand} in all "
+        "(examples/pricebook.toml bills each org)"
+    )
     for inv in invoices[:10]:
-        sys.stdout.write(f"  {inv.tenant_id:32} {inv.currency} {inv.total:>12}\n")
-    return invoices[0].tenant_id if invoices else None
+        sys.stdout.write(
+            f"  {inv.account_id:16} {inv.currency} {inv.total:>12}  ({len(inv.tenants)} tenants)\n"
+        )
+    return invoices[0].account_id if invoices else None
 
 
 def _print_alerts(settings: Any) -> None:
