@@ -2,8 +2,11 @@
 
     KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python bench/sdk_bench.py [--events N]
 
-Prints one table. Timing is wall-clock on whatever else the machine is doing,
-so compare runs on the same machine only.
+Prints one table. Wall-clock timing includes whatever else the machine is
+doing (and, for SyncUsageProducer, the drain thread holding the GIL), so
+compare runs on the same machine only; the "CPU" rows count only the calling
+thread's own CPU time (time.thread_time_ns), which is steadier on a shared
+machine.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tokenpulse.sdk import ProducerConfig, SyncUsageProducer, UsageProducer
-from tokenpulse.sdk._pipeline import compression_type
+from tokenpulse.sdk._kafka import compression_type
 from tokenpulse.sdk._record import build_event
 
 CALLS_PER_SAMPLE = 1_000
@@ -51,18 +54,33 @@ async def _create_topic(bootstrap: str, topic: str) -> None:
         await admin.close()
 
 
-def sync_record_cost(config: ProducerConfig, events: int) -> tuple[float, float]:
-    """Per-call ns of SyncUsageProducer.record, averaged per batch of calls."""
+def build_cost(events: int) -> float:
+    """Median caller CPU ns of build_event (validate + encode + uuid7), no I/O at all."""
     samples: list[float] = []
+    kw = _kwargs(0)
+    for _ in range(max(events // CALLS_PER_SAMPLE, 10)):
+        t0 = time.thread_time_ns()
+        for _ in range(CALLS_PER_SAMPLE):
+            build_event(**kw)  # type: ignore[arg-type]
+        samples.append((time.thread_time_ns() - t0) / CALLS_PER_SAMPLE)
+    return statistics.median(samples)
+
+
+def sync_record_cost(config: ProducerConfig, events: int) -> tuple[float, float, float]:
+    """Per-call ns of SyncUsageProducer.record (median, p99, median caller CPU)."""
+    samples: list[float] = []
+    cpu: list[float] = []
     kw = _kwargs(0)
     with SyncUsageProducer(config) as producer:
         for _ in range(max(events // CALLS_PER_SAMPLE, 10)):
+            c0 = time.thread_time_ns()
             t0 = time.perf_counter_ns()
             for _ in range(CALLS_PER_SAMPLE):
                 producer.record(**kw)  # type: ignore[arg-type]
             samples.append((time.perf_counter_ns() - t0) / CALLS_PER_SAMPLE)
+            cpu.append((time.thread_time_ns() - c0) / CALLS_PER_SAMPLE)
         producer.close(timeout_s=120)
-    return _percentiles(samples)
+    return (*_percentiles(samples), statistics.median(cpu))
 
 
 async def async_record_cost(config: ProducerConfig, events: int) -> tuple[float, float]:
@@ -124,12 +142,15 @@ def main() -> None:
     asyncio.run(_create_topic(bootstrap, topic))
     config = ProducerConfig(bootstrap_servers=bootstrap, topic=topic, buffer_max_events=1_000_000)
     n = args.events
-    sync_med, sync_p99 = sync_record_cost(config, n)
+    build_cpu = build_cost(n)
+    sync_med, sync_p99, sync_cpu = sync_record_cost(config, n)
     async_med, async_p99 = asyncio.run(async_record_cost(config, n))
     sdk_eps = asyncio.run(sdk_throughput(config, n))
     bare_eps = asyncio.run(bare_throughput(config, n))
     print(f"events={n} compression={compression_type(config)} topic={topic}")
     print(f"{'measure':<44}{'value':>14}")
+    print(f"{'build_event() CPU median ns/call (no I/O)':<44}{build_cpu:>14.0f}")
+    print(f"{'SyncUsageProducer.record() CPU median ns':<44}{sync_cpu:>14.0f}")
     print(f"{'SyncUsageProducer.record() median ns/call':<44}{sync_med:>14.0f}")
     print(f"{'SyncUsageProducer.record() p99 ns/call':<44}{sync_p99:>14.0f}")
     print(f"{'await UsageProducer.record() median ns/call':<44}{async_med:>14.0f}")

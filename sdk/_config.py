@@ -9,6 +9,7 @@ Environment variables (ProducerConfig.from_env):
   KAFKA_SSL_CAFILE / KAFKA_SSL_CERTFILE / KAFKA_SSL_KEYFILE
   TOKENPULSE_SDK_LINGER_MS, TOKENPULSE_SDK_BATCH_SIZE, TOKENPULSE_SDK_BUFFER_MAX_EVENTS,
   TOKENPULSE_SDK_OVERFLOW_POLICY (block|drop), TOKENPULSE_SDK_BLOCK_TIMEOUT_S,
+  TOKENPULSE_SDK_DELIVERY_TIMEOUT_MS,
   TOKENPULSE_SDK_COMPRESSION (auto|lz4|zstd|gzip|none), TOKENPULSE_SDK_ENVELOPE (0|1)
   TOKENPULSE_SIGNING_TENANT, TOKENPULSE_SIGNING_KEY_ID, TOKENPULSE_SIGNING_SECRET
       (secret as hex:..., base64:... or plain text; never printed)
@@ -54,6 +55,9 @@ class ProducerConfig:
     # One record per event (default) or one SDK batch envelope per tenant and send.
     envelope: bool = False
     request_timeout_ms: int = 30_000
+    # A send not acknowledged within this is re-queued and the Kafka client
+    # replaced (aiokafka alone would retry it for as long as the broker is away).
+    delivery_timeout_ms: int = 120_000
     retry_backoff_ms: int = 100
     retry_backoff_max_ms: int = 5_000
     # Signing (docs/trust-model.md): all three or none.
@@ -84,6 +88,11 @@ class ProducerConfig:
         for name in ("batch_size", "buffer_max_events", "max_batch_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
+        if self.delivery_timeout_ms < self.request_timeout_ms:
+            raise ConfigError(
+                f"delivery_timeout_ms ({self.delivery_timeout_ms}) must be >= "
+                f"request_timeout_ms ({self.request_timeout_ms}); raise it"
+            )
         signing = (self.signing_tenant_id, self.signing_key_id, self.signing_secret)
         if any(v is not None for v in signing) and not all(v is not None for v in signing):
             raise ConfigError(
@@ -126,6 +135,7 @@ class ProducerConfig:
             "TOKENPULSE_SDK_BUFFER_MAX_EVENTS": "buffer_max_events",
             "TOKENPULSE_SDK_OVERFLOW_POLICY": "overflow_policy",
             "TOKENPULSE_SDK_BLOCK_TIMEOUT_S": "block_timeout_s",
+            "TOKENPULSE_SDK_DELIVERY_TIMEOUT_MS": "delivery_timeout_ms",
             "TOKENPULSE_SDK_COMPRESSION": "compression",
             "TOKENPULSE_SDK_ENVELOPE": "envelope",
             "TOKENPULSE_SIGNING_TENANT": "signing_tenant_id",

@@ -3,7 +3,9 @@
 The topic is compacted, so reading it from the beginning (no consumer group,
 no commits) rebuilds the current state of every quota. A tenant is blocked
 when it or any ancestor (acme for acme/research/agent-7) has a hard quota in
-state `exceeded` whose period has not ended yet.
+state `exceeded` whose period has not ended yet. A topic that does not exist
+yet means no state was ever published: nothing is blocked, the guard counts
+as caught up and polls until the topic appears, then follows it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import logging
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tokenpulse.errors import InvalidRecord, QuotaExceeded
 from tokenpulse.schemas.quota import QuotaState, decode_quota_state
@@ -31,6 +33,7 @@ class QuotaGuard:
         self._states: dict[str, dict[str, QuotaState]] = {}  # tenant -> quota_id -> state
         self._task: asyncio.Task[None] | None = None
         self.caught_up = False
+        self.topic_poll_s = 1.0  # how often to look for a state topic that does not exist yet
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Fold one record of the state topic in (a None value is a tombstone)."""
@@ -78,7 +81,11 @@ class QuotaGuard:
             )
 
     async def start(self, *, wait_s: float = 10.0) -> bool:
-        """Start following the topic; wait up to wait_s for the initial catch-up."""
+        """Start following the topic; wait up to wait_s for the initial catch-up.
+
+        True once caught up (at once when the topic does not exist yet);
+        False when the broker could not be read within wait_s.
+        """
         ready = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._follow(ready))
         with contextlib.suppress(TimeoutError):
@@ -97,7 +104,6 @@ class QuotaGuard:
         delay_s = c.retry_backoff_ms / 1000
         while True:
             consumer = AIOKafkaConsumer(
-                c.quota_state_topic,
                 bootstrap_servers=c.bootstrap_servers,
                 client_id=f"{c.client_id}-quota-guard",
                 group_id=None,
@@ -108,6 +114,12 @@ class QuotaGuard:
             try:
                 await consumer.start()
                 delay_s = c.retry_backoff_ms / 1000
+                partitions = await self._await_topic(consumer, ready)
+                # Manual assignment: no group, no commits, every partition
+                # read from the beginning (the topic is compacted).
+                tps = [TopicPartition(c.quota_state_topic, p) for p in sorted(partitions)]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
                 while True:
                     batches = await consumer.getmany(timeout_ms=200)
                     for records in batches.values():
@@ -125,6 +137,26 @@ class QuotaGuard:
             finally:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
+
+    async def _await_topic(self, consumer: AIOKafkaConsumer, ready: asyncio.Event) -> set[int]:
+        """The state topic's partitions, polling until it exists.
+
+        A missing topic means no quota state was ever published: nothing is
+        blocked, so the guard counts as caught up while it waits for it.
+        """
+        topic = self.config.quota_state_topic
+        while True:
+            # A fresh metadata request each time (the client's cache would
+            # only notice a new topic after metadata_max_age_ms).
+            cluster = await consumer._client.fetch_all_metadata()
+            partitions = cluster.partitions_for_topic(topic)
+            if partitions:
+                return set(partitions)
+            if not self.caught_up:
+                log.info("quota state topic %s does not exist yet: nothing blocked", topic)
+                self.caught_up = True
+                ready.set()
+            await asyncio.sleep(self.topic_poll_s)
 
     @staticmethod
     async def _at_end(consumer: AIOKafkaConsumer) -> bool:

@@ -3,10 +3,15 @@
 record() in the caller only appends (key, value, event_id) to a deque; the
 drain task, on the producer's event loop, hands events to aiokafka in chunks,
 keeps them "in flight" until the broker acknowledges, and puts failed ones
-back at the front of the buffer to be re-sent after a backoff. The buffer
-bound counts queued plus in-flight events, so memory stays bounded however
-long Kafka is away. Re-sending after a lost acknowledgement can duplicate a
-record at the Kafka level; consumers de-duplicate by event_id (DESIGN §5).
+back at the front of the buffer to be re-sent after a backoff. A send not
+acknowledged within delivery_timeout_ms (aiokafka alone retries for as long
+as the broker is away) counts as failed too, and after any failure the
+Kafka client is replaced; the old one's unacknowledged events are
+re-queued. The buffer bound counts queued plus in-flight events, so memory
+stays bounded however long Kafka is away (several threads calling record()
+at once can overshoot it by at most one event each). Re-sending after a
+lost acknowledgement can duplicate a record at the Kafka level; consumers
+de-duplicate by event_id (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -17,52 +22,26 @@ import logging
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.codec import has_lz4, has_zstd
 
 from tokenpulse.schemas.signing import sign_record
 from tokenpulse.schemas.usage import join_batch
 from tokenpulse.sdk._config import ProducerConfig
+from tokenpulse.sdk._kafka import (
+    DeliveryReport,
+    ProducerStats,
+    abandon,
+    new_producer,
+    outcome,
+)
+
+__all__ = ["DeliveryReport", "Item", "Pipeline", "ProducerStats"]
 
 log = logging.getLogger("tokenpulse.sdk")
 
 Item = tuple[bytes, bytes, str]  # (key = tenant_id, value = encoded event, event_id)
-
-
-@dataclass(frozen=True)
-class ProducerStats:
-    """Counters since start. queue_depth counts queued plus in-flight events."""
-
-    sent: int  # acknowledged by the broker
-    failed: int  # send attempts that failed and were re-queued (each retry counts)
-    dropped: int  # refused by overflow_policy="drop"
-    queue_depth: int
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    """What flush()/close() could not confirm as delivered within the timeout."""
-
-    undelivered_count: int
-    undelivered_event_ids: tuple[str, ...]
-    sent: int
-
-    @property
-    def ok(self) -> bool:
-        return self.undelivered_count == 0
-
-
-def compression_type(config: ProducerConfig) -> str | None:
-    """aiokafka's codec name for config.compression (lz4/zstd need cramjam)."""
-    choice = config.compression
-    if choice == "none":
-        return None
-    if choice == "auto":
-        return "lz4" if has_lz4() else "zstd" if has_zstd() else "gzip"
-    return choice
 
 
 class Pipeline:
@@ -84,10 +63,14 @@ class Pipeline:
         self._notify: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._settlers: set[asyncio.Task[None]] = set()
+        # Acknowledgement waiters, by the Kafka client whose futures they await.
+        self._settlers: dict[asyncio.Task[None], AIOKafkaProducer] = {}
         self._backoff_s = 0.0
         self._fail_streak = 0
-        self._reset_producer = False
+        # The client to replace after a failure; a late failure of an already
+        # replaced client must not reset its healthy successor.
+        self._reset_for: AIOKafkaProducer | None = None
+        self._stopping: AIOKafkaProducer | None = None
 
     # -- caller side (any thread) -------------------------------------------
 
@@ -132,26 +115,11 @@ class Pipeline:
             self._notify = wake.set
         self._task = loop.create_task(self._run(), name="tokenpulse-sdk-drain")
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        c = self.config
-        return AIOKafkaProducer(
-            bootstrap_servers=c.bootstrap_servers,
-            client_id=c.client_id,
-            acks="all",
-            enable_idempotence=True,
-            compression_type=compression_type(c),
-            linger_ms=c.linger_ms,
-            max_batch_size=c.max_batch_bytes,
-            request_timeout_ms=c.request_timeout_ms,
-            retry_backoff_ms=c.retry_backoff_ms,
-            **c.kafka_security_kwargs(),
-        )
-
     async def _connect(self) -> None:
         """Start aiokafka, retrying with backoff until it connects or we close."""
         delay_s = self.config.retry_backoff_ms / 1000
         while self._producer is None:
-            producer = self._new_producer()
+            producer = new_producer(self.config)
             try:
                 await producer.start()
             except Exception as exc:  # broker down: keep buffering, try again
@@ -178,9 +146,11 @@ class Pipeline:
                 await self._connect()
                 if self._producer is None:
                     return
-            if self._reset_producer:
-                old, self._producer, self._reset_producer = self._producer, None, False
+            if self._reset_for is not None and self._reset_for is self._producer:
+                old, self._producer, self._reset_for = self._producer, None, None
+                self._stopping = old  # close() finishes the job if it cancels us here
                 await self._stop_producer(old, self.config.request_timeout_ms / 1000)
+                self._stopping = None
                 continue
             if not self._queue:
                 if self._closing:
@@ -247,7 +217,7 @@ class Pipeline:
                 fut = await producer.send(c.topic, value, key=key, headers=headers)
             except Exception as exc:  # metadata/buffer timeout: broker away
                 rest = [it for _, _, its in units[index:] for it in its]
-                self._reset_producer = True
+                self._reset_for = producer
                 self._requeue(rest, exc)
                 break
             futures.append(fut)
@@ -258,16 +228,50 @@ class Pipeline:
             flat = [it for items in sent_units for it in items]
             self._inflight[unit_id] = flat
             task = asyncio.get_running_loop().create_task(
-                self._settle(unit_id, futures, sent_units)
+                self._settle(producer, unit_id, futures, sent_units)
             )
-            self._settlers.add(task)
-            task.add_done_callback(self._settlers.discard)
+            self._settlers[task] = producer
+            task.add_done_callback(self._forget_settler)
+
+    def _forget_settler(self, task: asyncio.Task[None]) -> None:
+        self._settlers.pop(task, None)
 
     async def _settle(
-        self, unit_id: int, futures: list[asyncio.Future[Any]], units: list[list[Item]]
+        self,
+        producer: AIOKafkaProducer,
+        unit_id: int,
+        futures: list[asyncio.Future[Any]],
+        units: list[list[Item]],
     ) -> None:
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        del self._inflight[unit_id]
+        # aiokafka with idempotence retries a batch forever while the broker
+        # is away (and its sender can die on a fatal error, leaving futures
+        # that never resolve): past delivery_timeout_ms the SDK takes over,
+        # re-queues what is unacknowledged and replaces the client.
+        try:
+            _, late = await asyncio.wait(futures, timeout=self.config.delivery_timeout_ms / 1000)
+        except asyncio.CancelledError:
+            # The client was abandoned: what it acknowledged counts as sent,
+            # the rest goes back to the buffer for the next client.
+            self._account(unit_id, [outcome(f) for f in futures], units, reset=None)
+            raise
+        if late:
+            log.warning(
+                "%d Kafka sends unacknowledged after delivery_timeout_ms=%d; "
+                "re-queueing them on a new client",
+                len(late),
+                self.config.delivery_timeout_ms,
+            )
+        self._account(unit_id, [outcome(f) for f in futures], units, reset=producer)
+
+    def _account(
+        self,
+        unit_id: int,
+        results: Sequence[object],
+        units: list[list[Item]],
+        reset: AIOKafkaProducer | None,
+    ) -> None:
+        if self._inflight.pop(unit_id, None) is None:
+            return  # already accounted for (close() gave up on it)
         failed: list[Item] = []
         error: BaseException | None = None
         for result, items in zip(results, units, strict=True):
@@ -280,7 +284,8 @@ class Pipeline:
         if failed:
             # An expired or rejected batch may leave the idempotent producer's
             # sequence numbers out of step with the broker: start a fresh one.
-            self._reset_producer = True
+            if reset is not None:
+                self._reset_for = reset
             self._requeue(failed, error)
         else:
             self._fail_streak = 0
@@ -326,16 +331,12 @@ class Pipeline:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            await self._stop_producer(producer, max(deadline - loop.time(), 0.5))
-        if self._settlers:
-            # Acks already on their way settle now; futures abandoned by a
-            # forced stop never resolve, and their events stay in _inflight.
-            _, stuck = await asyncio.wait(set(self._settlers), timeout=1.0)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
+        for producer in (self._stopping, self._producer):
+            if producer is not None:
+                await self._stop_producer(producer, max(deadline - loop.time(), 0.5))
+        self._stopping = self._producer = None
+        if self._settlers:  # of clients replaced earlier and still stopping
+            await self._release_settlers(set(self._settlers), grace_s=1.0)
         undelivered = self.pending_ids()
         self._queue.clear()
         self._inflight.clear()
@@ -343,16 +344,24 @@ class Pipeline:
         return DeliveryReport(len(undelivered), undelivered, self.sent)
 
     async def _stop_producer(self, producer: AIOKafkaProducer, timeout_s: float) -> None:
-        try:
-            await asyncio.wait_for(producer.stop(), timeout_s)
-        except (TimeoutError, Exception) as exc:
-            # Broker still away: abandon the unacknowledged batches (already
-            # counted as undelivered) and close the connections ourselves.
-            log.warning("Kafka producer did not stop cleanly: %r", exc)
-            sender = getattr(producer, "_sender", None)
-            if sender is not None and sender.sender_task is not None:
-                sender.sender_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await sender.sender_task
-            with contextlib.suppress(Exception):
-                await producer.client.close()
+        """Stop one Kafka client; what it never acknowledged goes back to the buffer."""
+        mine = {t for t, p in list(self._settlers.items()) if p is producer}
+        if mine:  # acknowledgements already on their way get up to timeout_s
+            await asyncio.wait(mine, timeout=timeout_s)
+        if any(not t.done() for t in mine):
+            await abandon(producer)  # the broker is away: stop() would wait for it
+        else:
+            try:
+                await asyncio.wait_for(producer.stop(), max(timeout_s, 1.0))
+            except (TimeoutError, Exception) as exc:
+                log.warning("Kafka producer did not stop cleanly: %r", exc)
+                await abandon(producer)
+        await self._release_settlers(mine, grace_s=0.5)
+
+    async def _release_settlers(self, tasks: set[asyncio.Task[None]], grace_s: float) -> None:
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=grace_s)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)

@@ -10,11 +10,18 @@ record() validates in the caller (InvalidRecord names the field, nothing is
 queued) and returns the event_id without waiting for Kafka; delivery, retries
 and re-sends happen in a background task. close() reports what it could not
 deliver.
+
+Fork: the background task lives on the parent's event loop. In a forked
+child an inherited, started producer is reset to an empty, stopped one whose
+record() raises ConfigError until `await producer.start()` runs on the
+child's loop (the events queued before the fork belong to the parent).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
@@ -36,6 +43,21 @@ def buffer_full(config: ProducerConfig) -> ServiceUnavailable:
     )
 
 
+_LIVE: weakref.WeakSet[UsageProducer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for producer in list(_LIVE):
+        producer._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _refuse(key: bytes, value: bytes, event_id: str) -> bool:
+    return False  # "buffer full" -> _overflow -> ConfigError: start() first
+
+
 class UsageProducer:
     """Async producer of UsageEvents to tokenpulse.usage.v1 (key = tenant_id)."""
 
@@ -44,11 +66,22 @@ class UsageProducer:
         self._pipe = Pipeline(self.config)
         self._guard = QuotaGuard(self.config) if self.config.follow_quotas else None
         self._started = False
+        _LIVE.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: empty and stopped; record() refuses until start()."""
+        if not self._started:
+            return
+        self._started = False
+        self._pipe = Pipeline(self.config)
+        self._pipe.put = _refuse  # type: ignore[method-assign]
+        self._guard = QuotaGuard(self.config) if self.config.follow_quotas else None
 
     async def start(self) -> None:
         """Start the background sender (and quota guard); never waits for Kafka."""
         if self._started:
             return
+        self._pipe.__dict__.pop("put", None)  # a forked child's refusal hook
         self._pipe.start(notify_threadsafe=False)
         self._started = True
         if self._guard is not None:
@@ -111,7 +144,10 @@ class UsageProducer:
 
     async def _overflow(self, key: bytes, value: bytes, event_id: str) -> None:
         if not self._started:
-            raise ConfigError("UsageProducer.record() before start(): use `async with` or start()")
+            raise ConfigError(
+                "UsageProducer.record() before start() (or in a forked child before "
+                "start() on its own loop): use `async with` or `await start()`"
+            )
         if self.config.overflow_policy == "drop":
             self._pipe.dropped += 1
             return

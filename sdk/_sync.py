@@ -3,14 +3,22 @@
 A private event loop runs in a daemon thread and owns the Kafka client;
 record() is callable from any thread and only validates and appends to the
 shared buffer, waking the loop at most once per idle period.
+
+Fork: a child process inherits no threads, so an inherited producer has no
+loop to drain it. After os.fork() the child's copy starts empty (the events
+queued before the fork belong to the parent, which delivers them) and starts
+its own loop thread and Kafka client on its first record().
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import os
 import threading
 import time
+import weakref
 from collections.abc import Coroutine, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -25,6 +33,15 @@ from tokenpulse.sdk._producer import buffer_full
 from tokenpulse.sdk._record import build_event
 
 _T = TypeVar("_T")
+_LIVE: weakref.WeakSet[SyncUsageProducer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for producer in list(_LIVE):
+        producer._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SyncUsageProducer:
@@ -37,6 +54,28 @@ class SyncUsageProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        _LIVE.add(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: a fresh, empty producer that starts on first use."""
+        self._lock = threading.Lock()  # may have been held by a parent thread
+        was_started = self._loop is not None
+        self._loop = None
+        self._thread = None
+        self._pipe = Pipeline(self.config)
+        self._guard = QuotaGuard(self.config) if self.config.follow_quotas else None
+        if was_started:
+            pipe = self._pipe
+
+            def put_then_start(key: bytes, value: bytes, event_id: str) -> bool:
+                # First record() in the child: drop this hook (the plain
+                # method is back) and start the loop thread; no cost after.
+                with contextlib.suppress(AttributeError):
+                    del pipe.put
+                self.start()
+                return pipe.put(key, value, event_id)
+
+            pipe.put = put_then_start  # type: ignore[method-assign]
 
     def start(self) -> None:
         """Start the background loop thread; never waits for Kafka."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,7 +18,8 @@ from tokenpulse.schemas import decode_usage_event
 from tokenpulse.sdk import ProducerConfig, SyncUsageProducer, UsageProducer
 from tokenpulse.sdk._config import TOPIC_QUOTA_STATE as SDK_QUOTA_TOPIC
 from tokenpulse.sdk._config import TOPIC_USAGE as SDK_TOPIC
-from tokenpulse.sdk._pipeline import Pipeline, compression_type
+from tokenpulse.sdk._kafka import compression_type
+from tokenpulse.sdk._pipeline import Pipeline
 
 
 def _dead_bootstrap() -> str:
@@ -137,7 +141,12 @@ async def test_missing_tenant_is_a_type_error_before_anything() -> None:
 async def test_record_assigns_uuid7_and_encodes_valid_bytes() -> None:
     pipe_events: list[tuple[bytes, bytes, str]] = []
     producer = UsageProducer()
-    producer._pipe.put = lambda k, v, e: pipe_events.append((k, v, e)) or True  # type: ignore[method-assign]
+
+    def put(key: bytes, value: bytes, event_id: str) -> bool:
+        pipe_events.append((key, value, event_id))
+        return True
+
+    producer._pipe.put = put  # type: ignore[method-assign]
     plus2 = timezone(timedelta(hours=2))
     event_id = await producer.record(**GOOD, occurred_at=datetime(2026, 1, 1, tzinfo=plus2))
     given = await producer.record(**GOOD, event_id="mine-1")
@@ -212,3 +221,59 @@ def test_envelope_units_group_by_tenant_within_byte_budget() -> None:
     assert {u[0] for u in units} == {b"a", b"b"}
     assert all(len(u[1]) <= 400 for u in units)
     assert units[0][1].startswith(b'{"batch":[{"event_id":"0"}')
+
+
+def _in_child(body: Callable[[], str]) -> str:
+    """Run body in a forked child and return what it reports (or its error)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_fd)
+            os.write(write_fd, body().encode())
+        except BaseException as exc:
+            os.write(write_fd, f"error: {exc!r}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        out = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_sync_producer_in_a_forked_child_starts_fresh() -> None:
+    config = ProducerConfig(bootstrap_servers=_dead_bootstrap(), buffer_max_events=100)
+    with SyncUsageProducer(config) as producer:
+        parent_ids = {producer.record(**GOOD) for _ in range(10)}
+
+        def child() -> str:
+            before = producer.stats().queue_depth  # the parent's events are not ours
+            ids = {producer.record(**GOOD) for _ in range(5)}
+            alive = producer._thread is not None and producer._thread.is_alive()
+            report = producer.close(timeout_s=0.2)
+            same = set(report.undelivered_event_ids) == ids
+            return f"{before} {alive} {report.undelivered_count} {same}"
+
+        assert _in_child(child) == "0 True 5 True"
+        assert producer.stats().queue_depth == 10
+        report = producer.close(timeout_s=0.2)
+    assert set(report.undelivered_event_ids) == parent_ids
+
+
+async def test_async_producer_in_a_forked_child_needs_start() -> None:
+    producer = UsageProducer(ProducerConfig(bootstrap_servers=_dead_bootstrap()))
+    await producer.start()
+    await producer.record(**GOOD)
+
+    def child() -> str:
+        try:
+            asyncio.run(producer.record(**GOOD))
+        except ConfigError as exc:
+            return f"refused: {'fork' in exc.message} {producer.stats().queue_depth}"
+        return "accepted"
+
+    assert _in_child(child) == "refused: True 0"
+    assert (await producer.close(timeout_s=0.2)).undelivered_count == 1
