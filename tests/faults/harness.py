@@ -423,7 +423,15 @@ def assert_exact(
     """0 lost, 0 counted twice: events, minute totals, DLQ and alerts."""
     assert sent.undelivered == 0
     assert sent.expected_events == expected.events, "the SDK load differs from the generator"
-    assert env.scalar(f"SELECT count() - uniqExact(event_id) FROM {env.database}.usage_events") == 0
+    doubled = env.client.query(
+        f"SELECT event_id, count(), groupArray((kafka_partition, kafka_offset, ingested_at))"
+        f" FROM {env.database}.usage_events GROUP BY event_id HAVING count() > 1"
+        " ORDER BY event_id LIMIT 5"
+    ).result_rows
+    total_doubled = env.scalar(
+        f"SELECT count() - uniqExact(event_id) FROM {env.database}.usage_events"
+    )
+    assert total_doubled == 0, f"{total_doubled} rows counted twice, e.g. {doubled}"
     assert per_tenant(env, "usage_events", "count()") == expected.per_tenant
     assert per_tenant(env, "usage_by_minute_totals", "sum(events)") == expected.per_tenant
     dlq = [decode_dlq_record(m.value) for m in read_topic(env, env.topics.dlq)]
