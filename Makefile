@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup chromium demo test lint typecheck unit integration fuzz clean
+.PHONY: help setup chromium demo test lint typecheck unit integration fuzz faults faults-full bench clean
 
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,15 @@ integration: setup chromium ## integration tests on real Kafka and ClickHouse
 
 test: setup chromium lint typecheck ## everything CI runs: lint, types, all tests on the real services
 	$(BIN)/pytest tests
+
+faults: setup ## fault injection on the real pipeline, short loads (also part of make test)
+	$(BIN)/pytest -m faults tests/faults
+
+faults-full: setup ## fault injection with bigger loads and a 30 s ClickHouse outage
+	TOKENPULSE_FAULTS=full $(BIN)/pytest -m faults tests/faults
+
+bench: setup ## end-to-end benchmark on a temporary local stack; prints the table of BENCHMARKS.md
+	$(BIN)/tokenpulse bench
 
 fuzz: setup ## long property/fuzz campaign (hypothesis "fuzz" profile, 20k examples per test)
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
