@@ -8,8 +8,9 @@ crash or a lost acknowledgement therefore leaves every count exact.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
+import contextlib
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from tokenpulse.config import ClickHouseTarget
@@ -103,6 +104,55 @@ def event_columns(events: Sequence[AcceptedEvent]) -> list[list[Any]]:
         ingested_at.append(acc.ingested_at)
         late.append(acc.late)
     return cols
+
+
+# ClickHouse caps one multipart form field (a bound parameter, once the URL
+# would pass 4 KiB) at http_max_field_value_size = 128 KiB; stay well under.
+CONFIRM_PARAM_BYTES = 96 * 1024
+
+
+def _quoted_len(value: str) -> int:
+    raw = value.encode("utf-8")
+    return len(raw) + raw.count(b"'") + raw.count(b"\\") + 3  # quotes, escapes, comma
+
+
+def confirmation_chunks(
+    candidates: Iterable[tuple[str, str, datetime]], max_param_bytes: int = CONFIRM_PARAM_BYTES
+) -> Iterator[list[tuple[str, str, datetime]]]:
+    """Split candidates so each bound array (tenants, ids) stays under max_param_bytes."""
+    chunk: list[tuple[str, str, datetime]] = []
+    tenants: set[str] = set()
+    tenant_bytes = id_bytes = 0
+    for cand in candidates:
+        tenant, event_id, _ = cand
+        t_cost = 0 if tenant in tenants else _quoted_len(tenant)
+        e_cost = _quoted_len(event_id)
+        full = tenant_bytes + t_cost > max_param_bytes or id_bytes + e_cost > max_param_bytes
+        if chunk and full:
+            yield chunk
+            chunk, tenants, tenant_bytes, id_bytes = [], set(), 0, 0
+            t_cost = _quoted_len(tenant)
+        chunk.append(cand)
+        tenants.add(tenant)
+        tenant_bytes += t_cost
+        id_bytes += e_cost
+    if chunk:
+        yield chunk
+
+
+def occurred_bounds(occurred: Iterable[datetime]) -> tuple[datetime, datetime]:
+    """[min, max] of the occurred_at values, widened to whole seconds.
+
+    The column keeps milliseconds; widening makes sure a stored value that
+    was truncated from microseconds is still inside the range.
+    """
+    values = list(occurred)
+    lo, hi = min(values).replace(microsecond=0), max(values).replace(microsecond=0)
+    with contextlib.suppress(OverflowError):  # year 1: nothing is earlier
+        lo -= timedelta(seconds=1)
+    with contextlib.suppress(OverflowError):  # year 9999: nothing is later
+        hi += timedelta(seconds=1)
+    return lo, hi
 
 
 class ClickHouseSink(UsageSink):
@@ -223,6 +273,43 @@ class ClickHouseSink(UsageSink):
 
         result = await with_retries("existing_event_ids query", self.retry, query, self._where)
         return {str(row[0]) for row in result.result_rows}
+
+    async def existing_events(
+        self, candidates: Collection[tuple[str, str, datetime]], since: datetime
+    ) -> set[tuple[str, str]]:
+        if not candidates:
+            return set()
+        client = self._require()
+        # tenant_id IN + the occurred_at range prune by the primary key
+        # (tenant_id, occurred_at, event_id); event_id IN uses idx_event_id.
+        # The cross product of tenants x ids is narrowed to the exact pairs
+        # here, so a chunk costs one round trip whatever its tenant count.
+        sql = (
+            f"SELECT tenant_id, event_id FROM {self.database}.{self.table}"
+            " WHERE tenant_id IN {tenants:Array(String)} AND event_id IN {ids:Array(String)}"
+            " AND occurred_at >= {lo:DateTime64(3, 'UTC')}"
+            " AND occurred_at <= {hi:DateTime64(3, 'UTC')}"
+            " AND ingested_at >= {since:DateTime64(3, 'UTC')}"
+        )
+        found: set[tuple[str, str]] = set()
+        for chunk in confirmation_chunks(candidates, CONFIRM_PARAM_BYTES):
+            wanted = {(t, e) for t, e, _ in chunk}
+            lo, hi = occurred_bounds(o for _, _, o in chunk)
+            params = {
+                "tenants": sorted({t for t, _, _ in chunk}),
+                "ids": sorted({e for _, e, _ in chunk}),
+                "lo": lo,
+                "hi": hi,
+                "since": since,
+            }
+
+            async def query(params: dict[str, Any] = params) -> Any:
+                return await client.query(sql, parameters=params)
+
+            result = await with_retries("existing_events query", self.retry, query, self._where)
+            rows = ((str(t), str(e)) for t, e in result.result_rows)
+            found.update(k for k in rows if k in wanted)
+        return found
 
     async def count_events(self, tenant_id: str | None = None) -> int:
         """Rows in usage_events (of one tenant): for checks and the demo."""

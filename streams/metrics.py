@@ -5,7 +5,8 @@ library in the hot path); a custom collector turns them into Prometheus
 counters when scraped, plus consumer lag per partition from Faust's
 consumer. Only the sink batch latency is observed directly (a histogram).
 Served by prometheus_client's HTTP server on TOKENPULSE_METRICS_HOST:PORT
-(127.0.0.1:9464 by default; port 0 = off), on a registry of its own.
+(127.0.0.1:9464 by default; port 0 = off), on a registry of its own; a port
+already taken is a warning, not a failure.
 """
 
 from __future__ import annotations
@@ -94,9 +95,24 @@ class WorkerMetrics:
     def webhook_event(self, outcome: str) -> None:
         self.webhook_events[outcome] = self.webhook_events.get(outcome, 0) + 1
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint (a daemon thread); returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int) -> int | None:
+        """Start the HTTP endpoint (a daemon thread); returns the bound port.
+
+        A port that cannot be bound (another worker on this host has the
+        default one) logs one warning and returns None: metering matters
+        more than its metrics, so the worker runs on without them.
+        """
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            log.warning(
+                "metrics endpoint %s:%d unavailable (%s); the worker runs without metrics; "
+                "set TOKENPULSE_METRICS_PORT to a free port per worker (0 = off)",
+                host,
+                port,
+                exc,
+            )
+            return None
         self._server = server
         bound: int = server.server_address[1]
         log.info("metrics on http://%s:%d/metrics", host, bound)

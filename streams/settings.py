@@ -61,6 +61,31 @@ def _log_format(env: Mapping[str, str]) -> str:
     return raw
 
 
+# Kafka brokers accept session timeouts within group.min/max.session.timeout.ms
+# (6 s and 30 min by default); Faust's request timeout (90 s) must not be
+# shorter than the session timeout.
+MIN_SESSION_TIMEOUT_S = 6.0
+MAX_SESSION_TIMEOUT_S = 1800.0
+BROKER_REQUEST_TIMEOUT_S = 90.0
+
+
+def check_broker_timeouts(session_timeout_s: float, heartbeat_interval_s: float) -> None:
+    """Refuse liveness timeouts the broker or the group protocol would reject or abuse."""
+    if not MIN_SESSION_TIMEOUT_S <= session_timeout_s <= MAX_SESSION_TIMEOUT_S:
+        raise ConfigError(
+            f"TOKENPULSE_SESSION_TIMEOUT_S must be between {MIN_SESSION_TIMEOUT_S:g} and "
+            f"{MAX_SESSION_TIMEOUT_S:g} s (the broker's group session limits), "
+            f"got {session_timeout_s:g}",
+            details={"setting": "TOKENPULSE_SESSION_TIMEOUT_S"},
+        )
+    if not 0 < heartbeat_interval_s <= session_timeout_s / 3:
+        raise ConfigError(
+            "TOKENPULSE_HEARTBEAT_INTERVAL_S must be > 0 and at most a third of "
+            f"TOKENPULSE_SESSION_TIMEOUT_S ({session_timeout_s:g} s), got {heartbeat_interval_s:g}",
+            details={"setting": "TOKENPULSE_HEARTBEAT_INTERVAL_S"},
+        )
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """The five topics, with an optional prefix/suffix (unique names per test)."""
@@ -110,6 +135,10 @@ class WorkerSettings:
     metrics_port: TOKENPULSE_METRICS_PORT; Prometheus endpoint (default 9464; 0 = off).
     metrics_host: TOKENPULSE_METRICS_HOST; its bind address (default 127.0.0.1).
     log_format: TOKENPULSE_LOG_FORMAT; "text" (default) or "json" (one object per line).
+    session_timeout_s: TOKENPULSE_SESSION_TIMEOUT_S; how long the group waits for a silent
+        member (kill -9, frozen host) before rebalancing its partitions (default 10 s).
+    heartbeat_interval_s: TOKENPULSE_HEARTBEAT_INTERVAL_S; at most a third of the session
+        timeout (default 3 s).
     """
 
     kafka_bootstrap_servers: str
@@ -134,6 +163,19 @@ class WorkerSettings:
     metrics_port: int = 9464
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_broker_timeouts(self.session_timeout_s, self.heartbeat_interval_s)
+
+    def broker_timeouts(self) -> dict[str, float]:
+        """Faust App keyword arguments for the consumer group's liveness timeouts."""
+        return {
+            "broker_session_timeout": self.session_timeout_s,
+            "broker_heartbeat_interval": self.heartbeat_interval_s,
+            "broker_request_timeout": max(BROKER_REQUEST_TIMEOUT_S, self.session_timeout_s),
+        }
 
     def __repr__(self) -> str:
         return (
@@ -179,4 +221,6 @@ class WorkerSettings:
             metrics_port=int(_num(env, "TOKENPULSE_METRICS_PORT", 9464)),
             metrics_host=env.get("TOKENPULSE_METRICS_HOST") or "127.0.0.1",
             log_format=_log_format(env),
+            session_timeout_s=_num(env, "TOKENPULSE_SESSION_TIMEOUT_S", 10.0),
+            heartbeat_interval_s=_num(env, "TOKENPULSE_HEARTBEAT_INTERVAL_S", 3.0),
         )
