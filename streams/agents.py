@@ -32,7 +32,17 @@ def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
 
 def _record(event: Any) -> InRecord:
     m = event.message
-    return InRecord(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
+    # The generation stamps the fetch: a record fetched before a revocation is
+    # fenced by the processor even if Faust's take buffer still hands it over.
+    return InRecord(
+        m.topic,
+        m.partition,
+        m.offset,
+        m.key,
+        m.value,
+        _headers(m.headers),
+        getattr(m, "generation_id", None),
+    )
 
 
 def build_worker(
@@ -74,8 +84,12 @@ def build_worker(
     app.timer(TICK_INTERVAL_S)(tick)
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        # Awaited by Faust before the worker rejoins: the new owners of these
+        # partitions only start after the in-flight batch and the fence.
         if runtime.processor is not None:
-            await runtime.processor.on_revoked([(tp.topic, tp.partition) for tp in revoked])
+            await runtime.processor.on_revoked(
+                [(tp.topic, tp.partition) for tp in revoked], app.consumer_generation_id
+            )
 
     async def on_shutdown(sender: Any, **_: Any) -> None:
         await runtime.stop()

@@ -9,7 +9,6 @@ batch's sink write and broker acknowledgements returned.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,8 +60,23 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     )
 
 
-STOP_WAIT_S = 10.0
+STOP_WAIT_MIN_S = 10.0
 EXIT_FATAL = 70  # EX_SOFTWARE: the worker stopped on an error retrying could not fix
+
+
+def stop_wait_s(sink: UsageSink) -> float:
+    """How long one sink call can take: a stop waits that long, never a shorter guess.
+
+    ClickHouseSink bounds a call by its own attempts x (connect + send/receive
+    timeout) + backoff; any other sink gets STOP_WAIT_MIN_S.
+    """
+    attempt_s = float(getattr(sink, "connect_timeout_s", 0.0)) + float(
+        getattr(sink, "send_receive_timeout_s", 0.0)
+    )
+    retry = getattr(sink, "retry", None)
+    attempts = int(getattr(retry, "max_attempts", 1))
+    backoff_s = float(getattr(retry, "max_backoff_s", 0.0)) * attempts
+    return max(STOP_WAIT_MIN_S, attempt_s * attempts + backoff_s + 1.0)
 
 
 class FaustFlow(FlowControl):
@@ -234,6 +248,7 @@ class Runtime:
             flow=FaustFlow(self.app, s.topics.usage),
             on_alert=self._on_alert,
         )
+        self.processor.current_generation = lambda: self.app.consumer_generation_id
         if s.alert_webhook_url:
             secret = s.alert_webhook_secret.encode() if s.alert_webhook_secret else None
             self.webhook = WebhookSender(s.alert_webhook_url, secret)
@@ -261,13 +276,18 @@ class Runtime:
     async def stop(self) -> None:
         self.stopping = True
         if self.processor is not None:
-            # Let an in-flight batch finish before its sink closes under it; a
-            # batch stuck on an unreachable store is abandoned (uncommitted).
-            try:
-                await asyncio.wait_for(self.processor.lock.acquire(), STOP_WAIT_S)
-                self.processor.lock.release()
-            except TimeoutError:
-                log.warning("stopping with a batch in flight; it stays uncommitted")
+            # Runs from on_before_shutdown, before the consumer leaves the group
+            # (mode stops the app's children after on_stop). The in-flight sink
+            # call ends (its attempt finishes, no retry starts), later batches
+            # are dropped: nothing of ours lands after the next owner started.
+            wait_s = stop_wait_s(self.sink)
+            if not await self.processor.close(wait_s):
+                log.error(
+                    "stopping with a sink write still in flight after %.0fs; leaving the "
+                    "group anyway: if it lands later, the next owner may write its records "
+                    "again (see docs/streams.md, 'Zombie writes')",
+                    wait_s,
+                )
         if self.webhook is not None:
             await self.webhook.stop()
         if self.metrics is not None:

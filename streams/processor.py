@@ -28,7 +28,7 @@ from tokenpulse.schemas.usage import UsageEvent, decode_usage_record
 from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
 from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
-from tokenpulse.streams.retry import FlowControl, SinkRetrier
+from tokenpulse.streams.retry import FlowControl, RetryAbandoned, SinkRetrier
 from tokenpulse.streams.windows import MinuteWindows, WindowInput
 
 log = logging.getLogger("tokenpulse.streams.processor")
@@ -45,6 +45,8 @@ class InRecord:
     key: bytes | None
     value: bytes | None
     headers: tuple[Header, ...] = ()
+    # Consumer-group generation the record was fetched in (None: not tracked).
+    generation: int | None = None
 
 
 class Producer(Protocol):
@@ -63,6 +65,7 @@ class Counters:
     rejected: int = 0
     late: int = 0
     replayed_skipped: int = 0
+    fenced_dropped: int = 0  # records of revoked generations, never written here
     confirmations: int = 0
     sink_retries: int = 0
     commits: int = 0
@@ -121,7 +124,13 @@ class UsageProcessor:
         self.lock = asyncio.Lock()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._retired: dict[tuple[str, int], _Partition] = {}
-        self.stopping = False
+        self.stopping = False  # set by close(): no batch is written any more
+        # Fencing (see on_revoked): generations whose partitions were revoked.
+        # Records fetched in them may still sit in Faust's take buffer; they
+        # belong to the next owner now and are dropped, never written.
+        self.current_generation: Callable[[], int | None] | None = None
+        self._fenced: set[int] = set()
+        self._abandon = False  # a revocation waits: stop retrying between attempts
         # Called with each alert after the broker acknowledged it (webhooks, metrics).
         self.on_alert = on_alert
         self.observe_write: Callable[[float], None] | None = None  # sink latency histogram
@@ -129,7 +138,10 @@ class UsageProcessor:
         # may run (its commit would move past the failed batch's offsets).
         self.failed: BaseException | None = None
         self.retrier = SinkRetrier(
-            max_backoff_s=sink_retry_max_s, flow=flow, on_retry=self._count_retry
+            max_backoff_s=sink_retry_max_s,
+            flow=flow,
+            on_retry=self._count_retry,
+            should_abandon=lambda: self._abandon or self.stopping,
         )
 
     def _count_retry(self, what: str, exc: BaseException) -> None:
@@ -141,13 +153,68 @@ class UsageProcessor:
         return None if state is None else state.processed_upto
 
     # -- rebalance ------------------------------------------------------------------
-    async def on_revoked(self, partitions: Collection[tuple[str, int]]) -> None:
-        """Forget revoked partitions; waits for an in-flight batch to finish first."""
-        async with self.lock:
-            for tp in partitions:
-                state = self._parts.pop(tp, None)
-                if state is not None:
-                    self._retired[tp] = state
+    async def on_revoked(
+        self, partitions: Collection[tuple[str, int]], generation: int | None = None
+    ) -> None:
+        """Fence revoked partitions before the group moves on.
+
+        Waits for the in-flight batch (its current sink attempt finishes, no
+        further retry starts), then fences `generation`: records fetched in it
+        and still buffered by Faust are dropped by every later batch, because
+        the partition may belong to another worker that resumes from what is
+        durable. Faust awaits this before the worker rejoins the group.
+        """
+        if generation is not None:
+            self._fenced.add(generation)  # batches queued behind us drop them too
+        self._abandon = True
+        try:
+            async with self.lock:
+                for tp in partitions:
+                    state = self._parts.pop(tp, None)
+                    if state is not None:
+                        self._retired[tp] = state
+        finally:
+            self._abandon = False
+
+    async def close(self, wait_s: float) -> bool:
+        """Stop writing: wait (<= wait_s) for the in-flight batch; later batches are dropped.
+
+        Runs before the worker leaves the group (Faust does not call the
+        revocation hook on stop). True when no batch is in flight any more.
+        """
+        self.stopping = True
+        try:
+            await asyncio.wait_for(self.lock.acquire(), wait_s)
+        except TimeoutError:
+            return False
+        self.lock.release()
+        return True
+
+    def _owned_records(self, records: Sequence[InRecord]) -> Sequence[InRecord]:
+        """Drop records this worker must not write any more (called under the lock)."""
+        if self.stopping:
+            dropped = len(records)
+            kept: Sequence[InRecord] = ()
+        else:
+            current = self.current_generation() if self.current_generation is not None else None
+            kept = [
+                r
+                for r in records
+                if r.generation is None
+                or (
+                    r.generation not in self._fenced
+                    and (current is None or r.generation == current)
+                )
+            ]
+            dropped = len(records) - len(kept)
+        if dropped:
+            self.counters.fenced_dropped += dropped
+            log.info(
+                "dropped %d buffered records of revoked partitions%s; their owner replays them",
+                dropped,
+                " (stopping)" if self.stopping else "",
+            )
+        return kept
 
     async def _partition(self, topic: str, partition: int) -> _Partition:
         tp = (topic, partition)
@@ -181,10 +248,18 @@ class UsageProcessor:
         """Make one batch durable and commit it; a non-retriable failure propagates."""
         async with self.lock:
             self._refuse_if_failed()
+            records = self._owned_records(records)
+            if not records:
+                return
             try:
                 await self._process_locked(records)
             except asyncio.CancelledError:
                 raise
+            except RetryAbandoned as exc:
+                # Revoked or stopping between two sink attempts: nothing of the
+                # batch is committed; the partitions' owner replays it.
+                log.warning("batch abandoned (%s); it stays uncommitted", exc)
+                return
             except BaseException as exc:
                 self.failed = exc
                 raise

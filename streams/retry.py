@@ -34,6 +34,14 @@ def is_retriable(exc: BaseException) -> bool:
     return transport_retriable(exc)
 
 
+class RetryAbandoned(Exception):
+    """A retry loop gave up on purpose: the batch's partitions are revoked or the worker stops.
+
+    Raised only between two attempts, never while one is in flight, so the
+    store saw either a finished attempt or none. The batch stays uncommitted.
+    """
+
+
 class FlowControl:
     """Pause/resume hooks for fetching (no-ops by default, Faust's consumer in the worker)."""
 
@@ -54,11 +62,15 @@ class SinkRetrier:
         initial_backoff_s: float = 0.1,
         flow: FlowControl | None = None,
         on_retry: Callable[[str, BaseException], None] | None = None,
+        should_abandon: Callable[[], bool] | None = None,
     ) -> None:
         self.max_backoff_s = max_backoff_s
         self.initial_backoff_s = initial_backoff_s
         self.flow = flow or FlowControl()
         self.on_retry = on_retry
+        # Asked after each failed attempt: a revocation or a stop must not wait
+        # for a store that may stay away for minutes (the group moves on).
+        self.should_abandon = should_abandon
         self.retries = 0
         self.paused = False
 
@@ -68,6 +80,14 @@ class SinkRetrier:
         if isinstance(exc, SinkBackpressure):
             delay = max(delay, exc.retry_after_s)  # the store told us how long
         return delay
+
+    def _maybe_abandon(self, what: str, exc: BaseException) -> None:
+        if self.should_abandon is None or not self.should_abandon():
+            return
+        # Not resumed here: the partitions were revoked (a new assignment starts
+        # unpaused) or the worker stops; the next pause must not be skipped.
+        self.paused = False
+        raise RetryAbandoned(f"{what} abandoned between attempts") from exc
 
     async def call(self, what: str, call: Callable[[], Awaitable[_R]]) -> _R:
         attempt = 0
@@ -92,10 +112,12 @@ class SinkRetrier:
                         type(exc).__name__,
                         _first_line(exc),
                     )
+                self._maybe_abandon(what, exc)
                 delay_s = self._delay_s(attempt, exc)
                 attempt += 1
                 log.warning("retrying %s in %.1fs (attempt %d)", what, delay_s, attempt)
                 await asyncio.sleep(delay_s)
+                self._maybe_abandon(what, exc)
                 continue
             if self.paused:
                 self.paused = False

@@ -1,0 +1,159 @@
+"""A partition is written by at most one worker: revocation and stop fence the old owner.
+
+Deterministic reproductions of the double count seen in the 1 -> 3 -> 1
+rebalance fault test: records Faust fetched before a revocation still sit in
+its take buffer and reach the old owner's processor after the new owner
+already read `last_offsets` and confirmed its ids; and a stop or revocation
+waiting on a store that is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Collection, Mapping
+from datetime import datetime
+
+from tests.unit.test_streams_processor import MemorySink, Sent, _ev
+from tokenpulse.sinks.base import SinkBatch, UsageSink
+from tokenpulse.streams.processor import InRecord, UsageProcessor
+
+T = "usage"
+
+
+class GatedSink(UsageSink):
+    """The shared store, seen by one worker whose writes wait for `gate`."""
+
+    def __init__(self, inner: MemorySink) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.writing = asyncio.Event()  # set once a write waits at the gate
+
+    async def write(self, batch: SinkBatch) -> None:
+        self.writing.set()
+        await self.gate.wait()
+        await self.inner.write(batch)
+
+    async def last_offsets(self, topic: str, partitions: Collection[int]) -> Mapping[int, int]:
+        return await self.inner.last_offsets(topic, partitions)
+
+    async def existing_event_ids(
+        self, tenant_id: str, event_ids: Collection[str], since: datetime
+    ) -> set[str]:
+        return await self.inner.existing_event_ids(tenant_id, event_ids, since)
+
+
+class DownSink(MemorySink):
+    """A store that refuses every write (connection errors: retriable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+        self.failed_twice = asyncio.Event()
+
+    async def write(self, batch: SinkBatch) -> None:
+        self.attempts += 1
+        if self.attempts >= 2:
+            self.failed_twice.set()
+        raise ConnectionError("store down")
+
+
+def _worker(
+    sink: UsageSink, generation: list[int], commits: list[Mapping[int, int]]
+) -> UsageProcessor:
+    async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    p = UsageProcessor(
+        sink=sink,
+        producer=Sent(),
+        committer=commit,
+        dlq_topic="dlq",
+        keyring=None,
+        sink_retry_max_s=0.01,
+    )
+    p.current_generation = lambda: generation[0]
+    return p
+
+
+def _recs(ids: range, generation: int, partition: int = 0) -> list[InRecord]:
+    return [InRecord(T, partition, i, b"acme", _ev(i), (), generation) for i in ids]
+
+
+def _counts(sink: MemorySink) -> Counter[str]:
+    return Counter(r.event.event_id for r in sink.rows)
+
+
+async def test_records_buffered_before_a_revocation_are_never_written_by_the_old_owner() -> None:
+    store = MemorySink()
+    gen_a, gen_b = [1], [2]
+    a = _worker(store, gen_a, [])
+    await a.process(_recs(range(0, 2), generation=1))
+    # Rebalance: A's partition 0 goes to B. Faust's take buffer of A still
+    # holds offsets 2..4, fetched in generation 1.
+    await a.on_revoked([(T, 0)], generation=1)
+    b_sink = GatedSink(store)
+    b_sink.gate.clear()
+    b = _worker(b_sink, gen_b, [])
+    # B resumes after durable offset 1, confirms ids 2..5 as new, and writes.
+    b_batch = asyncio.create_task(b.process(_recs(range(2, 6), generation=2)))
+    await b_sink.writing.wait()
+    # A's next batch is its stale buffer; A's own generation has not moved yet
+    # (its assignment callback comes later).
+    await a.process(_recs(range(2, 5), generation=1))
+    b_sink.gate.set()
+    await b_batch
+    counts = _counts(store)
+    assert sorted(counts) == [f"e{i}" for i in range(6)]
+    assert max(counts.values()) == 1, f"counted twice: {counts}"
+    assert a.counters.fenced_dropped == 3
+
+
+async def test_records_of_an_older_generation_are_dropped_after_reassignment() -> None:
+    store, commits = MemorySink(), list[Mapping[int, int]]()
+    gen = [1]
+    a = _worker(store, gen, commits)
+    await a.process(_recs(range(0, 2), generation=1))
+    gen[0] = 3  # reassigned without our revocation hook having seen gen 1 fenced
+    # A stale offset 5 (gen 1) must not be written: Faust seeks to the commit
+    # and hands offsets 2.. over again, in generation 3.
+    await a.process(_recs(range(5, 6), generation=1))
+    assert sorted(_counts(store)) == ["e0", "e1"]
+    await a.process(_recs(range(2, 6), generation=3))
+    assert sorted(_counts(store)) == [f"e{i}" for i in range(6)]
+    assert commits == [{0: 2}, {0: 6}]
+
+
+async def test_stop_waits_for_the_in_flight_write_and_drops_later_batches() -> None:
+    store, commits = MemorySink(), list[Mapping[int, int]]()
+    sink = GatedSink(store)
+    sink.gate.clear()
+    p = _worker(sink, [1], commits)
+    batch = asyncio.create_task(p.process(_recs(range(0, 3), generation=1)))
+    await sink.writing.wait()
+    closing = asyncio.create_task(p.close(wait_s=60.0))
+    await asyncio.sleep(0)
+    assert not closing.done()  # still writing: the worker must not leave the group yet
+    sink.gate.set()
+    await batch
+    assert await closing is True
+    await p.process(_recs(range(3, 6), generation=1))  # the take buffer, after close()
+    assert sorted(_counts(store)) == ["e0", "e1", "e2"]
+    assert commits == [{0: 3}]
+    assert p.counters.fenced_dropped == 3
+
+
+async def test_revocation_while_the_store_is_down_abandons_the_batch_between_attempts() -> None:
+    store, commits = DownSink(), list[Mapping[int, int]]()
+    p = _worker(store, [1], commits)
+    batch = asyncio.create_task(p.process(_recs(range(0, 3), generation=1)))
+    await store.failed_twice.wait()
+    # Before the fix the revocation waited for a write retried forever, so
+    # the group evicted the worker and its write landed after the new owner's.
+    await asyncio.wait_for(p.on_revoked([(T, 0)], generation=1), 5.0)
+    await asyncio.wait_for(batch, 5.0)
+    assert store.rows == []
+    assert commits == []
+    assert p.failed is None  # not a failure: the next owner replays the batch
