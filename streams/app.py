@@ -39,6 +39,7 @@ def _broker_urls(bootstrap: str) -> list[str]:
 
 def create_faust_app(settings: WorkerSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    timeouts = settings.broker_timeouts()
     return faust.App(
         settings.app_id,
         broker=_broker_urls(settings.kafka_bootstrap_servers),
@@ -55,8 +56,11 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
         # does the equivalent: a revocation waits for the in-flight batch.
         stream_wait_empty=False,
         producer_acks=-1,
-        broker_session_timeout=30.0,
-        broker_heartbeat_interval=3.0,
+        # TOKENPULSE_SESSION_TIMEOUT_S / _HEARTBEAT_INTERVAL_S: how soon a dead
+        # worker's partitions move to the others.
+        broker_session_timeout=timeouts["broker_session_timeout"],
+        broker_heartbeat_interval=timeouts["broker_heartbeat_interval"],
+        broker_request_timeout=timeouts["broker_request_timeout"],
     )
 
 
@@ -259,18 +263,9 @@ class Runtime:
             if self.webhook is not None:
                 self.webhook.on_event = self.metrics.webhook_event
             if s.metrics_port:
-                try:
-                    self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
-                except OSError as exc:
-                    # Metering matters more than its metrics (e.g. two workers on
-                    # one host with the default port): say so loudly, keep going.
-                    log.error(
-                        "metrics endpoint %s:%d unavailable (%s); set TOKENPULSE_METRICS_PORT "
-                        "to a free port (0 = off)",
-                        s.metrics_host,
-                        s.metrics_port,
-                        exc,
-                    )
+                # serve() logs and returns None when the port is taken: metering
+                # matters more than its metrics.
+                self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
         return self.processor
 
     async def stop(self) -> None:
