@@ -31,7 +31,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from tokenpulse.config import ClickHouseTarget
 from tokenpulse.fleet import FleetConfig, RecordKind, generate
+from tokenpulse.reconcile import ReconcileOptions, reconcile
 from tokenpulse.schemas import (
     QuotaDefinition,
     decode_dlq_record,
@@ -448,3 +450,21 @@ def assert_exact(
     # (documented; consumers dedupe), never a second id for one crossing.
     assert sorted(a.threshold_pct for a in by_id.values()) == list(QUOTA_THRESHOLDS)
     assert {a.tenant_id for a in by_id.values()} == {QUOTA_ORG}
+    assert_reconciled(env)
+
+
+def assert_reconciled(env: Env) -> None:
+    """What an operator would run afterwards: `tokenpulse reconcile --strict` finds nothing."""
+    report = asyncio.run(
+        reconcile(
+            ReconcileOptions(
+                kafka_bootstrap_servers=env.bootstrap,
+                clickhouse=ClickHouseTarget.parse(env.clickhouse_url + env.database),
+                since=datetime(2000, 1, 1, tzinfo=UTC),
+                topic=env.topics.usage,
+                dlq_topic=env.topics.dlq,
+                strict=True,
+            )
+        )
+    )
+    assert report.ok, f"reconcile found differences: {report.to_dict()['differences'][:5]}"
