@@ -65,6 +65,10 @@ def _log_format(env: Mapping[str, str]) -> str:
 # (6 s and 30 min by default); Faust's request timeout (90 s) must not be
 # shorter than the session timeout.
 MIN_SESSION_TIMEOUT_S = 6.0
+# 30 s, not less: a worker whose event loop stalls through a ClickHouse outage
+# (retries, paused partitions) must not be evicted mid-outage; with 10 s a
+# fault test saw the worker never resume after the store came back.
+DEFAULT_SESSION_TIMEOUT_S = 30.0
 MAX_SESSION_TIMEOUT_S = 1800.0
 BROKER_REQUEST_TIMEOUT_S = 90.0
 
@@ -136,7 +140,7 @@ class WorkerSettings:
     metrics_host: TOKENPULSE_METRICS_HOST; its bind address (default 127.0.0.1).
     log_format: TOKENPULSE_LOG_FORMAT; "text" (default) or "json" (one object per line).
     session_timeout_s: TOKENPULSE_SESSION_TIMEOUT_S; how long the group waits for a silent
-        member (kill -9, frozen host) before rebalancing its partitions (default 10 s).
+        member (kill -9, frozen host) before rebalancing its partitions (default 30 s).
     heartbeat_interval_s: TOKENPULSE_HEARTBEAT_INTERVAL_S; at most a third of the session
         timeout (default 3 s).
     """
@@ -163,7 +167,7 @@ class WorkerSettings:
     metrics_port: int = 9464
     metrics_host: str = "127.0.0.1"
     log_format: str = "text"
-    session_timeout_s: float = 10.0
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     heartbeat_interval_s: float = 3.0
 
     def __post_init__(self) -> None:
@@ -221,6 +225,6 @@ class WorkerSettings:
             metrics_port=int(_num(env, "TOKENPULSE_METRICS_PORT", 9464)),
             metrics_host=env.get("TOKENPULSE_METRICS_HOST") or "127.0.0.1",
             log_format=_log_format(env),
-            session_timeout_s=_num(env, "TOKENPULSE_SESSION_TIMEOUT_S", 10.0),
+            session_timeout_s=_num(env, "TOKENPULSE_SESSION_TIMEOUT_S", DEFAULT_SESSION_TIMEOUT_S),
             heartbeat_interval_s=_num(env, "TOKENPULSE_HEARTBEAT_INTERVAL_S", 3.0),
         )
