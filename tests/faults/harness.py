@@ -454,7 +454,12 @@ def assert_exact(
 
 
 def assert_reconciled(env: Env) -> None:
-    """What an operator would run afterwards: `tokenpulse reconcile --strict` finds nothing."""
+    """What an operator would run afterwards: `tokenpulse reconcile` finds no difference.
+
+    Not --strict: its "pending" is measured from the highest offset written to
+    ClickHouse or the DLQ, so a de-duplicated record at a partition's tail
+    looks pending; wait_finished already proved the group committed everything.
+    """
     report = asyncio.run(
         reconcile(
             ReconcileOptions(
@@ -463,7 +468,6 @@ def assert_reconciled(env: Env) -> None:
                 since=datetime(2000, 1, 1, tzinfo=UTC),
                 topic=env.topics.usage,
                 dlq_topic=env.topics.dlq,
-                strict=True,
             )
         )
     )
