@@ -98,3 +98,24 @@ class UsageSink(abc.ABC):
             ids_found = await self.existing_event_ids(tenant_id, ids, since)
             found.update((tenant_id, e) for e in ids_found)
         return found
+
+    async def write_many(self, batches: Sequence[SinkBatch]) -> None:
+        """Make several batches (of different partitions) durable; idempotent per group.
+
+        The default writes them one after another; a sink may write them in
+        one round trip (ClickHouse: one insert with a token of the group).
+        """
+        for batch in batches:
+            await self.write(batch)
+
+    async def recent_event_ids(
+        self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
+    ) -> Mapping[int, Sequence[tuple[str, float]]]:
+        """Per partition, every (event_id, ingested epoch s) durable since `since`.
+
+        Warms a new dedup filter at assignment. A partition with more than
+        `max_ids` such ids is left out (its filter stays cold: every id is
+        confirmed with `existing_events`); so is every partition of a sink
+        that cannot list them (this default).
+        """
+        return {}

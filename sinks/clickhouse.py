@@ -322,3 +322,52 @@ class ClickHouseSink(UsageSink):
 
         result = await with_retries("count query", self.retry, query, self._where)
         return int(result.result_rows[0][0])
+
+    async def recent_event_ids(
+        self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
+    ) -> Mapping[int, Sequence[tuple[str, float]]]:
+        if not partitions:
+            return {}
+        client = self._require()
+        where = (
+            f" FROM {self.database}.{self.table}"
+            " WHERE kafka_topic = {topic:String} AND kafka_partition IN {parts:Array(UInt32)}"
+            " AND ingested_at >= {since:DateTime64(3, 'UTC')}"
+        )
+        params: dict[str, Any] = {
+            "topic": topic,
+            "parts": sorted(int(p) for p in partitions),
+            "since": since,
+        }
+
+        async def count() -> Any:
+            return await client.query(
+                f"SELECT kafka_partition, count(){where} GROUP BY kafka_partition",
+                parameters=params,
+            )
+
+        counted = await with_retries("recent ids count", self.retry, count, self._where)
+        sizes = {int(p): int(n) for p, n in counted.result_rows}
+        out: dict[int, list[tuple[str, float]]] = {
+            int(p): [] for p in partitions if sizes.get(int(p), 0) == 0
+        }
+        wanted = sorted(p for p, n in sizes.items() if 0 < n <= max_ids)
+        if not wanted:
+            return out
+        # Counted first so a partition too big to warm costs no transfer; one
+        # query per partition keeps at most max_ids rows in memory at a time.
+        for part in wanted:
+            id_params = {**params, "parts": [part]}
+
+            async def ids(id_params: dict[str, Any] = id_params) -> Any:
+                return await client.query(
+                    "SELECT event_id, toUnixTimestamp64Milli(ingested_at)" + where,
+                    parameters=id_params,
+                )
+
+            result = await with_retries("recent ids query", self.retry, ids, self._where)
+            event_ids, ingested_ms = result.result_columns or ([], [])
+            out[part] = [
+                (str(e), int(ms) / 1000.0) for e, ms in zip(event_ids, ingested_ms, strict=True)
+            ]
+        return out

@@ -1,48 +1,30 @@
 """The usage agent and the worker's wiring of Faust callbacks.
 
-One agent, concurrency=1: each worker processes its partitions' batches
-strictly one after another, so a batch's offsets are committed only after
-everything before them in the same partition is durable.
+No Faust agent on the usage topic: the BatchConsumer (transport.py) hands
+each fetch to a RecordBatcher, whose one task processes batches strictly one
+after another, so a batch's offsets are committed only after everything
+before them in the same partition is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import faust
 
 from tokenpulse.sinks.base import UsageSink
 from tokenpulse.streams.app import Runtime, create_faust_app
+from tokenpulse.streams.batcher import RecordBatcher
 from tokenpulse.streams.processor import InRecord
 from tokenpulse.streams.settings import WorkerSettings
+from tokenpulse.streams.transport import BatchTransport
 
 log = logging.getLogger("tokenpulse.streams.agents")
 
 TICK_INTERVAL_S = 5.0
-
-
-def _headers(raw: Any) -> tuple[tuple[str, bytes | None], ...]:
-    if not raw:
-        return ()
-    items = raw.items() if isinstance(raw, dict) else raw
-    return tuple((str(k), None if v is None else bytes(v)) for k, v in items)
-
-
-def _record(event: Any) -> InRecord:
-    m = event.message
-    # The generation stamps the fetch: a record fetched before a revocation is
-    # fenced by the processor even if Faust's take buffer still hands it over.
-    return InRecord(
-        m.topic,
-        m.partition,
-        m.offset,
-        m.key,
-        m.value,
-        _headers(m.headers),
-        getattr(m, "generation_id", None),
-    )
 
 
 def build_worker(
@@ -59,20 +41,35 @@ def build_worker(
     usage_topic = app.topic(
         settings.topics.usage, key_serializer="raw", value_serializer="raw", acks=False
     )
-    within_s = settings.flush_interval_ms / 1000.0
+    # Subscribed without a Faust agent: the BatchConsumer hands each fetch of
+    # this topic to the batcher, never through Faust's per-record streams.
+    app.topics.add(usage_topic)
 
-    async def usage(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max_events, within=within_s):
-            assert runtime.processor is not None, "Runtime.start() must run before the worker"
-            try:
-                await runtime.processor.process([_record(e) for e in events])
-            except Exception as exc:
-                runtime.fatal(exc, "a usage batch")
-                # Never return or raise: Faust would restart the agent on the
-                # next records and commit past this batch. Wait to be stopped.
-                await asyncio.Event().wait()
+    async def process(records: Sequence[InRecord]) -> None:
+        assert runtime.processor is not None, "Runtime.start() must run before the worker"
+        await runtime.processor.process(records)
 
-    app.agent(usage_topic, name="tokenpulse.usage", concurrency=1)(usage)
+    batcher = RecordBatcher(
+        process,
+        max_records=settings.batch_max_events,
+        flush_interval_s=settings.flush_interval_ms / 1000.0,
+    )
+    runtime.batcher = batcher
+    transport = app.transport
+    assert isinstance(transport, BatchTransport), "create_faust_app installs BatchTransport"
+    transport.batch_handlers[settings.topics.usage] = batcher.offer
+
+    async def usage() -> None:
+        try:
+            await batcher.run()
+        except Exception as exc:
+            runtime.fatal(exc, "a usage batch")
+            # Never return: no later batch may run (its commit would move past
+            # this batch's offsets). Stay until the worker is stopped; the
+            # full batcher stops the consumer from fetching meanwhile.
+            await asyncio.Event().wait()
+
+    app.task(usage)
 
     async def tick() -> None:
         if runtime.processor is not None and runtime.exit_code is None:

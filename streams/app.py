@@ -21,12 +21,14 @@ from tokenpulse.errors import ConfigError
 from tokenpulse.schemas.quota import decode_quota_alert
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.sinks.base import UsageSink
+from tokenpulse.streams.batcher import RecordBatcher
 from tokenpulse.streams.metrics import WorkerMetrics
 from tokenpulse.streams.processor import UsageProcessor
 from tokenpulse.streams.quota_feed import QuotaFeed
 from tokenpulse.streams.quotas import QuotaEngine
 from tokenpulse.streams.retry import FlowControl
 from tokenpulse.streams.settings import WorkerSettings
+from tokenpulse.streams.transport import BatchTransport
 from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageReader
 from tokenpulse.streams.webhook import WebhookSender
 
@@ -40,7 +42,7 @@ def _broker_urls(bootstrap: str) -> list[str]:
 def create_faust_app(settings: WorkerSettings) -> faust.App:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     timeouts = settings.broker_timeouts()
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=_broker_urls(settings.kafka_bootstrap_servers),
         store="memory://",  # no RocksDB: our state is bounded and rebuilt from ClickHouse
@@ -61,7 +63,13 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
         broker_session_timeout=timeouts["broker_session_timeout"],
         broker_heartbeat_interval=timeouts["broker_heartbeat_interval"],
         broker_request_timeout=timeouts["broker_request_timeout"],
+        # One fetch hands at most one batch's worth of records to the batcher.
+        broker_max_poll_records=settings.batch_max_events,
     )
+    # Before anything asks for the transport: the usage topic is consumed in
+    # whole fetches, not through Faust's per-record streams (transport.py).
+    app.transport = BatchTransport(app.conf.broker_consumer, app)
+    return app
 
 
 STOP_WAIT_MIN_S = 10.0
@@ -133,6 +141,7 @@ class Runtime:
     webhook: WebhookSender | None = None
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # bound port, once serving
+    batcher: RecordBatcher | None = None  # set by build_worker
 
     def _on_alert(self, body: bytes) -> None:
         if self.webhook is not None:
@@ -246,6 +255,7 @@ class Runtime:
             keyring=keyring,
             quotas=self.engine,
             dedup_horizon_s=s.dedup_horizon_s,
+            dedup_warm_max_ids=s.dedup_warm_max_ids,
             allowed_lateness_s=s.allowed_lateness_s,
             max_record_bytes=s.max_record_bytes,
             sink_retry_max_s=s.sink_retry_max_s,

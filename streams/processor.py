@@ -91,6 +91,17 @@ class _Work:
     touches: list[Touch] = field(default_factory=list)
 
 
+@dataclass
+class _Slice:
+    """One partition's fresh records of a batch and what decoding made of them."""
+
+    topic: str
+    partition: int
+    state: _Partition
+    fresh: list[InRecord]
+    work: _Work
+
+
 class UsageProcessor:
     def __init__(
         self,
@@ -102,6 +113,7 @@ class UsageProcessor:
         keyring: Keyring | None,
         quotas: QuotaEngine | None = None,
         dedup_horizon_s: float = 48 * 3600.0,
+        dedup_warm_max_ids: int = 500_000,
         allowed_lateness_s: float = 300.0,
         max_record_bytes: int = 1_048_576,
         sink_retry_max_s: float = 30.0,
@@ -116,6 +128,7 @@ class UsageProcessor:
         self.keyring = keyring  # None: signatures are not verified (broker ACLs instead)
         self.quotas = quotas
         self.dedup_horizon_s = dedup_horizon_s
+        self.dedup_warm_max_ids = dedup_warm_max_ids
         self.allowed_lateness_s = allowed_lateness_s
         self.max_record_bytes = max_record_bytes
         self.sink_retry_max_s = sink_retry_max_s
@@ -216,32 +229,69 @@ class UsageProcessor:
             )
         return kept
 
-    async def _partition(self, topic: str, partition: int) -> _Partition:
-        tp = (topic, partition)
-        state = self._parts.get(tp)
-        if state is not None:
-            return state
-        offsets = await self._retrying(
-            "last_offsets", lambda: self.sink.last_offsets(topic, [partition])
-        )
-        durable = offsets.get(partition, -1)
-        now = self.clock()
-        old = self._retired.pop(tp, None)
-        if old is not None and old.last_written == durable:
-            # Nobody else wrote this partition meanwhile: the filter is complete.
-            old.processed_upto = max(old.processed_upto, durable)
-            state = old
-        else:
-            bloom = TimeBucketedBloom(horizon_s=self.dedup_horizon_s)
-            state = _Partition(
-                processed_upto=durable,
-                last_written=durable,
-                dedup=PartitionDedup(bloom, cold_until_s=now + self.dedup_horizon_s),
-                windows=MinuteWindows(self.allowed_lateness_s),
+    async def _ensure_partitions(self, tps: Collection[tuple[str, int]]) -> None:
+        """State for partitions seen for the first time since their assignment.
+
+        One `last_offsets` lookup per topic for all of them; a filter that
+        starts empty is warmed from the store's ids of the horizon (one
+        count and one id query per partition) so that it needs no
+        confirmation round trips, unless the partition holds more than
+        `dedup_warm_max_ids` (then it starts cold, see dedup.py).
+        """
+        by_topic: dict[str, list[int]] = {}
+        for topic, partition in tps:
+            if (topic, partition) not in self._parts:
+                by_topic.setdefault(topic, []).append(partition)
+        for topic, partitions in by_topic.items():
+            offsets = await self._retrying(
+                "last_offsets", functools.partial(self.sink.last_offsets, topic, partitions)
             )
-        self._parts[tp] = state
-        log.info("partition %s/%d: resuming after durable offset %d", topic, partition, durable)
-        return state
+            now = self.clock()
+            cold: list[int] = []
+            for partition in partitions:
+                tp = (topic, partition)
+                durable = offsets.get(partition, -1)
+                old = self._retired.pop(tp, None)
+                if old is not None and old.last_written == durable:
+                    # Nobody else wrote this partition meanwhile: the filter is complete.
+                    old.processed_upto = max(old.processed_upto, durable)
+                    self._parts[tp] = old
+                else:
+                    bloom = TimeBucketedBloom(horizon_s=self.dedup_horizon_s)
+                    self._parts[tp] = _Partition(
+                        processed_upto=durable,
+                        last_written=durable,
+                        dedup=PartitionDedup(bloom, cold_until_s=now + self.dedup_horizon_s),
+                        windows=MinuteWindows(self.allowed_lateness_s),
+                    )
+                    cold.append(partition)
+                log.info(
+                    "partition %s/%d: resuming after durable offset %d", topic, partition, durable
+                )
+            if cold:
+                await self._warm(topic, cold, now)
+
+    async def _warm(self, topic: str, partitions: list[int], now_s: float) -> None:
+        since = datetime.fromtimestamp(now_s - self.dedup_horizon_s, UTC)
+        known = await self._retrying(
+            "recent_event_ids",
+            functools.partial(
+                self.sink.recent_event_ids, topic, partitions, since, self.dedup_warm_max_ids
+            ),
+        )
+        for partition in partitions:
+            ids = known.get(partition)
+            if ids is None:
+                log.info(
+                    "partition %s/%d: dedup filter starts cold (more than %d ids in the "
+                    "horizon, or the sink cannot list them): ids are confirmed in the store",
+                    topic,
+                    partition,
+                    self.dedup_warm_max_ids,
+                )
+                continue
+            self._parts[(topic, partition)].dedup.warm(ids)
+            log.info("partition %s/%d: dedup filter warmed with %d ids", topic, partition, len(ids))
 
     # -- the batch ------------------------------------------------------------------
     async def process(self, records: Sequence[InRecord]) -> None:
@@ -274,41 +324,52 @@ class UsageProcessor:
         groups: dict[tuple[str, int], list[InRecord]] = {}
         for rec in records:
             groups.setdefault((rec.topic, rec.partition), []).append(rec)
+        await self._ensure_partitions(groups.keys())
         pending: list[Awaitable[Any]] = []
         touches: list[Touch] = []
         commits: dict[str, dict[int, int]] = {}
+        slices: list[_Slice] = []
         for (topic, partition), recs in groups.items():
-            state = await self._partition(topic, partition)
+            state = self._parts[(topic, partition)]
             recs = sorted(recs, key=lambda r: r.offset)
             work = _Work()
-            fresh = await self._decode_slice(state, recs, work)
+            fresh = self._decode_slice(state, recs, work)
             for out in work.outgoing:  # DLQ records: sent now, awaited before the commit
                 pending.append(await self.producer.send(out.topic, out.key, out.value))
-            if not fresh:
-                touches += work.touches
-                continue
-            await self._dedup(state, work)
-            now_dt = datetime.fromtimestamp(self.clock(), UTC)
+            touches += work.touches
+            if fresh:
+                slices.append(_Slice(topic, partition, state, fresh, work))
+        # All partitions of the batch at once: one confirmation lookup and one
+        # write, instead of a round trip of each per partition.
+        await self._dedup(slices)
+        now_dt = datetime.fromtimestamp(self.clock(), UTC)
+        batches: list[SinkBatch] = []
+        for sl in slices:
             accepted = []
-            for acc in work.accepted:
-                late = state.windows.add(_window_input(acc.event))
+            for acc in sl.work.accepted:
+                late = sl.state.windows.add(_window_input(acc.event))
                 accepted.append(
                     AcceptedEvent(acc.event, acc.topic, acc.partition, acc.offset, now_dt, late)
                 )
                 self.counters.late += late
-            state.windows.close_expired()
-            batch = SinkBatch(topic, partition, fresh[0].offset, fresh[-1].offset, accepted)
-            if accepted:
-                await self._write(batch)
+            sl.state.windows.close_expired()
+            batches.append(
+                SinkBatch(sl.topic, sl.partition, sl.fresh[0].offset, sl.fresh[-1].offset, accepted)
+            )
+        to_write = [b for b in batches if b.events]
+        if to_write:
+            await self._write(to_write)
+        now_s = self.clock()
+        for sl, batch in zip(slices, batches, strict=True):
+            state = sl.state
+            if batch.events:
                 state.last_written = batch.last_offset
-            now_s = self.clock()
-            for acc in accepted:
+            for acc in batch.events:
                 state.dedup.remember(acc.event.event_id, now_s)
-            self.counters.accepted += len(accepted)
+            self.counters.accepted += len(batch.events)
             state.processed_upto = batch.last_offset
-            commits.setdefault(topic, {})[partition] = batch.last_offset + 1
-            touches += work.touches
-            touches += [_touch(a.event) for a in accepted]
+            commits.setdefault(sl.topic, {})[sl.partition] = batch.last_offset + 1
+            touches += [_touch(a.event) for a in batch.events]
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
             quota_outs = await self.quotas.check(touches)
@@ -345,7 +406,7 @@ class UsageProcessor:
                 if self.on_alert is not None:
                     self.on_alert(out.value)
 
-    async def _decode_slice(
+    def _decode_slice(
         self, state: _Partition, recs: Sequence[InRecord], work: _Work
     ) -> list[InRecord]:
         fresh: list[InRecord] = []
@@ -421,38 +482,49 @@ class UsageProcessor:
         )
         work.outgoing.append(Outgoing(self.dlq_topic, rec.key or b"", encode_dlq_record(dlq)))
 
-    async def _dedup(self, state: _Partition, work: _Work) -> None:
+    async def _dedup(self, slices: Sequence[_Slice]) -> None:
+        """Drop ids seen before: in the same slice, or durable in the store."""
         now_s = self.clock()
-        in_batch: set[str] = set()
-        unique: list[AcceptedEvent] = []
+        uniques: list[list[AcceptedEvent]] = []
         confirm: list[tuple[str, str, datetime]] = []
-        for acc in work.accepted:
-            ev = acc.event
-            eid = ev.event_id
-            if eid in in_batch:
-                self.counters.duplicates += 1
-                continue
-            in_batch.add(eid)
-            unique.append(acc)
-            if state.dedup.needs_confirmation(eid, now_s):
-                confirm.append((ev.tenant_id, eid, ev.occurred_at))
+        for sl in slices:
+            in_batch: set[str] = set()
+            unique: list[AcceptedEvent] = []
+            dedup = sl.state.dedup
+            for acc in sl.work.accepted:
+                ev = acc.event
+                eid = ev.event_id
+                if eid in in_batch:
+                    self.counters.duplicates += 1
+                    continue
+                in_batch.add(eid)
+                unique.append(acc)
+                if dedup.needs_confirmation(eid, now_s):
+                    confirm.append((ev.tenant_id, eid, ev.occurred_at))
+            uniques.append(unique)
         known: set[tuple[str, str]] = set()
         if confirm:
-            # All tenants of the slice at once: the sink splits it into
-            # size-bounded queries (one per batch slice in practice), instead
-            # of a round trip per tenant that made a cold worker crawl.
+            # Every tenant of every partition at once: the sink splits it into
+            # size-bounded queries, instead of a round trip per tenant (or per
+            # partition) that made a cold worker crawl.
             since = datetime.fromtimestamp(now_s, UTC) - timedelta(seconds=self.dedup_horizon_s)
             self.counters.confirmations += 1
             known = await self._retrying(
                 "existing_events", functools.partial(self.sink.existing_events, confirm, since)
             )
-        work.accepted = [a for a in unique if (a.event.tenant_id, a.event.event_id) not in known]
-        self.counters.duplicates += len(unique) - len(work.accepted)
+        for sl, unique in zip(slices, uniques, strict=True):
+            sl.work.accepted = [
+                a for a in unique if (a.event.tenant_id, a.event.event_id) not in known
+            ]
+            self.counters.duplicates += len(unique) - len(sl.work.accepted)
 
-    async def _write(self, batch: SinkBatch) -> None:
+    async def _write(self, batches: Sequence[SinkBatch]) -> None:
         started = time.monotonic()
-        await self._retrying(f"write of {batch.token}", lambda: self.sink.write(batch))
-        self.counters.rows_written += len(batch.events)
+        what = f"write of {batches[0].token}" + (
+            f" and {len(batches) - 1} more" if len(batches) > 1 else ""
+        )
+        await self._retrying(what, lambda: self.sink.write_many(batches))
+        self.counters.rows_written += sum(len(b.events) for b in batches)
         if self.observe_write is not None:
             self.observe_write(time.monotonic() - started)
 

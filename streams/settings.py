@@ -128,6 +128,9 @@ class WorkerSettings:
     batch_max_events: TOKENPULSE_BATCH_MAX_EVENTS; records per processing batch.
     flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS; max wait before a partial batch is written.
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
+    dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
+        this many ids in the store within the horizon loads them into its filter (warm);
+        a bigger one starts cold (every id confirmed against the store for one horizon).
     allowed_lateness_s: TOKENPULSE_ALLOWED_LATENESS_S; window lateness before an event is late.
     verify_signatures: TOKENPULSE_VERIFY_SIGNATURES (default true).
     keyring_file: TOKENPULSE_KEYRING_FILE; the signing keys (required when verifying).
@@ -155,6 +158,7 @@ class WorkerSettings:
     batch_max_events: int = 2000
     flush_interval_ms: int = 500
     dedup_horizon_s: float = 48 * 3600.0
+    dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
     verify_signatures: bool = True
     keyring_file: Path | None = None
@@ -214,6 +218,7 @@ class WorkerSettings:
             batch_max_events=int(_num(env, "TOKENPULSE_BATCH_MAX_EVENTS", 2000)),
             flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 500)),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
+            dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),
             verify_signatures=_bool(env, "TOKENPULSE_VERIFY_SIGNATURES", True),
             keyring_file=Path(keyring) if keyring else None,

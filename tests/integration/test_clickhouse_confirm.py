@@ -84,3 +84,34 @@ async def test_large_lookups_go_in_bounded_chunks_and_find_everything(
     # Many small chunks (URL-encoded parameters): the same answer.
     monkeypatch.setattr(ch, "CONFIRM_PARAM_BYTES", 4_000)
     assert await sink.existing_events(cands, T0 - timedelta(days=1)) == want
+
+
+async def test_recent_event_ids_lists_each_small_partition_and_leaves_big_ones_out(
+    sink: ClickHouseSink,
+) -> None:
+    ingested = T0 + timedelta(hours=1, milliseconds=250)
+
+    async def write(partition: int, ids: list[str], first_offset: int = 0) -> None:
+        acc = [
+            AcceptedEvent(_ev("acme", e, T0), "usage", partition, first_offset + i, ingested)
+            for i, e in enumerate(ids)
+        ]
+        await sink.write(
+            SinkBatch("usage", partition, first_offset, first_offset + len(acc) - 1, acc)
+        )
+
+    await write(0, [f"p0-{i}'" for i in range(3)])
+    await write(1, [f"p1-{i}" for i in range(7)])
+    # Same partition number on another topic: not ours.
+    acc = [AcceptedEvent(_ev("acme", "other-topic", T0), "other", 0, 0, ingested)]
+    await sink.write(SinkBatch("other", 0, 0, 0, acc))
+    since = T0
+    got = await sink.recent_event_ids("usage", [0, 1, 2], since, max_ids=5)
+    assert sorted(got) == [0, 2]  # partition 1 holds 7 > 5 ids: left out, it starts cold
+    assert sorted(e for e, _ in got[0]) == ["p0-0'", "p0-1'", "p0-2'"]
+    assert {s for _, s in got[0]} == {ingested.timestamp()}  # milliseconds kept
+    assert got[2] == []  # never written: warm and empty
+    # Ids ingested before `since` are outside the horizon.
+    later = await sink.recent_event_ids("usage", [0], ingested + timedelta(seconds=1), 5)
+    assert later == {0: []}
+    assert await sink.recent_event_ids("usage", [], since, 5) == {}

@@ -108,12 +108,13 @@ async def test_a_cold_restart_confirms_each_slice_in_one_lookup_and_stays_exact(
     assert ("acme", "new'") in keys
 
 
-async def test_each_partition_slice_is_confirmed_separately() -> None:
+async def test_all_partition_slices_of_a_batch_are_confirmed_in_one_lookup() -> None:
     sink = CountingSink()
     recs = [_rec(i, TENANTS[i % 5], f"p{i % 3}-{i}", partition=i % 3) for i in range(30)]
     p = _proc(sink)
     await p.process(recs)
-    assert sorted(sink.batched_calls) == [10, 10, 10]
+    assert sink.batched_calls == [30]
+    assert p.counters.confirmations == 1
     assert p.counters.accepted == 30
 
 

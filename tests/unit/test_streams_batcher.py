@@ -1,0 +1,130 @@
+"""The batcher between the consumer's fetches and the processor, and fetch conversion."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import pytest
+
+from tokenpulse.streams.batcher import RecordBatcher
+from tokenpulse.streams.processor import InRecord
+from tokenpulse.streams.transport import in_records, record_headers
+
+
+def _recs(start: int, n: int, partition: int = 0) -> list[InRecord]:
+    return [InRecord("usage", partition, o, b"k", b"v") for o in range(start, start + n)]
+
+
+async def _noop(records: Sequence[InRecord]) -> None:
+    return None
+
+
+def test_batches_are_capped_and_keep_arrival_order() -> None:
+    async def main() -> None:
+        b = RecordBatcher(_noop, max_records=5, flush_interval_s=0.0, max_pending=100)
+        await b.offer(_recs(0, 3))
+        await b.offer(_recs(3, 4))
+        first = await b.next_batch()
+        second = await b.next_batch()
+        assert [r.offset for r in first] == [0, 1, 2, 3, 4]  # a fetch is split at the cap
+        assert [r.offset for r in second] == [5, 6]
+        assert b.pending == 0
+
+    asyncio.run(main())
+
+
+def test_partial_batch_waits_for_the_flush_interval_then_goes() -> None:
+    async def main() -> None:
+        b = RecordBatcher(_noop, max_records=100, flush_interval_s=0.2)
+        await b.offer(_recs(0, 2))
+
+        async def late_fetch() -> None:
+            await asyncio.sleep(0.05)
+            await b.offer(_recs(2, 3))
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task = asyncio.create_task(late_fetch())
+        batch = await b.next_batch()
+        waited = loop.time() - started
+        await task
+        # The fetch that arrived within the interval joined the batch.
+        assert [r.offset for r in batch] == [0, 1, 2, 3, 4]
+        assert waited >= 0.19
+
+    asyncio.run(main())
+
+
+def test_full_batch_goes_without_waiting() -> None:
+    async def main() -> None:
+        b = RecordBatcher(_noop, max_records=4, flush_interval_s=30.0)
+        await b.offer(_recs(0, 4))
+        batch = await asyncio.wait_for(b.next_batch(), 1.0)
+        assert len(batch) == 4
+
+    asyncio.run(main())
+
+
+def test_offer_waits_while_full_backpressure() -> None:
+    async def main() -> None:
+        b = RecordBatcher(_noop, max_records=2, flush_interval_s=0.0, max_pending=4)
+        await b.offer(_recs(0, 4))
+        blocked = asyncio.create_task(b.offer(_recs(4, 2)))
+        await asyncio.sleep(0.02)
+        assert not blocked.done()  # the consumer stops fetching meanwhile
+        assert [r.offset for r in await b.next_batch()] == [0, 1]
+        await asyncio.wait_for(blocked, 1.0)
+        offsets = [r.offset for r in await b.next_batch()] + [
+            r.offset for r in await b.next_batch()
+        ]
+        assert offsets == [2, 3, 4, 5]
+
+    asyncio.run(main())
+
+
+def test_run_processes_in_order_and_stops_on_a_processor_error() -> None:
+    seen: list[list[int]] = []
+
+    async def process(records: Sequence[InRecord]) -> None:
+        seen.append([r.offset for r in records])
+        if len(seen) == 2:
+            raise RuntimeError("store refused the batch")
+
+    async def main() -> None:
+        b = RecordBatcher(process, max_records=2, flush_interval_s=0.0, max_pending=10)
+        await b.offer(_recs(0, 2))
+        await b.offer(_recs(2, 2))
+        await b.offer(_recs(4, 2))
+        with pytest.raises(RuntimeError, match="store refused"):
+            await asyncio.wait_for(b.run(), 1.0)
+        assert b.pending == 2  # the batch after the failure was never processed
+
+    asyncio.run(main())
+    assert seen == [[0, 1], [2, 3]]
+
+
+def test_empty_offer_is_ignored_and_bad_settings_refused() -> None:
+    async def main() -> None:
+        b = RecordBatcher(_noop, max_records=2, flush_interval_s=0.0)
+        await b.offer([])
+        assert b.pending == 0
+
+    asyncio.run(main())
+    with pytest.raises(ValueError, match="max_records"):
+        RecordBatcher(_noop, max_records=0, flush_interval_s=0.1)
+
+
+def test_fetch_records_become_in_records_with_the_fetch_generation() -> None:
+    raw = [
+        SimpleNamespace(
+            topic="usage", partition=3, offset=7, key=b"t", value=b"{}",
+            headers=[("tp-sig", bytearray(b"ab")), ("none", None)],
+        ),
+        SimpleNamespace(topic="usage", partition=3, offset=8, key=None, value=None, headers=()),
+    ]  # fmt: skip
+    out = in_records(raw, generation=5)
+    assert out[0] == InRecord("usage", 3, 7, b"t", b"{}", (("tp-sig", b"ab"), ("none", None)), 5)
+    assert out[1] == InRecord("usage", 3, 8, None, None, (), 5)
+    assert record_headers({"a": b"1"}) == (("a", b"1"),)
