@@ -2,8 +2,8 @@
 
 A sink receives accepted, already de-duplicated events in batches, one
 batch per topic-partition offset range, and makes them durable. The
-processors commit a Kafka offset only after `write` for the batch that
-contains it has returned. A sink knows nothing of Faust.
+processors commit a Kafka offset only after `write` (or `write_many`) for
+the batch that contains it has returned. A sink knows nothing of Faust.
 
 Contract of `write`:
 - on return the batch is durable (e.g. ClickHouse acknowledged the insert);
@@ -13,6 +13,14 @@ Contract of `write`:
   and must not be applied again;
 - a slow or unreachable store raises `SinkBackpressure` (retry after the
   given delay) or `ServiceUnavailable`; never a silent drop.
+
+`write_many(batches)` makes several batches durable at once (the partitions
+of one processing round; each partition's batches in offset order). A sink
+may store them in one request (ClickHouse: one insert), so it is idempotent
+per group: writing the same batches in the same order again changes
+nothing. After it raises, some of the group may be durable: re-send the
+same group, not a regrouping of its batches (a regrouped batch is a new
+write to a sink that deduplicates per request).
 """
 
 from __future__ import annotations
@@ -65,6 +73,15 @@ class UsageSink(abc.ABC):
     @abc.abstractmethod
     async def write(self, batch: SinkBatch) -> None:
         """Make the batch durable; idempotent per `batch.token`."""
+
+    async def write_many(self, batches: Sequence[SinkBatch]) -> None:
+        """Make all these batches durable; idempotent for the same batches in the same order.
+
+        This default writes them one by one; a sink that can store them in one
+        request overrides it.
+        """
+        for batch in batches:
+            await self.write(batch)
 
     @abc.abstractmethod
     async def last_offsets(self, topic: str, partitions: Collection[int]) -> Mapping[int, int]:

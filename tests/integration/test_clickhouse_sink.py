@@ -1,4 +1,5 @@
-"""ClickHouseSink on the real engine: idempotent batches, offsets, lookups, failures."""
+"""ClickHouseSink on the real engine: idempotent batches and groups, exact values, offsets,
+lookups, failures."""
 
 from __future__ import annotations
 
@@ -76,6 +77,182 @@ async def test_writing_the_same_batches_twice_counts_each_event_once(
     assert offsets == {0: 999, 1: 999, 2: 999}
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NASTY = 'q\'uote "dq" back\\slash\nnew\rline\ttab \x00nul \u2028 日本語 😀'
+EDGE_TIMES = (
+    datetime(2026, 11, 3, 10, 0, 0, 123_999, tzinfo=UTC),  # microseconds: truncated to .123
+    datetime(2100, 1, 1, 0, 0, 0, 1_000, tzinfo=UTC),
+    datetime(2299, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(1900, 1, 1, 0, 0, 0, 1_000, tzinfo=UTC),
+    datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC),
+)
+EDGE_GPU = (None, 0.0, 0.1, 1 / 3, 1.7976931348623157e308, 5e-324, 123456.789e-7)
+
+
+def _edge_batches() -> list[SinkBatch]:
+    """3 partitions x 2 batches of events with every edge value the columns must keep."""
+    batches = []
+    n = 0
+    for part in range(3):
+        for first in (0, 7):
+            accepted = []
+            for offset in range(first, first + 7):
+                attrs = (
+                    {}
+                    if n % 3 == 0
+                    else {NASTY: NASTY, "": "", "k": str(n)}
+                    if n % 3 == 1
+                    else {"ключ": "значение"}
+                )
+                ev = UsageEvent(
+                    event_id=f"edge-{n}-{NASTY}"[:128],
+                    tenant_id=("acme", "globex/research")[n % 2],
+                    occurred_at=EDGE_TIMES[n % len(EDGE_TIMES)],
+                    model=("m'1", "frontier \\ large")[n % 2],
+                    input_tokens=(0, 10**9, n)[n % 3],
+                    output_tokens=(10**9, 0, n)[n % 3],
+                    cached_input_tokens=(0, 10**9, 0)[n % 3],
+                    reasoning_tokens=(10**9, 0, 0)[n % 3],
+                    agent_id=None if n % 2 else f"agent {NASTY}"[:128],
+                    region=None if n % 4 == 0 else "eu-west",
+                    provider=None if n % 3 == 0 else "openai",
+                    operation=None if n % 5 == 0 else "chat\ncompletion",
+                    gpu_seconds=EDGE_GPU[n % len(EDGE_GPU)],
+                    attributes=attrs,
+                )
+                ingested = T0 + timedelta(milliseconds=n * 1_001)
+                accepted.append(
+                    AcceptedEvent(
+                        ev, "tokenpulse.usage.v1", part, offset, ingested, late=n % 2 == 1
+                    )
+                )
+                n += 1
+            batches.append(
+                SinkBatch("tokenpulse.usage.v1", part, first, first + 6, tuple(accepted))
+            )
+    return batches
+
+
+def _ms(dt: datetime) -> int:
+    return (dt - EPOCH) // timedelta(milliseconds=1)  # exact floor, like the column
+
+
+async def test_write_many_over_three_partitions_lands_every_value_exactly(
+    sink: ClickHouseSink, clickhouse_client: Any, migrated: str
+) -> None:
+    batches = _edge_batches()
+    await sink.write_many(batches)
+    rows = clickhouse_client.query(
+        "SELECT event_id, tenant_id, toUnixTimestamp64Milli(occurred_at), model, input_tokens,"
+        " output_tokens, cached_input_tokens, reasoning_tokens, agent_id, region, provider,"
+        " operation, gpu_seconds, attributes, schema_version, kafka_topic, kafka_partition,"
+        f" kafka_offset, toUnixTimestamp64Milli(ingested_at), late FROM {migrated}.usage_events"
+        " ORDER BY kafka_partition, kafka_offset"
+    ).result_rows
+    expected = [
+        (
+            a.event.event_id,
+            a.event.tenant_id,
+            _ms(a.event.occurred_at),
+            a.event.model,
+            a.event.input_tokens,
+            a.event.output_tokens,
+            a.event.cached_input_tokens,
+            a.event.reasoning_tokens,
+            a.event.agent_id or "",
+            a.event.region or "",
+            a.event.provider or "",
+            a.event.operation or "",
+            a.event.gpu_seconds,
+            a.event.attributes,
+            1,
+            a.topic,
+            a.partition,
+            a.offset,
+            _ms(a.ingested_at),
+            a.late,
+        )
+        for b in batches
+        for a in b.events
+    ]
+    assert len(rows) == len(expected) == 42
+    for got, want in zip(rows, expected, strict=True):
+        assert tuple(got) == want
+    # The minute aggregate saw the same rows once.
+    _, inp, minute_inp = _totals(clickhouse_client, migrated)
+    assert minute_inp == inp == sum(w[4] for w in expected)
+    offsets = await sink.last_offsets("tokenpulse.usage.v1", [0, 1, 2])
+    assert offsets == {0: 13, 1: 13, 2: 13}
+
+
+def _rounds(events: list[UsageEvent], partitions: int, batch_rows: int) -> list[list[SinkBatch]]:
+    """Batches grouped as a worker's processing rounds: the k-th batch of every partition."""
+    by_part: dict[int, list[SinkBatch]] = {}
+    for b in as_batches(events, partitions=partitions, batch_rows=batch_rows):
+        by_part.setdefault(b.partition, []).append(b)
+    depth = max(len(v) for v in by_part.values())
+    return [[v[k] for v in by_part.values() if k < len(v)] for k in range(depth)]
+
+
+def _minute_events(client: Any, db: str) -> int:
+    sql = f"SELECT sum(events) FROM {db}.usage_by_minute_totals"
+    return int(client.query(sql).result_rows[0][0])
+
+
+async def test_re_sending_the_same_write_many_changes_nothing(
+    sink: ClickHouseSink, clickhouse_client: Any, migrated: str
+) -> None:
+    events = _events(2_400, prefix="many")
+    rounds = _rounds(events, partitions=3, batch_rows=200)
+    assert len(rounds) == 4
+    assert all(len(r) == 3 for r in rounds)
+    # No background merge may fold the parts counted below.
+    clickhouse_client.command(f"SYSTEM STOP MERGES {migrated}.usage_events")
+    for group in rounds:
+        await sink.write_many(group)
+    first = _totals(clickhouse_client, migrated)
+    for group in rounds:  # every group again, as after lost acknowledgements
+        await sink.write_many(group)
+    await sink.write_many(rounds[1])
+    assert _totals(clickhouse_client, migrated) == first
+    count, inp, minute_inp = first
+    assert count == 2_400
+    assert minute_inp == inp == sum(e.input_tokens for e in events)
+    assert _minute_events(clickhouse_client, migrated) == 2_400
+    # One part per month touched per insert, not one per batch.
+    parts = clickhouse_client.query(
+        "SELECT count() FROM system.parts WHERE database = {db:String}"
+        " AND table = 'usage_events' AND active",
+        parameters={"db": migrated},
+    ).result_rows[0][0]
+    assert parts == len(rounds)
+
+
+async def test_a_different_grouping_lands_the_same_rows(
+    sink: ClickHouseSink, clickhouse_client: Any, migrated: str
+) -> None:
+    events = _events(1_800, prefix="regroup")
+    rounds = _rounds(events, partitions=3, batch_rows=150)
+    flat = [b for group in rounds for b in group]
+    # The first round as one group, then a crash: recovery asks which offsets
+    # are durable and writes only the rest, grouped differently (two
+    # partitions' batches at a time, plus the empty batch of skipped offsets).
+    await sink.write_many(rounds[0])
+    durable = await sink.last_offsets("tokenpulse.usage.v1", [0, 1, 2])
+    rest = [b for b in flat if b.last_offset > durable.get(b.partition, -1)]
+    assert len(rest) == len(flat) - 3
+    rest.sort(key=lambda b: (b.first_offset, b.partition))
+    rest.append(SinkBatch("tokenpulse.usage.v1", 0, 600, 604, ()))
+    for i in range(0, len(rest), 2):
+        await sink.write_many(rest[i : i + 2])
+    await sink.write_many(rest[-2:])  # the last group again: a no-op
+    count, inp, minute_inp = _totals(clickhouse_client, migrated)
+    assert count == 1_800
+    assert minute_inp == inp == sum(e.input_tokens for e in events)
+    assert _minute_events(clickhouse_client, migrated) == 1_800
+    assert await sink.last_offsets("tokenpulse.usage.v1", [0, 1, 2]) == {0: 599, 1: 599, 2: 599}
+
+
 class _AckDroppingProxy:
     """TCP proxy that, when armed, lets a request through but drops its response."""
 
@@ -124,16 +301,21 @@ async def test_a_lost_acknowledgement_is_retried_without_duplicates(
     url = f"http://default:@127.0.0.1:{port}/"
     events = _events(1_000, prefix="ack")
     (batch,) = as_batches(events, partitions=1, batch_rows=1_000)
+    many = _events(900, prefix="ack-many")
+    group = list(as_batches(many, partitions=3, batch_rows=1_000))
     try:
         async with ClickHouseSink(url, database=migrated, retry=FAST) as s:
             proxy.armed = True
             await s.write(batch)  # first attempt lands, its ack is lost, the retry dedups
             assert proxy.dropped == 1
+            proxy.armed = True
+            await s.write_many(group)  # the same for one insert of three partitions
+            assert proxy.dropped == 2
     finally:
         await proxy.stop()
     count, inp, minute_inp = _totals(clickhouse_client, migrated)
-    assert count == 1_000
-    assert minute_inp == inp == sum(e.input_tokens for e in events)
+    assert count == 1_900
+    assert minute_inp == inp == sum(e.input_tokens for e in [*events, *many])
 
 
 async def test_tenant_ids_and_event_ids_are_bound_parameters(sink: ClickHouseSink) -> None:

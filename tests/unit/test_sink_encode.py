@@ -1,0 +1,233 @@
+"""The sink's row encoding (JSONCompactColumns by orjson) and its group tokens, without a server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+
+from tokenpulse.schemas import UsageEvent
+from tokenpulse.sinks._encode import COLUMN_NAMES, EVENT_COLUMNS, encode_events
+from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
+from tokenpulse.sinks.clickhouse import (
+    MAX_PLAIN_TOKEN_CHARS,
+    ClickHouseSink,
+    check_group,
+    group_token,
+)
+
+T0 = datetime(2026, 11, 3, 10, 0, 0, 123_000, tzinfo=UTC)
+NASTY = 'q\'uote "dq" back\\slash\nnew\rline\ttab \x00nul \x1f \u2028 日本語 😀'
+
+
+def _acc(offset: int = 0, partition: int = 0, **fields: Any) -> AcceptedEvent:
+    base: dict[str, Any] = {
+        "event_id": f"e{offset}",
+        "tenant_id": "acme",
+        "occurred_at": T0,
+        "model": "m",
+        "input_tokens": 1,
+        "output_tokens": 2,
+    }
+    base.update(fields)
+    ev = UsageEvent(**base)
+    return AcceptedEvent(ev, "tokenpulse.usage.v1", partition, offset, T0)
+
+
+def _decode(body: bytes) -> dict[str, list[object]]:
+    cols = orjson.loads(body)
+    assert isinstance(cols, list)
+    assert len(cols) == len(EVENT_COLUMNS)  # every column, in EVENT_COLUMNS order, no names
+    return dict(zip(COLUMN_NAMES, cols, strict=True))
+
+
+def test_edge_values_are_written_exactly() -> None:
+    events = [
+        _acc(0, input_tokens=0, output_tokens=0, gpu_seconds=None, attributes={}),
+        _acc(
+            1,
+            event_id=NASTY[:128],
+            input_tokens=10**9,
+            output_tokens=10**9,
+            cached_input_tokens=10**9,
+            reasoning_tokens=10**9,
+            gpu_seconds=0.1,
+            attributes={NASTY: NASTY, "": "", "ключ": "значение"},
+            agent_id="a",
+            region="eu-west",
+            provider="p",
+            operation="chat",
+            occurred_at=datetime(2100, 1, 1, 0, 0, 0, 1_000, tzinfo=UTC),
+        ),
+        _acc(
+            2, gpu_seconds=0.0, occurred_at=datetime(2299, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+        ),
+        _acc(3, gpu_seconds=1.7976931348623157e308, occurred_at=datetime(1900, 1, 1, tzinfo=UTC)),
+        _acc(
+            4,
+            gpu_seconds=5e-324,
+            occurred_at=datetime(1969, 12, 31, 23, 59, 59, 999_500, tzinfo=UTC),
+        ),
+    ]
+    cols = _decode(encode_events(events))
+    assert cols["input_tokens"] == [0, 10**9, 1, 1, 1]
+    assert cols["cached_input_tokens"] == [0, 10**9, 0, 0, 0]
+    assert cols["reasoning_tokens"] == [0, 10**9, 0, 0, 0]
+    assert cols["gpu_seconds"] == [None, 0.1, 0.0, 1.7976931348623157e308, 5e-324]
+    assert cols["attributes"][0] == {}
+    assert cols["attributes"][1] == {NASTY: NASTY, "": "", "ключ": "значение"}
+    assert cols["event_id"][1] == NASTY[:128]
+    # Optional strings are '' (the String columns are not Nullable), never null.
+    assert cols["agent_id"] == ["", "a", "", "", ""]
+    assert cols["operation"] == ["", "chat", "", "", ""]
+    # RFC 3339 in UTC with every microsecond: the server keeps the first 3 digits.
+    assert cols["occurred_at"] == [
+        "2026-11-03T10:00:00.123000Z",
+        "2100-01-01T00:00:00.001000Z",
+        "2299-12-31T23:59:59.999999Z",
+        "1900-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999500Z",
+    ]
+    assert cols["late"] == [False] * 5
+    assert cols["kafka_topic"] == ["tokenpulse.usage.v1"] * 5
+    assert cols["kafka_offset"] == [0, 1, 2, 3, 4]
+    assert cols["schema_version"] == [1] * 5
+
+
+def test_floats_read_back_to_the_same_double() -> None:
+    values = [0.1 * i + 1e-9 * i * i for i in range(1, 500)] + [math.pi, 2.0**-1074, 1 / 3]
+    events = [_acc(i, gpu_seconds=v) for i, v in enumerate(values)]
+    assert _decode(encode_events(events))["gpu_seconds"] == values
+
+
+def test_timestamps_keep_their_instant_whatever_the_offset() -> None:
+    plus2 = timezone(timedelta(hours=2))
+    acc = _acc(0)
+    other = AcceptedEvent(
+        acc.event, acc.topic, 0, 1, datetime(2026, 11, 3, 12, 0, 0, 5_000, tzinfo=plus2), late=True
+    )
+    naive = AcceptedEvent(acc.event, acc.topic, 0, 2, datetime(2026, 11, 3, 10, 0), late=False)
+    cols = _decode(encode_events([other, naive]))
+    # An offset is kept (the server applies it); a naive datetime is UTC, never local time.
+    assert cols["ingested_at"] == ["2026-11-03T12:00:00.005000+02:00", "2026-11-03T10:00:00Z"]
+    assert cols["late"] == [True, False]
+
+
+def test_no_events_is_an_empty_set_of_columns() -> None:
+    assert _decode(encode_events([])) == {name: [] for name in COLUMN_NAMES}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_gpu_seconds_is_refused_not_written_as_null(bad: float) -> None:
+    # Validation rejects these on decode; a struct built in Python is not validated.
+    with pytest.raises(ValueError, match="finite"):
+        encode_events([_acc(0), _acc(1, gpu_seconds=bad)])
+
+
+def test_an_integer_beyond_64_bits_is_refused() -> None:
+    with pytest.raises(TypeError):
+        encode_events([_acc(0, input_tokens=2**64)])
+
+
+def _batch(partition: int, first: int, last: int, topic: str = "tokenpulse.usage.v1") -> SinkBatch:
+    events = tuple(_acc(o, partition) for o in range(first, last + 1))
+    return SinkBatch(topic, partition, first, last, events)
+
+
+def test_one_batch_keeps_its_own_token() -> None:
+    b = _batch(0, 0, 9)
+    assert group_token([b]) == b.token == "tokenpulse.usage.v1/0/0-9"
+
+
+def test_a_few_batches_join_their_tokens_in_order() -> None:
+    a, b = _batch(0, 0, 9, "t"), _batch(1, 0, 4, "t")
+    assert group_token([a, b]) == "t/0/0-9,t/1/0-4"
+    assert group_token([b, a]) == "t/1/0-4,t/0/0-9"
+
+
+def test_many_batches_hash_their_tokens_behind_a_readable_prefix() -> None:
+    group = [_batch(p, 100, 100) for p in range(12)]
+    token = group_token(group)
+    assert len(",".join(b.token for b in group)) > MAX_PLAIN_TOKEN_CHARS
+    assert token.startswith("tokenpulse.usage.v1/0/100-100+11:sha256:")
+    assert len(token) == len("tokenpulse.usage.v1/0/100-100+11:sha256:") + 64
+    assert group_token(list(group)) == token  # deterministic
+    assert group_token(group[::-1]) != token  # order is part of the group
+    assert group_token(group[:-1]) != token
+
+
+def test_a_group_must_not_repeat_or_overlap_offsets_of_a_partition() -> None:
+    check_group([_batch(0, 0, 9), _batch(1, 0, 9), _batch(0, 10, 19)])
+    with pytest.raises(ValueError, match="overlaps"):
+        check_group([_batch(0, 0, 9), _batch(0, 0, 9)])
+    with pytest.raises(ValueError, match="overlaps"):
+        check_group([_batch(0, 10, 19), _batch(0, 5, 12)])
+
+
+class _Recording(UsageSink):
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    async def write(self, batch: SinkBatch) -> None:
+        self.written.append(batch.token)
+
+    async def last_offsets(self, topic: str, partitions: Collection[int]) -> Mapping[int, int]:
+        return {}
+
+    async def existing_event_ids(
+        self, tenant_id: str, event_ids: Collection[str], since: datetime
+    ) -> set[str]:
+        return set()
+
+
+async def test_the_default_write_many_writes_each_batch_in_order() -> None:
+    sink = _Recording()
+    group = [_batch(0, 0, 1, "t"), _batch(1, 0, 0, "t"), _batch(0, 2, 3, "t")]
+    await sink.write_many(group)
+    assert sink.written == ["t/0/0-1", "t/1/0-0", "t/0/2-3"]
+
+
+async def test_clickhouse_write_many_without_events_sends_nothing() -> None:
+    # Not started: any request would raise ConfigError.
+    sink = ClickHouseSink("http://default:@127.0.0.1:9/x")
+    await sink.write_many([])
+    await sink.write_many([SinkBatch("t", 0, 0, 4, ()), SinkBatch("t", 1, 0, 2, ())])
+    await sink.write(SinkBatch("t", 0, 5, 9, ()))
+
+
+class _FakeClient:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def raw_insert(self, table: str, column_names: Any, **kw: Any) -> None:
+        self.calls.append({"table": table, "columns": tuple(column_names), **kw})
+
+
+async def test_clickhouse_write_many_is_one_insert_of_every_non_empty_batch() -> None:
+    import lz4.frame
+
+    sink = ClickHouseSink("http://default:@127.0.0.1:9/db")
+    fake = sink._client = _FakeClient()
+    a, b = _batch(0, 0, 2, "t"), _batch(1, 5, 6, "t")
+    await sink.write_many([a, SinkBatch("t", 2, 0, 9, ()), b])
+    (call,) = fake.calls
+    assert call["table"] == "db.usage_events"
+    assert call["columns"] == COLUMN_NAMES
+    assert call["fmt"] == "JSONCompactColumns"
+    assert call["compression"] == "lz4"
+    settings = call["settings"]
+    assert settings["insert_deduplication_token"] == "t/0/0-2,t/1/5-6"  # the empty batch: not in it
+    assert settings["deduplicate_blocks_in_dependent_materialized_views"] == 1
+    assert settings["precise_float_parsing"] == 1
+    assert settings["date_time_input_format"] == "best_effort"
+    body = lz4.frame.decompress(call["insert_block"])
+    assert body == encode_events([*a.events, *b.events])
+    # write(batch) is the same insert as a group of that one batch.
+    await sink.write(a)
+    await sink.write_many([a, SinkBatch("t", 2, 0, 9, ())])
+    tokens = [c["settings"]["insert_deduplication_token"] for c in fake.calls[1:]]
+    assert tokens == [a.token, a.token]
