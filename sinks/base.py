@@ -116,15 +116,6 @@ class UsageSink(abc.ABC):
             found.update((tenant_id, e) for e in ids_found)
         return found
 
-    async def write_many(self, batches: Sequence[SinkBatch]) -> None:
-        """Make several batches (of different partitions) durable; idempotent per group.
-
-        The default writes them one after another; a sink may write them in
-        one round trip (ClickHouse: one insert with a token of the group).
-        """
-        for batch in batches:
-            await self.write(batch)
-
     async def recent_event_ids(
         self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
     ) -> Mapping[int, Sequence[tuple[str, float]]]:
