@@ -52,6 +52,7 @@ def build_worker(
     batcher = RecordBatcher(
         process,
         max_records=settings.batch_max_events,
+        max_bytes=settings.batch_max_bytes,
         flush_interval_s=settings.flush_interval_ms / 1000.0,
     )
     runtime.batcher = batcher

@@ -1,7 +1,8 @@
 """Turns fetched record lists into processing batches: by size, or after a flush interval.
 
 The consumer (streams/transport.py) offers each fetch of the usage topic;
-`run()` hands batches of at most `max_records` to the processor one after
+`run()` hands batches of at most `max_records` records and `max_bytes` of
+record values (SDK envelopes hold many events each) to the processor one after
 another, so a batch's offsets are committed only after every earlier batch
 of the same partition is durable. `offer()` waits while `max_pending`
 records are queued: a slow store stops fetching instead of growing memory.
@@ -26,12 +27,16 @@ class RecordBatcher:
         *,
         max_records: int,
         flush_interval_s: float,
+        max_bytes: int = 8 * 1024 * 1024,
         max_pending: int | None = None,
     ) -> None:
-        if max_records <= 0 or flush_interval_s < 0:
-            raise ValueError("max_records must be > 0 and flush_interval_s >= 0")
+        if max_records <= 0 or max_bytes <= 0 or flush_interval_s < 0:
+            raise ValueError("max_records and max_bytes must be > 0, flush_interval_s >= 0")
         self.process = process
         self.max_records = max_records
+        # Records, not events, are counted: SDK envelopes hold many events
+        # each, so bytes bound a batch (and its insert) too.
+        self.max_bytes = max_bytes
         self.flush_interval_s = flush_interval_s
         # Two batches' worth: the next batch fills while one is processed.
         self.max_pending = max_pending if max_pending is not None else 2 * max_records
@@ -57,30 +62,46 @@ class RecordBatcher:
         self._pending += len(records)
         self._ready.set()
 
-    def _take(self, limit: int) -> list[InRecord]:
-        """Up to `limit` queued records, in arrival order (a fetch may be split)."""
+    def _take(
+        self, max_records: int, max_bytes: int, *, first: bool = False
+    ) -> tuple[list[InRecord], int]:
+        """Queued records in arrival order within both limits (a fetch may be split).
+
+        Returns them and their value bytes. With `first`, one record is taken
+        however big, so a batch is never empty.
+        """
         out: list[InRecord] = []
-        while self._fetches and len(out) < limit:
+        size = 0
+        full = False
+        while self._fetches and not full:
             fetch = self._fetches.popleft()
-            room = limit - len(out)
-            if len(fetch) > room:
-                self._fetches.appendleft(fetch[room:])
-                fetch = fetch[:room]
-            out.extend(fetch)
+            n = 0
+            for rec in fetch:
+                b = len(rec.value) if rec.value is not None else 0
+                if len(out) + n >= max_records or (
+                    size + b > max_bytes and (out or n or not first)
+                ):
+                    full = True
+                    break
+                size += b
+                n += 1
+            if n < len(fetch):
+                self._fetches.appendleft(fetch[n:])
+            out.extend(fetch[:n] if n < len(fetch) else fetch)
         self._pending -= len(out)
         if not self._fetches:
             self._ready.clear()
         if self._pending < self.max_pending:
             self._space.set()
-        return out
+        return out, size
 
     async def next_batch(self) -> list[InRecord]:
-        """Wait for a record, then fill up to max_records within the flush interval."""
+        """Wait for a record, then fill up to the limits within the flush interval."""
         await self._ready.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.flush_interval_s
-        batch = self._take(self.max_records)
-        while len(batch) < self.max_records:
+        batch, size = self._take(self.max_records, self.max_bytes, first=True)
+        while len(batch) < self.max_records and size < self.max_bytes:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -90,7 +111,11 @@ class RecordBatcher:
                     await asyncio.wait_for(self._ready.wait(), remaining)
                 if not self._fetches:
                     break
-            batch += self._take(self.max_records - len(batch))
+            more, more_size = self._take(self.max_records - len(batch), self.max_bytes - size)
+            if not more:
+                break
+            batch += more
+            size += more_size
         return batch
 
     async def run(self) -> None:

@@ -126,6 +126,8 @@ class WorkerSettings:
     replication_factor: TOKENPULSE_TOPIC_REPLICATION.
     data_dir: TOKENPULSE_WORKER_DATA_DIR; Faust's data dir (no RocksDB, memory store).
     batch_max_events: TOKENPULSE_BATCH_MAX_EVENTS; records per processing batch.
+    batch_max_bytes: TOKENPULSE_BATCH_MAX_BYTES; record bytes per processing batch (8 MiB; an
+        SDK envelope holds many events, so bytes bound a batch of envelopes).
     flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS; max wait before a partial batch is written.
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
@@ -156,6 +158,7 @@ class WorkerSettings:
     replication_factor: int = 1
     data_dir: Path = field(default_factory=lambda: tokenpulse_home() / "worker")
     batch_max_events: int = 2000
+    batch_max_bytes: int = 8 * 1024 * 1024
     flush_interval_ms: int = 500
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
@@ -216,6 +219,7 @@ class WorkerSettings:
             replication_factor=int(_num(env, "TOKENPULSE_TOPIC_REPLICATION", 1)),
             data_dir=Path(data_dir) if data_dir else tokenpulse_home(env) / "worker" / app_id,
             batch_max_events=int(_num(env, "TOKENPULSE_BATCH_MAX_EVENTS", 2000)),
+            batch_max_bytes=int(_num(env, "TOKENPULSE_BATCH_MAX_BYTES", 8 * 1024 * 1024)),
             flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 500)),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),

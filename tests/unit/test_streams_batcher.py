@@ -128,3 +128,23 @@ def test_fetch_records_become_in_records_with_the_fetch_generation() -> None:
     assert out[0] == InRecord("usage", 3, 7, b"t", b"{}", (("tp-sig", b"ab"), ("none", None)), 5)
     assert out[1] == InRecord("usage", 3, 8, None, None, (), 5)
     assert record_headers({"a": b"1"}) == (("a", b"1"),)
+
+
+def _sized(start: int, sizes: list[int]) -> list[InRecord]:
+    return [InRecord("usage", 0, start + i, b"k", b"x" * n) for i, n in enumerate(sizes)]
+
+
+def test_bytes_bound_a_batch_of_envelopes_and_a_huge_record_still_goes_alone() -> None:
+    async def main() -> None:
+        b = RecordBatcher(_noop, max_records=100, max_bytes=1000, flush_interval_s=0.0)
+        await b.offer(_sized(0, [400, 400, 400]))
+        await b.offer(_sized(3, [5000, 10]))
+        batches = [[r.offset for r in await b.next_batch()] for _ in range(3)]
+        assert batches == [[0, 1], [2], [3]]  # 1200 bytes would pass the bound
+        assert [r.offset for r in await b.next_batch()] == [4]
+        # A fill-up never takes a record over the remaining budget.
+        await b.offer(_sized(10, [900]))
+        await b.offer(_sized(11, [200]))
+        assert [r.offset for r in await b.next_batch()] == [10]
+
+    asyncio.run(main())
