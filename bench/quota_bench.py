@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -147,8 +148,9 @@ def main() -> None:
     args = ap.parse_args()
     proc = None
     url = args.url
+    data_dir = tempfile.mkdtemp(prefix="tp-bench-quota-")
     if url is None:
-        proc, url = _start_endpoint(tempfile.mkdtemp(prefix="tp-bench-ch-"))
+        proc, url = _start_endpoint(data_dir)
     try:
         _seed(url, args.rows)
         table = asyncio.run(_bench(url, args.quotas, args.runs))
@@ -156,6 +158,7 @@ def main() -> None:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+        shutil.rmtree(data_dir, ignore_errors=True)
     print(f"rows={args.rows} runs={args.runs} (medians of one check, all quotas touched)")
     print(f"{'quotas':>7}{'per quota ms':>15}{'batched ms':>13}{'per quota / batched':>22}")
     for n, old_s, new_s in table:
