@@ -3,17 +3,18 @@
 Definitions come from tokenpulse.quotas.v1 and the last known state of every
 quota from tokenpulse.quota.state.v1 (both compacted, read whole by every
 worker). After a batch is durable the engine asks the store for the usage of
-each touched (quota, period), and announces each newly crossed threshold
-once. "Already announced" is derived from the last published state (the
-thresholds its `used` had crossed at its limit), so a replay after a crash
-announces nothing twice.
+every touched (quota, period) in one batched read, and announces each newly
+crossed threshold once. "Already announced" is derived from the last
+published state (the thresholds its `used` had crossed at its limit), so a
+replay after a crash announces nothing twice.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,9 +30,20 @@ from tokenpulse.schemas.quota import (
 )
 from tokenpulse.schemas.usage import tenant_lineage
 from tokenpulse.sinks.billing import PriceBook, PriceBookError
-from tokenpulse.streams.cost import PeriodCost, billing_month, period_cost
-from tokenpulse.streams.quota_logic import Amount, crossed_thresholds, evaluate, period_bounds
-from tokenpulse.streams.usage_query import UsageReader
+from tokenpulse.streams.cost import ModelUsage, PeriodCost, billing_month, period_cost
+from tokenpulse.streams.quota_logic import (
+    Amount,
+    Usage,
+    crossed_thresholds,
+    evaluate,
+    period_bounds,
+)
+from tokenpulse.streams.usage_query import (
+    ModelUsageRequest,
+    UsageReader,
+    UsageRequest,
+    gather_or_cancel,
+)
 
 log = logging.getLogger("tokenpulse.streams.quotas")
 
@@ -44,6 +56,12 @@ class Touch:
     model: str
     occurred_at: datetime
     event_id: str
+
+
+Todo = dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]]
+# What the store said about one (quota, period): tokens, or rows to price; None
+# for a cost quota without a price book (nothing to read).
+Reading = Usage | list[ModelUsage] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +125,7 @@ class QuotaEngine:
     async def check(self, touches: Iterable[Touch], now: datetime | None = None) -> list[Outgoing]:
         """Alerts and states owed for these events (alerts first, then states)."""
         now = now or datetime.now(UTC)
-        todo: dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]] = {}
+        todo: Todo = {}
         for touch in touches:
             for d in self._matching(touch):
                 start, end = period_bounds(d.period, touch.occurred_at, d.timezone)
@@ -123,7 +141,7 @@ class QuotaEngine:
     async def roll_periods(self, now: datetime | None = None) -> list[Outgoing]:
         """A period that ended resolves: publish the new period's (usually ok) state."""
         now = now or datetime.now(UTC)
-        todo: dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]] = {}
+        todo: Todo = {}
         for key, state in self.states.items():
             d = self.definitions.get(key)
             if d is not None and state.period_end <= now:
@@ -131,18 +149,31 @@ class QuotaEngine:
                 todo[(key, start)] = (d, end, "")
         return await self._run(todo, now)
 
-    async def _run(
-        self,
-        todo: dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]],
-        now: datetime,
-    ) -> list[Outgoing]:
+    def _closed(self, key: bytes, start: datetime) -> bool:
+        """A late event of a period already closed: no alerts for the past."""
+        state = self.states.get(key)
+        return state is not None and start < state.period_start
+
+    async def _run(self, todo: Todo, now: datetime) -> list[Outgoing]:
+        ordered = sorted(todo.items(), key=lambda kv: kv[0])
+        # Read everything before evaluating anything: a failed read leaves the
+        # states untouched. The loop below moves a key's state only to the
+        # period it visits, in ascending order, so it skips what is skipped
+        # here; the quota feed may still change states during the read.
+        readings = await self._read(
+            [
+                (key, start, d, end)
+                for (key, start), (d, end, _) in ordered
+                if not self._closed(key, start)
+            ]
+        )
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
-        for (key, start), (d, end, event_id) in sorted(todo.items(), key=lambda kv: kv[0]):
+        for (key, start), (d, end, event_id) in ordered:
+            if (key, start) not in readings or self._closed(key, start):
+                continue
             state = self.states.get(key)
-            if state is not None and start < state.period_start:
-                continue  # a late event of a period already closed: no alerts for the past
-            used, pricing, reason = await self._measure(key, d, start, end)
+            used, pricing, reason = self._measure(key, d, start, readings[(key, start)])
             announced: frozenset[int] = frozenset()
             if state is not None and state.period_start == start and state.limit == d.limit:
                 announced = crossed_thresholds(state.used, d.limit, d.thresholds_pct)
@@ -206,20 +237,50 @@ class QuotaEngine:
                 states.append(Outgoing(self.state_topic, key, encode_quota_state(new_state)))
         return alerts + states
 
-    async def _measure(
-        self, key: bytes, d: QuotaDefinition, start: datetime, end: datetime
+    async def _read(
+        self, due: list[tuple[bytes, datetime, QuotaDefinition, datetime]]
+    ) -> dict[tuple[bytes, datetime], Reading]:
+        """The store's answer for each due (quota, period): one batched read per kind."""
+        readings: dict[tuple[bytes, datetime], Reading] = {}
+        plain: list[tuple[tuple[bytes, datetime], UsageRequest]] = []
+        priced: list[tuple[tuple[bytes, datetime], ModelUsageRequest]] = []
+        for key, start, d, end in due:
+            if d.metric != "cost":
+                plain.append(((key, start), UsageRequest(d.tenant_id, d.model, start, end)))
+            elif self.pricebook is None:
+                readings[(key, start)] = None
+            else:
+                # Tiers are monthly: the month's usage before the period sets its margin.
+                month = billing_month(start)
+                since = datetime(month.year, month.month, 1, tzinfo=UTC)
+                priced.append(
+                    ((key, start), ModelUsageRequest(d.tenant_id, d.model, since, start, end))
+                )
+        reads: list[Callable[[], Awaitable[Sequence[Reading]]]] = []
+        if plain:
+            reads.append(functools.partial(self.reader.usage_many, [r for _, r in plain]))
+        if priced:
+            reads.append(functools.partial(self.reader.usage_by_model_many, [r for _, r in priced]))
+        # A failure propagates unchanged and before any state moved (the
+        # ClickHouse reader itself waits out retriable ones, query by query).
+        results = iter(await gather_or_cancel(reads))
+        for batch in (plain, priced):
+            if batch:
+                readings.update(zip((at for at, _ in batch), next(results), strict=True))
+        return readings
+
+    def _measure(
+        self, key: bytes, d: QuotaDefinition, start: datetime, reading: Reading
     ) -> tuple[Amount, str | None, str | None]:
         """(used, pricing status or None, reason) of one quota in one period."""
-        if d.metric != "cost":
-            usage = await self.reader.usage(d.tenant_id, d.model, start, end)
-            return usage.metric(d.metric), None, None
-        if self.pricebook is None:
+        if isinstance(reading, Usage):
+            return reading.metric(d.metric), None, None
+        if self.pricebook is None or reading is None:
             reason = "no price book: start the worker with --pricebook or TOKENPULSE_PRICEBOOK"
             self._report(key, d, reason)
             return Decimal(0), "unknown", reason
+        rows = reading
         month = billing_month(start)
-        since = datetime(month.year, month.month, 1, tzinfo=UTC)
-        rows = await self.reader.usage_by_model(d.tenant_id, d.model, since, start, end)
         assert d.currency is not None  # QuotaDefinition requires it for metric=cost
         try:
             cost = period_cost(self.pricebook, d.currency, month, rows)

@@ -87,6 +87,10 @@ class _Handler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
     server_version = "tokenpulse-clickhouse-http"
     timeout = KEEP_ALIVE_S * 10
+    # TCP_NODELAY: the status line, headers and body leave in separate small
+    # writes; with Nagle on, a keep-alive client's delayed ACK held each
+    # answer ~40 ms (48 ms per clickhouse-connect request, 2.4 ms without).
+    disable_nagle_algorithm = True
     server: EndpointHTTPServer
 
     _raw: LengthBody | ChunkedBody | None = None

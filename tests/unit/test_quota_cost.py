@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -20,6 +21,7 @@ from tokenpulse.sinks.billing import PriceBook, parse_pricebook
 from tokenpulse.streams.cost import ModelUsage, billing_month, period_cost
 from tokenpulse.streams.quota_logic import Usage
 from tokenpulse.streams.quotas import QuotaEngine, Touch
+from tokenpulse.streams.usage_query import ModelUsageRequest, UsageRequest
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MONTH = billing_month(NOW)
@@ -101,6 +103,17 @@ class Reader:
     ) -> list[ModelUsage]:
         assert since == datetime(2026, 11, 1, tzinfo=UTC)
         return self.rows
+
+    async def usage_many(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        raise AssertionError("cost quotas read usage by model")
+
+    async def usage_by_model_many(
+        self, requests: Sequence[ModelUsageRequest]
+    ) -> list[list[ModelUsage]]:
+        return [
+            await self.usage_by_model(r.tenant_prefix, r.model, r.since, r.start, r.end)
+            for r in requests
+        ]
 
 
 QUOTA = QuotaDefinition(

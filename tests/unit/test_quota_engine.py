@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -9,6 +10,7 @@ from tokenpulse.schemas import QuotaDefinition, decode_quota_alert, decode_quota
 from tokenpulse.schemas.quota import quota_alert_id, quota_state_key
 from tokenpulse.streams.quota_logic import Usage, period_bounds
 from tokenpulse.streams.quotas import QuotaEngine, Touch
+from tokenpulse.streams.usage_query import UsageRequest
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -21,6 +23,9 @@ class Reader:
         self, tenant_prefix: str, model: str | None, start: datetime, end: datetime
     ) -> Usage:
         return Usage(input_tokens=self.input_tokens)
+
+    async def usage_many(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        return [Usage(input_tokens=self.input_tokens) for _ in requests]
 
 
 def _quota(limit: int) -> QuotaDefinition:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tokenpulse.bench import load, raw
 from tokenpulse.bench.services import Pipeline, Services, proc_cpu_s, proc_rss_mb
+from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
 
 

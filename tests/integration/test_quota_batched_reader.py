@@ -1,0 +1,142 @@
+"""Batched usage reads on the real ClickHouse engine equal the single-quota reads.
+
+About 30 quotas over hierarchical tenants (with `acme2`, a string prefix
+match of `acme` that is not its child), models and periods in several time
+zones: `usage_many` (one query, and chunked) must answer exactly what
+`usage` answers per quota and what the rows say, and so for the cost rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tokenpulse.config import ClickHouseTarget
+from tokenpulse.schemas import QuotaDefinition
+from tokenpulse.schemas.quota import quota_state_key
+from tokenpulse.sinks.migrations import RenderOptions, migrate
+from tokenpulse.streams.cost import ModelUsage
+from tokenpulse.streams.quota_logic import Usage, period_bounds, tenant_matches
+from tokenpulse.streams.quotas import QuotaEngine, Touch
+from tokenpulse.streams.usage_query import (
+    ClickHouseUsageReader,
+    ModelUsageRequest,
+    UsageRequest,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+NOW = datetime(2026, 11, 25, 7, 30, tzinfo=UTC)  # 23:30 the day before in Los Angeles
+TENANTS = ("acme", "acme/research", "acme/research/agent-7", "acme2", "acme2/x", "beta")
+PERIODS = (("hour", "UTC"), ("day", "UTC"), ("day", "America/Los_Angeles"),
+           ("month", "Asia/Kolkata"), ("week", "Europe/Berlin"))  # fmt: skip
+COLS = ["event_id", "tenant_id", "occurred_at", "model", "input_tokens", "output_tokens",
+        "cached_input_tokens", "reasoning_tokens"]  # fmt: skip
+
+
+def _rows() -> list[list[Any]]:
+    rows = []
+    for i in range(400):
+        at = NOW + timedelta(hours=2) - timedelta(minutes=23 * i, milliseconds=i)
+        tenant = TENANTS[(i * 7) % len(TENANTS)]
+        model = ("m-large", "m-small", "m-new")[(i // 7) % 3]
+        rows.append([f"e{i}", tenant, at, model, 1000 + i, 10 + i % 50, i % 400, i % 10])
+    return rows
+
+
+ROWS = _rows()
+
+
+def _requests() -> list[UsageRequest]:
+    out = []
+    for n, tenant in enumerate(TENANTS):
+        for p, (period, tz) in enumerate(PERIODS):
+            model = (None, "m-large", "m-small")[(n + p) % 3]
+            start, end = period_bounds(period, NOW, tz)
+            out.append(UsageRequest(tenant, model, start, end))
+    return out  # 30
+
+
+def _expected(r: UsageRequest) -> Usage:
+    hit = [row for row in ROWS if tenant_matches(r.tenant_prefix, row[1])
+           and r.model in (None, row[3]) and r.start <= row[2] < r.end]  # fmt: skip
+    return Usage(sum(row[4] for row in hit), sum(row[5] for row in hit))
+
+
+class PerQuota:
+    """The engine's read path before batching: one single-quota query each."""
+
+    def __init__(self, reader: ClickHouseUsageReader) -> None:
+        self.reader = reader
+
+    async def usage_many(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        return [await self.reader.usage(r.tenant_prefix, r.model, r.start, r.end) for r in requests]
+
+    async def usage_by_model_many(
+        self, requests: Sequence[ModelUsageRequest]
+    ) -> list[list[ModelUsage]]:
+        raise AssertionError("no cost quotas here")
+
+
+async def test_usage_many_equals_usage_per_quota_and_the_rows(
+    services: Any, clickhouse_client: Any, clickhouse_database: str
+) -> None:
+    migrate(clickhouse_client, RenderOptions(database=clickhouse_database))
+    clickhouse_client.insert(f"{clickhouse_database}.usage_events", ROWS, column_names=COLS)
+    target = ClickHouseTarget.parse(services.clickhouse_url + clickhouse_database)
+    reader = ClickHouseUsageReader(target)
+    chunked = ClickHouseUsageReader(target, max_branches=7, max_concurrent_queries=3)
+    await reader.start()
+    await chunked.start()
+    try:
+        requests = _requests()
+        expected = [_expected(r) for r in requests]
+        assert sum(u.input_tokens > 0 for u in expected) >= 20  # most quotas see usage
+        single = [await reader.usage(r.tenant_prefix, r.model, r.start, r.end) for r in requests]
+        assert single == expected
+        assert await reader.usage_many(requests) == expected
+        assert await chunked.usage_many(requests[::-1] + requests[:3]) == (
+            expected[::-1] + expected[:3]
+        )
+        acme = requests[TENANTS.index("acme") * len(PERIODS) + 1]  # the UTC day
+        with_acme2 = [r for r in ROWS if r[1].startswith("acme") and acme.start <= r[2] < acme.end]
+        assert _expected(acme).input_tokens < sum(r[4] for r in with_acme2)
+
+        # Cost rows: a month to date before the period and the period itself.
+        by_model = [
+            ModelUsageRequest(r.tenant_prefix, r.model, r.start - timedelta(days=3), r.start, r.end)
+            for r in requests
+        ]
+        single_rows = [
+            await reader.usage_by_model(r.tenant_prefix, r.model, r.since, r.start, r.end)
+            for r in by_model
+        ]
+        single_rows = [sorted(rows, key=lambda u: (u.tenant_id, u.model)) for rows in single_rows]
+        assert sum(map(len, single_rows)) > 20
+        assert max(map(len, single_rows)) >= 4  # several (tenant, model) rows in one quota
+        assert await reader.usage_by_model_many(by_model) == single_rows
+        assert await chunked.usage_by_model_many(by_model) == single_rows
+
+        # The engine on top: same alerts and states as with one query per quota.
+        outs = []
+        for r in (reader, PerQuota(reader)):
+            engine = QuotaEngine(r, alerts_topic="a", state_topic="s")  # type: ignore[arg-type]
+            for n, req in enumerate(requests):
+                period, tz = PERIODS[n % len(PERIODS)]
+                d = QuotaDefinition(quota_id=f"q{n}", tenant_id=req.tenant_prefix,
+                                    metric=("input", "output", "total")[n % 3],  # type: ignore[arg-type]
+                                    period=period, limit=5_000 * (1 + n % 4),  # type: ignore[arg-type]
+                                    model=req.model, timezone=tz)  # fmt: skip
+                engine.apply_definition(quota_state_key(d.tenant_id, d.quota_id), d)
+            touches = [
+                Touch(t, m, NOW, f"x{t}{m}") for t in TENANTS for m in ("m-large", "m-small")
+            ]
+            outs.append(await engine.check(touches, NOW))
+        assert outs[0] == outs[1]
+        assert sum(o.topic == "a" for o in outs[0]) > 5
+    finally:
+        await reader.close()
+        await chunked.close()

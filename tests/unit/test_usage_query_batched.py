@@ -1,0 +1,132 @@
+"""ClickHouseUsageReader's batched reads against a fake client: chunks, order, errors.
+
+What the SQL computes is proven on the real engine
+(tests/integration/test_quota_batched_reader.py); here: how requests become
+queries, how rows map back, and that failures propagate as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tokenpulse.config import ClickHouseTarget
+from tokenpulse.errors import ConfigError, ServiceUnavailable
+from tokenpulse.streams.quota_logic import Usage
+from tokenpulse.streams.usage_query import MAX_BRANCHES, ClickHouseUsageReader, UsageRequest
+
+START = datetime(2026, 11, 25, tzinfo=UTC)
+
+
+@dataclass
+class Result:
+    result_rows: list[tuple[Any, ...]]
+
+
+@dataclass
+class FakeClient:
+    """Answers each branch q with (q, tenant number x 10, q): the tenant comes from the params."""
+
+    delay_s: float = 0.0
+    fail: list[BaseException] = field(default_factory=list)  # raised by the next queries
+    drop_row: bool = False
+    queries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    cancelled: int = 0
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> Result:
+        self.queries.append((sql, parameters))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.fail:
+                raise self.fail.pop(0)
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        rows = []
+        for q, branch in enumerate(sql.split(" UNION ALL ")):
+            assert branch.startswith(f"SELECT toUInt32({q}) AS q,")
+            tenant = parameters[re.search(r"tenant_id = \{(\w+):String\}", branch)[1]]  # type: ignore[index]
+            rows.append((q, int(tenant.removeprefix("t")) * 10, q))
+        rows.reverse()  # the server's order is arbitrary
+        return Result(rows[1:] if self.drop_row else rows)
+
+
+def _reader(client: FakeClient, **kw: Any) -> ClickHouseUsageReader:
+    reader = ClickHouseUsageReader(ClickHouseTarget.parse("http://default:@127.0.0.1:1/db"), **kw)
+    reader._client = client
+    return reader
+
+
+def _requests(n: int) -> list[UsageRequest]:
+    return [
+        UsageRequest(f"t{i}", None if i % 2 else "m", START, START + timedelta(days=1))
+        for i in range(n)
+    ]
+
+
+async def test_one_query_per_max_branches_distinct_requests_in_request_order() -> None:
+    client = FakeClient()
+    requests = _requests(450)
+    reader = _reader(client, max_branches=200)
+    got = await reader.usage_many(requests + requests[:30])  # repeats are read once
+    assert len(client.queries) == 3
+    assert [sql.count("UNION ALL") + 1 for sql, _ in client.queries] == [200, 200, 50]
+    assert [u.input_tokens for u in got] == [i * 10 for i in range(450)] + [
+        i * 10 for i in range(30)
+    ]
+    # Shared values are bound once: 450 tenants x 2 + one model + one start + one end.
+    assert sum(len(p) for _, p in client.queries) == 450 * 2 + 3 * 3
+    assert await reader.usage_many([]) == []
+    assert len(client.queries) == 3
+    assert _reader(client).max_branches == MAX_BRANCHES == 50
+
+
+async def test_one_request_is_one_query() -> None:
+    client = FakeClient()
+    (got,) = await _reader(client).usage_many(_requests(8)[7:])
+    assert got == Usage(70, 0)
+    assert len(client.queries) == 1
+
+
+async def test_chunks_run_concurrently_within_the_bound() -> None:
+    client = FakeClient(delay_s=0.01)
+    got = await _reader(client, max_branches=10, max_concurrent_queries=3).usage_many(
+        _requests(100)
+    )
+    assert len(got) == 100
+    assert len(client.queries) == 10
+    assert client.max_in_flight == 3
+
+
+async def test_a_non_retriable_failure_propagates_as_is_and_cancels_the_rest() -> None:
+    error = ConfigError("no such table")
+    client = FakeClient(delay_s=0.05, fail=[error])
+    reader = _reader(client, max_branches=10)
+    with pytest.raises(ConfigError) as caught:
+        await reader.usage_many(_requests(40))
+    assert caught.value is error
+    assert client.cancelled == 3
+    assert client.in_flight == 0
+
+
+async def test_a_retriable_failure_is_waited_out_then_answered() -> None:
+    client = FakeClient(fail=[ServiceUnavailable("refused")])
+    got = await _reader(client).usage_many(_requests(3))
+    assert [u.input_tokens for u in got] == [0, 10, 20]
+    assert len(client.queries) == 2
+
+
+async def test_a_missing_row_is_an_error_not_zero() -> None:
+    with pytest.raises(RuntimeError, match="returned 2 of 3 rows"):
+        await _reader(FakeClient(drop_row=True)).usage_many(_requests(3))
