@@ -1,9 +1,10 @@
 """The usage agent and the worker's wiring of Faust callbacks.
 
 No Faust agent on the usage topic: the BatchConsumer (transport.py) hands
-each fetch to a RecordBatcher, whose one task processes batches strictly one
-after another, so a batch's offsets are committed only after everything
-before them in the same partition is durable.
+each fetch to a RecordBatcher, whose one task prepares the next batch while
+the previous one completes, and completes batches strictly one after
+another, so a batch's offsets are committed only after everything before
+them in the same partition is durable.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import faust
 from tokenpulse.sinks.base import UsageSink
 from tokenpulse.streams.app import Runtime, create_faust_app
 from tokenpulse.streams.batcher import RecordBatcher
-from tokenpulse.streams.processor import InRecord
+from tokenpulse.streams.processor import InRecord, Prepared, UsageProcessor
 from tokenpulse.streams.settings import WorkerSettings
 from tokenpulse.streams.transport import BatchTransport
 
@@ -45,12 +46,19 @@ def build_worker(
     # this topic to the batcher, never through Faust's per-record streams.
     app.topics.add(usage_topic)
 
-    async def process(records: Sequence[InRecord]) -> None:
+    def processor() -> UsageProcessor:
         assert runtime.processor is not None, "Runtime.start() must run before the worker"
-        await runtime.processor.process(records)
+        return runtime.processor
 
-    batcher = RecordBatcher(
-        process,
+    async def prepare(records: Sequence[InRecord]) -> Prepared | None:
+        return await processor().prepare(records)
+
+    async def complete(prepared: Prepared) -> None:
+        await processor().complete(prepared)
+
+    batcher: RecordBatcher[Prepared] = RecordBatcher(
+        prepare,
+        complete,
         max_records=settings.batch_max_events,
         max_bytes=settings.batch_max_bytes,
         flush_interval_s=settings.flush_interval_ms / 1000.0,

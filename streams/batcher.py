@@ -13,17 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Generic, TypeVar
 
 from tokenpulse.streams.processor import InRecord
 
-Process = Callable[[Sequence[InRecord]], Awaitable[None]]
+_P = TypeVar("_P")
+Prepare = Callable[[Sequence[InRecord]], Awaitable[_P | None]]
+Complete = Callable[[_P], Coroutine[Any, Any, None]]
 
 
-class RecordBatcher:
+class RecordBatcher(Generic[_P]):
     def __init__(
         self,
-        process: Process,
+        prepare: Prepare[_P],
+        complete: Complete[_P],
         *,
         max_records: int,
         flush_interval_s: float,
@@ -32,7 +36,8 @@ class RecordBatcher:
     ) -> None:
         if max_records <= 0 or max_bytes <= 0 or flush_interval_s < 0:
             raise ValueError("max_records and max_bytes must be > 0, flush_interval_s >= 0")
-        self.process = process
+        self.prepare = prepare
+        self.complete = complete
         self.max_records = max_records
         # Records, not events, are counted: SDK envelopes hold many events
         # each, so bytes bound a batch (and its insert) too.
@@ -119,6 +124,46 @@ class RecordBatcher:
         return batch
 
     async def run(self) -> None:
-        """Process batches forever; an exception from the processor ends the loop."""
-        while True:
-            await self.process(await self.next_batch())
+        """Process batches in two overlapping stages until one fails (it raises).
+
+        Batch N+1 is fetched and prepared (decoding, dedup: CPU) while batch
+        N completes (write, quotas, commit: waiting on the stores), so the
+        worker's one core is not idle during I/O. Completions run strictly in
+        batch order, one at a time: a batch's offsets are committed only after
+        every earlier batch's. A failed completion ends the loop at once, even
+        when no further records arrive.
+        """
+        inflight: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batch: list[InRecord] | None
+                if inflight is None:
+                    batch = await self.next_batch()
+                else:
+                    batch = await self._next_batch_or_failure(inflight)
+                    if inflight.done():
+                        inflight.result()  # raises the completion's failure
+                        inflight = None
+                if batch is None:
+                    continue
+                prepared = await self.prepare(batch)
+                if inflight is not None:
+                    await inflight
+                    inflight = None
+                if prepared is not None:
+                    inflight = asyncio.create_task(self.complete(prepared))
+        finally:
+            if inflight is not None and inflight.done() and not inflight.cancelled():
+                inflight.exception()  # retrieved: no "never retrieved" warning
+
+    async def _next_batch_or_failure(self, inflight: asyncio.Task[None]) -> list[InRecord] | None:
+        """The next batch, or None once the in-flight completion ended first."""
+        if not self._fetches:
+            ready = asyncio.ensure_future(self._ready.wait())
+            try:
+                await asyncio.wait({ready, inflight}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ready.cancel()
+            if not self._fetches:
+                return None
+        return await self.next_batch()

@@ -80,6 +80,9 @@ class _Partition:
     last_written: int  # highest offset this worker wrote to the sink (-1: none)
     dedup: PartitionDedup
     windows: MinuteWindows
+    # Ids of a prepared batch not yet durable: a duplicate of one of them in
+    # the next batch (prepared meanwhile) is dropped without asking the store.
+    pending_ids: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -89,6 +92,17 @@ class _Work:
     accepted: list[AcceptedEvent] = field(default_factory=list)
     outgoing: list[Outgoing] = field(default_factory=list)
     touches: list[Touch] = field(default_factory=list)
+
+
+@dataclass
+class Prepared:
+    """A batch after `prepare`: what `complete` makes durable, in order."""
+
+    records: int
+    generations: set[int | None]
+    slices: list[tuple[_Partition, SinkBatch]] = field(default_factory=list)
+    pending: list[Awaitable[Any]] = field(default_factory=list)  # DLQ acknowledgements
+    touches: list[Touch] = field(default_factory=list)  # replayed records' quota checks
 
 
 @dataclass
@@ -134,6 +148,9 @@ class UsageProcessor:
         self.sink_retry_max_s = sink_retry_max_s
         self.clock = clock
         self.counters = Counters()
+        # Two stages (see prepare/complete): `prepare_lock` serialises the
+        # CPU stage, `lock` the durable stage; a rebalance takes both.
+        self.prepare_lock = asyncio.Lock()
         self.lock = asyncio.Lock()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._retired: dict[tuple[str, int], _Partition] = {}
@@ -181,10 +198,13 @@ class UsageProcessor:
             self._fenced.add(generation)  # batches queued behind us drop them too
         self._abandon = True
         try:
-            async with self.lock:
+            async with self.prepare_lock, self.lock:
                 for tp in partitions:
                     state = self._parts.pop(tp, None)
                     if state is not None:
+                        # A prepared batch not yet durable is dropped (fenced):
+                        # its ids were never written.
+                        state.pending_ids.clear()
                         self._retired[tp] = state
         finally:
             self._abandon = False
@@ -196,11 +216,14 @@ class UsageProcessor:
         revocation hook on stop). True when no batch is in flight any more.
         """
         self.stopping = True
-        try:
-            await asyncio.wait_for(self.lock.acquire(), wait_s)
-        except TimeoutError:
-            return False
-        self.lock.release()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        for lock in (self.prepare_lock, self.lock):
+            try:
+                await asyncio.wait_for(lock.acquire(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                return False
+            lock.release()
         return True
 
     def _owned_records(self, records: Sequence[InRecord]) -> Sequence[InRecord]:
@@ -296,23 +319,47 @@ class UsageProcessor:
     # -- the batch ------------------------------------------------------------------
     async def process(self, records: Sequence[InRecord]) -> None:
         """Make one batch durable and commit it; a non-retriable failure propagates."""
-        async with self.lock:
+        prepared = await self.prepare(records)
+        if prepared is not None:
+            await self.complete(prepared)
+
+    async def prepare(self, records: Sequence[InRecord]) -> Prepared | None:
+        """Stage 1 (mostly CPU): decode, verify, dedup, window; nothing durable yet.
+
+        The next batch may be prepared while the previous one completes
+        (streams/batcher.py): then its duplicates of that batch's ids are
+        dropped through `pending_ids`, its DLQ records are sent, and it is
+        written only after the previous one (`complete` runs in order).
+        None when nothing of the batch is this worker's to write.
+        """
+        async with self.prepare_lock:
             self._refuse_if_failed()
             records = self._owned_records(records)
             if not records:
+                return None
+            return await self._guarded(self._prepare_locked(records))
+
+    async def complete(self, prepared: Prepared) -> None:
+        """Stage 2 (I/O): write, quotas, broker acknowledgements, commit."""
+        async with self.lock:
+            self._refuse_if_failed()
+            if not self._still_owned(prepared):
                 return
-            try:
-                await self._process_locked(records)
-            except asyncio.CancelledError:
-                raise
-            except RetryAbandoned as exc:
-                # Revoked or stopping between two sink attempts: nothing of the
-                # batch is committed; the partitions' owner replays it.
-                log.warning("batch abandoned (%s); it stays uncommitted", exc)
-                return
-            except BaseException as exc:
-                self.failed = exc
-                raise
+            await self._guarded(self._complete_locked(prepared))
+
+    async def _guarded(self, stage: Awaitable[_R]) -> _R | None:
+        try:
+            return await stage
+        except asyncio.CancelledError:
+            raise
+        except RetryAbandoned as exc:
+            # Revoked or stopping between two sink attempts: nothing of the
+            # batch is committed; the partitions' owner replays it.
+            log.warning("batch abandoned (%s); it stays uncommitted", exc)
+            return None
+        except BaseException as exc:
+            self.failed = exc
+            raise
 
     def _refuse_if_failed(self) -> None:
         if self.failed is not None:
@@ -320,30 +367,44 @@ class UsageProcessor:
                 f"processor stopped after an earlier failure ({self.failed!r}); restart the worker"
             ) from self.failed
 
-    async def _process_locked(self, records: Sequence[InRecord]) -> None:
+    def _still_owned(self, prepared: Prepared) -> bool:
+        """A revocation or stop since `prepare` drops the whole prepared batch."""
+        current = self.current_generation() if self.current_generation is not None else None
+        stale = self.stopping or any(
+            g is not None and (g in self._fenced or (current is not None and g != current))
+            for g in prepared.generations
+        )
+        if stale:
+            self.counters.fenced_dropped += prepared.records
+            log.info(
+                "dropped a prepared batch of %d records of revoked partitions%s; "
+                "their owner replays them",
+                prepared.records,
+                " (stopping)" if self.stopping else "",
+            )
+        return not stale
+
+    async def _prepare_locked(self, records: Sequence[InRecord]) -> Prepared:
         groups: dict[tuple[str, int], list[InRecord]] = {}
         for rec in records:
             groups.setdefault((rec.topic, rec.partition), []).append(rec)
         await self._ensure_partitions(groups.keys())
-        pending: list[Awaitable[Any]] = []
-        touches: list[Touch] = []
-        commits: dict[str, dict[int, int]] = {}
+        out = Prepared(records=len(records), generations={r.generation for r in records})
         slices: list[_Slice] = []
         for (topic, partition), recs in groups.items():
             state = self._parts[(topic, partition)]
             recs = sorted(recs, key=lambda r: r.offset)
             work = _Work()
             fresh = self._decode_slice(state, recs, work)
-            for out in work.outgoing:  # DLQ records: sent now, awaited before the commit
-                pending.append(await self.producer.send(out.topic, out.key, out.value))
-            touches += work.touches
+            for o in work.outgoing:  # DLQ records: sent now, awaited before the commit
+                out.pending.append(await self.producer.send(o.topic, o.key, o.value))
+            out.touches += work.touches
             if fresh:
                 slices.append(_Slice(topic, partition, state, fresh, work))
         # All partitions of the batch at once: one confirmation lookup and one
         # write, instead of a round trip of each per partition.
         await self._dedup(slices)
         now_dt = datetime.fromtimestamp(self.clock(), UTC)
-        batches: list[SinkBatch] = []
         for sl in slices:
             accepted = []
             for acc in sl.work.accepted:
@@ -351,25 +412,34 @@ class UsageProcessor:
                 accepted.append(
                     AcceptedEvent(acc.event, acc.topic, acc.partition, acc.offset, now_dt, late)
                 )
+                sl.state.pending_ids.add(acc.event.event_id)
                 self.counters.late += late
             sl.state.windows.close_expired()
-            batches.append(
-                SinkBatch(sl.topic, sl.partition, sl.fresh[0].offset, sl.fresh[-1].offset, accepted)
+            batch = SinkBatch(
+                sl.topic, sl.partition, sl.fresh[0].offset, sl.fresh[-1].offset, accepted
             )
-        to_write = [b for b in batches if b.events]
+            out.slices.append((sl.state, batch))
+        return out
+
+    async def _complete_locked(self, p: Prepared) -> None:
+        to_write = [b for _, b in p.slices if b.events]
         if to_write:
             await self._write(to_write)
         now_s = self.clock()
-        for sl, batch in zip(slices, batches, strict=True):
-            state = sl.state
+        commits: dict[str, dict[int, int]] = {}
+        touches = p.touches
+        for state, batch in p.slices:
             if batch.events:
                 state.last_written = batch.last_offset
             for acc in batch.events:
+                # Durable now: from here on the filter (and the store) know it.
                 state.dedup.remember(acc.event.event_id, now_s)
+                state.pending_ids.discard(acc.event.event_id)
             self.counters.accepted += len(batch.events)
             state.processed_upto = batch.last_offset
-            commits.setdefault(sl.topic, {})[sl.partition] = batch.last_offset + 1
+            commits.setdefault(batch.topic, {})[batch.partition] = batch.last_offset + 1
             touches += [_touch(a.event) for a in batch.events]
+        pending = p.pending
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
             quota_outs = await self.quotas.check(touches)
@@ -491,10 +561,11 @@ class UsageProcessor:
             in_batch: set[str] = set()
             unique: list[AcceptedEvent] = []
             dedup = sl.state.dedup
+            pending = sl.state.pending_ids
             for acc in sl.work.accepted:
                 ev = acc.event
                 eid = ev.event_id
-                if eid in in_batch:
+                if eid in in_batch or eid in pending:
                     self.counters.duplicates += 1
                     continue
                 in_batch.add(eid)

@@ -80,9 +80,14 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if records is None or self.should_stop:
                     continue
                 if not self.flow_active:
-                    # A rebalance began after the fetch: Faust seeks back to
-                    # the committed offsets; nothing of this fetch is used.
-                    await self.perform_seek()
+                    # A rebalance began after the fetch: like Faust, seek back
+                    # to the committed offsets and use nothing of this fetch.
+                    # The seek fails harmlessly for partitions the rebalance
+                    # already took away (IllegalStateError): Faust only logs it.
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:
+                        self.log.warning("exception performing seek when flow not active %r", exc)
                     continue
                 generation = self.app.consumer_generation_id
                 batches: dict[str, list[Any]] = {}

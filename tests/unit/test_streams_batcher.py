@@ -17,13 +17,17 @@ def _recs(start: int, n: int, partition: int = 0) -> list[InRecord]:
     return [InRecord("usage", partition, o, b"k", b"v") for o in range(start, start + n)]
 
 
-async def _noop(records: Sequence[InRecord]) -> None:
+async def _noop(records: Sequence[InRecord]) -> Sequence[InRecord] | None:
+    return None
+
+
+async def _done(prepared: Sequence[InRecord]) -> None:
     return None
 
 
 def test_batches_are_capped_and_keep_arrival_order() -> None:
     async def main() -> None:
-        b = RecordBatcher(_noop, max_records=5, flush_interval_s=0.0, max_pending=100)
+        b = RecordBatcher(_noop, _done, max_records=5, flush_interval_s=0.0, max_pending=100)
         await b.offer(_recs(0, 3))
         await b.offer(_recs(3, 4))
         first = await b.next_batch()
@@ -37,7 +41,7 @@ def test_batches_are_capped_and_keep_arrival_order() -> None:
 
 def test_partial_batch_waits_for_the_flush_interval_then_goes() -> None:
     async def main() -> None:
-        b = RecordBatcher(_noop, max_records=100, flush_interval_s=0.2)
+        b = RecordBatcher(_noop, _done, max_records=100, flush_interval_s=0.2)
         await b.offer(_recs(0, 2))
 
         async def late_fetch() -> None:
@@ -59,7 +63,7 @@ def test_partial_batch_waits_for_the_flush_interval_then_goes() -> None:
 
 def test_full_batch_goes_without_waiting() -> None:
     async def main() -> None:
-        b = RecordBatcher(_noop, max_records=4, flush_interval_s=30.0)
+        b = RecordBatcher(_noop, _done, max_records=4, flush_interval_s=30.0)
         await b.offer(_recs(0, 4))
         batch = await asyncio.wait_for(b.next_batch(), 1.0)
         assert len(batch) == 4
@@ -69,7 +73,7 @@ def test_full_batch_goes_without_waiting() -> None:
 
 def test_offer_waits_while_full_backpressure() -> None:
     async def main() -> None:
-        b = RecordBatcher(_noop, max_records=2, flush_interval_s=0.0, max_pending=4)
+        b = RecordBatcher(_noop, _done, max_records=2, flush_interval_s=0.0, max_pending=4)
         await b.offer(_recs(0, 4))
         blocked = asyncio.create_task(b.offer(_recs(4, 2)))
         await asyncio.sleep(0.02)
@@ -84,36 +88,96 @@ def test_offer_waits_while_full_backpressure() -> None:
     asyncio.run(main())
 
 
-def test_run_processes_in_order_and_stops_on_a_processor_error() -> None:
+def test_run_completes_in_order_and_stops_on_a_failed_completion() -> None:
     seen: list[list[int]] = []
 
-    async def process(records: Sequence[InRecord]) -> None:
+    async def prepare(records: Sequence[InRecord]) -> Sequence[InRecord]:
+        return records
+
+    async def complete(records: Sequence[InRecord]) -> None:
         seen.append([r.offset for r in records])
         if len(seen) == 2:
             raise RuntimeError("store refused the batch")
 
     async def main() -> None:
-        b = RecordBatcher(process, max_records=2, flush_interval_s=0.0, max_pending=10)
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0, max_pending=10)
         await b.offer(_recs(0, 2))
         await b.offer(_recs(2, 2))
         await b.offer(_recs(4, 2))
+        await b.offer(_recs(6, 2))
         with pytest.raises(RuntimeError, match="store refused"):
             await asyncio.wait_for(b.run(), 1.0)
-        assert b.pending == 2  # the batch after the failure was never processed
+        # Batch 3 may have been prepared meanwhile, never completed; batch 4 untouched.
+        assert b.pending in (0, 2)
 
     asyncio.run(main())
     assert seen == [[0, 1], [2, 3]]
 
 
+def test_next_batch_is_prepared_while_the_previous_completes_in_order() -> None:
+    log: list[str] = []
+    release = asyncio.Event()
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        log.append(f"prepare {records[0].offset}")
+        return records[0].offset
+
+    async def complete(first: int) -> None:
+        log.append(f"complete {first} start")
+        if first == 0:
+            await release.wait()  # a slow write of the first batch
+        log.append(f"complete {first} end")
+
+    async def main() -> None:
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0, max_pending=10)
+        for start in (0, 2, 4):
+            await b.offer(_recs(start, 2))
+        runner = asyncio.create_task(b.run())
+        await asyncio.sleep(0.05)
+        # While batch 0 completes, batch 2 is prepared but not completed.
+        assert sorted(log) == ["complete 0 start", "prepare 0", "prepare 2"]
+        release.set()
+        await asyncio.sleep(0.05)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(main())
+    completes = [e for e in log if e.startswith("complete")]
+    assert completes[:4] == [
+        "complete 0 start",
+        "complete 0 end",
+        "complete 2 start",
+        "complete 2 end",
+    ]
+
+
+def test_a_failed_completion_ends_the_loop_even_when_no_records_follow() -> None:
+    async def prepare(records: Sequence[InRecord]) -> int:
+        return 1
+
+    async def complete(_: int) -> None:
+        await asyncio.sleep(0.02)
+        raise RuntimeError("not retriable")
+
+    async def main() -> None:
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0)
+        await b.offer(_recs(0, 2))
+        with pytest.raises(RuntimeError, match="not retriable"):
+            await asyncio.wait_for(b.run(), 1.0)
+
+    asyncio.run(main())
+
+
 def test_empty_offer_is_ignored_and_bad_settings_refused() -> None:
     async def main() -> None:
-        b = RecordBatcher(_noop, max_records=2, flush_interval_s=0.0)
+        b = RecordBatcher(_noop, _done, max_records=2, flush_interval_s=0.0)
         await b.offer([])
         assert b.pending == 0
 
     asyncio.run(main())
     with pytest.raises(ValueError, match="max_records"):
-        RecordBatcher(_noop, max_records=0, flush_interval_s=0.1)
+        RecordBatcher(_noop, _done, max_records=0, flush_interval_s=0.1)
 
 
 def test_fetch_records_become_in_records_with_the_fetch_generation() -> None:
@@ -136,7 +200,7 @@ def _sized(start: int, sizes: list[int]) -> list[InRecord]:
 
 def test_bytes_bound_a_batch_of_envelopes_and_a_huge_record_still_goes_alone() -> None:
     async def main() -> None:
-        b = RecordBatcher(_noop, max_records=100, max_bytes=1000, flush_interval_s=0.0)
+        b = RecordBatcher(_noop, _done, max_records=100, max_bytes=1000, flush_interval_s=0.0)
         await b.offer(_sized(0, [400, 400, 400]))
         await b.offer(_sized(3, [5000, 10]))
         batches = [[r.offset for r in await b.next_batch()] for _ in range(3)]

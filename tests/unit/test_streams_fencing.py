@@ -157,3 +157,47 @@ async def test_revocation_while_the_store_is_down_abandons_the_batch_between_att
     assert store.rows == []
     assert commits == []
     assert p.failed is None  # not a failure: the next owner replays the batch
+
+
+async def test_a_duplicate_of_the_batch_being_written_is_dropped_by_the_next_prepare() -> None:
+    # Pipelining: batch 2 is prepared while batch 1 is still being written.
+    # Its duplicate of a batch-1 id is neither in the store nor remembered by
+    # the filter yet; pending_ids must catch it.
+    store, commits = MemorySink(), list[Mapping[int, int]]()
+    sink = GatedSink(store)
+    sink.gate.clear()
+    p = _worker(sink, [1], commits)
+    first = await p.prepare(_recs(range(0, 3), generation=1))
+    assert first is not None
+    writing = asyncio.create_task(p.complete(first))
+    await sink.writing.wait()
+    dup = InRecord(T, 0, 3, b"acme", _ev(1), (), 1)  # event e1 again, at offset 3
+    second = await p.prepare([dup, *_recs(range(4, 5), generation=1)])
+    assert second is not None
+    sink.gate.set()
+    await writing
+    await p.complete(second)
+    counts = _counts(store)
+    assert sorted(counts) == ["e0", "e1", "e2", "e4"]
+    assert max(counts.values()) == 1
+    assert p.counters.duplicates == 1
+    assert commits == [{0: 3}, {0: 5}]
+
+
+async def test_a_revocation_between_prepare_and_complete_drops_the_prepared_batch() -> None:
+    store, commits = MemorySink(), list[Mapping[int, int]]()
+    gen = [1]
+    p = _worker(store, gen, commits)
+    prepared = await p.prepare(_recs(range(0, 3), generation=1))
+    assert prepared is not None
+    await p.on_revoked([(T, 0)], generation=1)
+    gen[0] = 2
+    await p.complete(prepared)
+    assert store.rows == []
+    assert commits == []
+    assert p.counters.fenced_dropped == 3
+    # Reassigned to us: the same offsets come again and count once; the
+    # dropped batch's ids did not linger as "pending" duplicates.
+    await p.process(_recs(range(0, 3), generation=2))
+    assert sorted(_counts(store)) == ["e0", "e1", "e2"]
+    assert p.counters.duplicates == 0
