@@ -1,52 +1,39 @@
-"""The per-batch pipeline behind the usage agent, free of Faust.
+"""The per-batch pipeline of the worker, free of Faust.
 
-For each batch of records (several partitions): skip what is already
-durable -> size check -> decode -> signature -> dedup -> windows/late ->
-sink write (per partition, retried until it succeeds) -> quota checks ->
-DLQ/alerts/states acknowledged by the broker -> commit. A batch's offsets
-are committed only after all of that returned, and one lock serialises
-batches with rebalance callbacks so a revoked partition is never written
-behind the new owner's back.
+A batch (records of several partitions) goes through two stages. `prepare`:
+skip what is already durable -> size check -> decode -> signature
+(records.py) -> dedup -> windows/late (partitions.py); `complete`: one sink
+write for all partitions (retried until it succeeds) -> quota checks ->
+DLQ/alerts/states acknowledged by the broker -> commit. The next batch may
+be prepared while the previous one completes; completions run in order, so
+a batch's offsets are committed only after everything before them is
+durable. Locks serialise each stage with the rebalance callbacks, so a
+revoked partition is never written behind the new owner's back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-from tokenpulse.errors import InvalidRecord
-from tokenpulse.schemas._reasons import RejectReason
-from tokenpulse.schemas.dlq import dlq_record_for, encode_dlq_record
-from tokenpulse.schemas.signing import Keyring, verify_record
-from tokenpulse.schemas.usage import UsageEvent, decode_usage_record
+from tokenpulse.schemas.signing import Keyring
+from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
-from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
+from tokenpulse.streams.partitions import PartitionState, PartitionTable, Slice
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
+from tokenpulse.streams.records import Counters, InRecord, RecordDecoder, Work, touch
 from tokenpulse.streams.retry import FlowControl, RetryAbandoned, SinkRetrier
-from tokenpulse.streams.windows import MinuteWindows, WindowInput
+from tokenpulse.streams.windows import WindowInput
 
 log = logging.getLogger("tokenpulse.streams.processor")
 
-Header = tuple[str, bytes | None]
 _R = TypeVar("_R")
-
-
-@dataclass(frozen=True, slots=True)
-class InRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[Header, ...] = ()
-    # Consumer-group generation the record was fetched in (None: not tracked).
-    generation: int | None = None
+__all__ = ["Counters", "InRecord", "Prepared", "Producer", "UsageProcessor"]
 
 
 class Producer(Protocol):
@@ -58,62 +45,14 @@ Committer = Callable[[str, Mapping[int, int]], Awaitable[bool]]
 
 
 @dataclass
-class Counters:
-    records: int = 0
-    accepted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    late: int = 0
-    replayed_skipped: int = 0
-    fenced_dropped: int = 0  # records of revoked generations, never written here
-    confirmations: int = 0
-    sink_retries: int = 0
-    commits: int = 0
-    rows_written: int = 0
-    alerts: int = 0
-    rejected_by_reason: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Partition:
-    processed_upto: int  # highest offset whose outcome is durable (-1: none)
-    last_written: int  # highest offset this worker wrote to the sink (-1: none)
-    dedup: PartitionDedup
-    windows: MinuteWindows
-    # Ids of a prepared batch not yet durable: a duplicate of one of them in
-    # the next batch (prepared meanwhile) is dropped without asking the store.
-    pending_ids: set[str] = field(default_factory=set)
-
-
-@dataclass
-class _Work:
-    """What one partition's slice of a batch produced."""
-
-    accepted: list[AcceptedEvent] = field(default_factory=list)
-    outgoing: list[Outgoing] = field(default_factory=list)
-    touches: list[Touch] = field(default_factory=list)
-
-
-@dataclass
 class Prepared:
     """A batch after `prepare`: what `complete` makes durable, in order."""
 
     records: int
     generations: set[int | None]
-    slices: list[tuple[_Partition, SinkBatch]] = field(default_factory=list)
+    slices: list[tuple[PartitionState, SinkBatch]] = field(default_factory=list)
     pending: list[Awaitable[Any]] = field(default_factory=list)  # DLQ acknowledgements
     touches: list[Touch] = field(default_factory=list)  # replayed records' quota checks
-
-
-@dataclass
-class _Slice:
-    """One partition's fresh records of a batch and what decoding made of them."""
-
-    topic: str
-    partition: int
-    state: _Partition
-    fresh: list[InRecord]
-    work: _Work
 
 
 class UsageProcessor:
@@ -138,22 +77,30 @@ class UsageProcessor:
         self.sink = sink
         self.producer = producer
         self.committer = committer
-        self.dlq_topic = dlq_topic
-        self.keyring = keyring  # None: signatures are not verified (broker ACLs instead)
         self.quotas = quotas
-        self.dedup_horizon_s = dedup_horizon_s
-        self.dedup_warm_max_ids = dedup_warm_max_ids
-        self.allowed_lateness_s = allowed_lateness_s
-        self.max_record_bytes = max_record_bytes
         self.sink_retry_max_s = sink_retry_max_s
         self.clock = clock
         self.counters = Counters()
+        self.decoder = RecordDecoder(
+            dlq_topic=dlq_topic,
+            keyring=keyring,
+            max_record_bytes=max_record_bytes,
+            counters=self.counters,
+            clock=clock,
+        )
+        self.partitions = PartitionTable(
+            sink=sink,
+            retrying=self._retrying,
+            counters=self.counters,
+            clock=clock,
+            dedup_horizon_s=dedup_horizon_s,
+            dedup_warm_max_ids=dedup_warm_max_ids,
+            allowed_lateness_s=allowed_lateness_s,
+        )
         # Two stages (see prepare/complete): `prepare_lock` serialises the
         # CPU stage, `lock` the durable stage; a rebalance takes both.
         self.prepare_lock = asyncio.Lock()
         self.lock = asyncio.Lock()
-        self._parts: dict[tuple[str, int], _Partition] = {}
-        self._retired: dict[tuple[str, int], _Partition] = {}
         self.stopping = False  # set by close(): no batch is written any more
         # Fencing (see on_revoked): generations whose partitions were revoked.
         # Records fetched in them may still sit in Faust's take buffer; they
@@ -179,7 +126,7 @@ class UsageProcessor:
 
     def processed_upto(self, topic: str, partition: int) -> int | None:
         """Highest offset whose outcome is durable, for assigned partitions seen so far."""
-        state = self._parts.get((topic, partition))
+        state = self.partitions.get(topic, partition)
         return None if state is None else state.processed_upto
 
     # -- rebalance ------------------------------------------------------------------
@@ -199,13 +146,7 @@ class UsageProcessor:
         self._abandon = True
         try:
             async with self.prepare_lock, self.lock:
-                for tp in partitions:
-                    state = self._parts.pop(tp, None)
-                    if state is not None:
-                        # A prepared batch not yet durable is dropped (fenced):
-                        # its ids were never written.
-                        state.pending_ids.clear()
-                        self._retired[tp] = state
+                self.partitions.retire(partitions)
         finally:
             self._abandon = False
 
@@ -251,70 +192,6 @@ class UsageProcessor:
                 " (stopping)" if self.stopping else "",
             )
         return kept
-
-    async def _ensure_partitions(self, tps: Collection[tuple[str, int]]) -> None:
-        """State for partitions seen for the first time since their assignment.
-
-        One `last_offsets` lookup per topic for all of them; a filter that
-        starts empty is warmed from the store's ids of the horizon (one
-        count and one id query per partition) so that it needs no
-        confirmation round trips, unless the partition holds more than
-        `dedup_warm_max_ids` (then it starts cold, see dedup.py).
-        """
-        by_topic: dict[str, list[int]] = {}
-        for topic, partition in tps:
-            if (topic, partition) not in self._parts:
-                by_topic.setdefault(topic, []).append(partition)
-        for topic, partitions in by_topic.items():
-            offsets = await self._retrying(
-                "last_offsets", functools.partial(self.sink.last_offsets, topic, partitions)
-            )
-            now = self.clock()
-            cold: list[int] = []
-            for partition in partitions:
-                tp = (topic, partition)
-                durable = offsets.get(partition, -1)
-                old = self._retired.pop(tp, None)
-                if old is not None and old.last_written == durable:
-                    # Nobody else wrote this partition meanwhile: the filter is complete.
-                    old.processed_upto = max(old.processed_upto, durable)
-                    self._parts[tp] = old
-                else:
-                    bloom = TimeBucketedBloom(horizon_s=self.dedup_horizon_s)
-                    self._parts[tp] = _Partition(
-                        processed_upto=durable,
-                        last_written=durable,
-                        dedup=PartitionDedup(bloom, cold_until_s=now + self.dedup_horizon_s),
-                        windows=MinuteWindows(self.allowed_lateness_s),
-                    )
-                    cold.append(partition)
-                log.info(
-                    "partition %s/%d: resuming after durable offset %d", topic, partition, durable
-                )
-            if cold:
-                await self._warm(topic, cold, now)
-
-    async def _warm(self, topic: str, partitions: list[int], now_s: float) -> None:
-        since = datetime.fromtimestamp(now_s - self.dedup_horizon_s, UTC)
-        known = await self._retrying(
-            "recent_event_ids",
-            functools.partial(
-                self.sink.recent_event_ids, topic, partitions, since, self.dedup_warm_max_ids
-            ),
-        )
-        for partition in partitions:
-            ids = known.get(partition)
-            if ids is None:
-                log.info(
-                    "partition %s/%d: dedup filter starts cold (more than %d ids in the "
-                    "horizon, or the sink cannot list them): ids are confirmed in the store",
-                    topic,
-                    partition,
-                    self.dedup_warm_max_ids,
-                )
-                continue
-            self._parts[(topic, partition)].dedup.warm(ids)
-            log.info("partition %s/%d: dedup filter warmed with %d ids", topic, partition, len(ids))
 
     # -- the batch ------------------------------------------------------------------
     async def process(self, records: Sequence[InRecord]) -> None:
@@ -388,22 +265,25 @@ class UsageProcessor:
         groups: dict[tuple[str, int], list[InRecord]] = {}
         for rec in records:
             groups.setdefault((rec.topic, rec.partition), []).append(rec)
-        await self._ensure_partitions(groups.keys())
+        await self.partitions.ensure(groups.keys())
         out = Prepared(records=len(records), generations={r.generation for r in records})
-        slices: list[_Slice] = []
+        slices: list[Slice] = []
+        recheck = self.quotas is not None and bool(self.quotas.definitions)
         for (topic, partition), recs in groups.items():
-            state = self._parts[(topic, partition)]
+            state = self.partitions.parts[(topic, partition)]
             recs = sorted(recs, key=lambda r: r.offset)
-            work = _Work()
-            fresh = self._decode_slice(state, recs, work)
+            work = Work()
+            fresh = self.decoder.decode_slice(
+                state.processed_upto, recs, work, recheck_replayed=recheck
+            )
             for o in work.outgoing:  # DLQ records: sent now, awaited before the commit
                 out.pending.append(await self.producer.send(o.topic, o.key, o.value))
             out.touches += work.touches
             if fresh:
-                slices.append(_Slice(topic, partition, state, fresh, work))
+                slices.append(Slice(topic, partition, state, fresh, work))
         # All partitions of the batch at once: one confirmation lookup and one
         # write, instead of a round trip of each per partition.
-        await self._dedup(slices)
+        await self.partitions.dedup(slices)
         now_dt = datetime.fromtimestamp(self.clock(), UTC)
         for sl in slices:
             accepted = []
@@ -438,7 +318,7 @@ class UsageProcessor:
             self.counters.accepted += len(batch.events)
             state.processed_upto = batch.last_offset
             commits.setdefault(batch.topic, {})[batch.partition] = batch.last_offset + 1
-            touches += [_touch(a.event) for a in batch.events]
+            touches += [touch(a.event) for a in batch.events]
         pending = p.pending
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
@@ -476,119 +356,6 @@ class UsageProcessor:
                 if self.on_alert is not None:
                     self.on_alert(out.value)
 
-    def _decode_slice(
-        self, state: _Partition, recs: Sequence[InRecord], work: _Work
-    ) -> list[InRecord]:
-        fresh: list[InRecord] = []
-        for rec in recs:
-            if rec.offset <= state.processed_upto:
-                # Durable before a crash/rebalance: not applied again, but its
-                # quotas are re-checked (an alert may not have gone out).
-                self.counters.replayed_skipped += 1
-                if self.quotas is not None and self.quotas.definitions and rec.value is not None:
-                    work.touches += [
-                        _touch(v)
-                        for v in decode_usage_record(rec.value)
-                        if isinstance(v, UsageEvent)
-                    ]
-                continue
-            fresh.append(rec)
-            self.counters.records += 1
-            try:
-                self._decode_record(rec, work)
-            except Exception as exc:  # a bug must not stop the partition: park the record
-                log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, rec.offset)
-                err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")
-                self._reject(rec, err, work)
-        return fresh
-
-    def _decode_record(self, rec: InRecord, work: _Work) -> None:
-        value = rec.value
-        if value is None:
-            err = InvalidRecord(
-                "record has no value (tombstone); publish one UsageEvent JSON object per record",
-                reason=str(RejectReason.MALFORMED_JSON),
-            )
-            self._reject(rec, err, work)
-            return
-        if len(value) > self.max_record_bytes:
-            err = InvalidRecord(
-                f"record is {len(value)} bytes, limit {self.max_record_bytes}",
-                reason=str(RejectReason.RECORD_TOO_LARGE),
-            )
-            self._reject(rec, err, work)
-            return
-        verified: set[str] = set()
-        for index, verdict in enumerate(decode_usage_record(value)):
-            if isinstance(verdict, InvalidRecord):
-                self._reject(rec, verdict, work)
-                continue
-            if self.keyring is not None and verdict.tenant_id not in verified:
-                try:
-                    verify_record(
-                        value, rec.headers, tenant_id=verdict.tenant_id, keyring=self.keyring
-                    )
-                except InvalidRecord as err:
-                    err.details.setdefault("batch_index", index)
-                    self._reject(rec, err, work)
-                    continue
-                verified.add(verdict.tenant_id)
-            ingested = datetime.fromtimestamp(self.clock(), UTC)
-            work.accepted.append(
-                AcceptedEvent(verdict, rec.topic, rec.partition, rec.offset, ingested)
-            )
-
-    def _reject(self, rec: InRecord, err: InvalidRecord, work: _Work) -> None:
-        self.counters.rejected += 1
-        by_reason = self.counters.rejected_by_reason
-        by_reason[err.reason] = by_reason.get(err.reason, 0) + 1
-        dlq = dlq_record_for(
-            err,
-            rec.value or b"",
-            topic=rec.topic,
-            partition=rec.partition,
-            offset=rec.offset,
-            headers=rec.headers,
-        )
-        work.outgoing.append(Outgoing(self.dlq_topic, rec.key or b"", encode_dlq_record(dlq)))
-
-    async def _dedup(self, slices: Sequence[_Slice]) -> None:
-        """Drop ids seen before: in the same slice, or durable in the store."""
-        now_s = self.clock()
-        uniques: list[list[AcceptedEvent]] = []
-        confirm: list[tuple[str, str, datetime]] = []
-        for sl in slices:
-            in_batch: set[str] = set()
-            unique: list[AcceptedEvent] = []
-            dedup = sl.state.dedup
-            pending = sl.state.pending_ids
-            for acc in sl.work.accepted:
-                ev = acc.event
-                eid = ev.event_id
-                if eid in in_batch or eid in pending:
-                    self.counters.duplicates += 1
-                    continue
-                in_batch.add(eid)
-                unique.append(acc)
-                if dedup.needs_confirmation(eid, now_s):
-                    confirm.append((ev.tenant_id, eid, ev.occurred_at))
-            uniques.append(unique)
-        known: set[tuple[str, str]] = set()
-        if confirm:
-            # Every tenant of every partition at once: the sink splits it into
-            # size-bounded queries, instead of a round trip per tenant (or per
-            # partition) that made a cold worker crawl.
-            since = datetime.fromtimestamp(now_s, UTC) - timedelta(seconds=self.dedup_horizon_s)
-            self.counters.confirmations += 1
-            known = await self._retrying(
-                "existing_events", functools.partial(self.sink.existing_events, confirm, since)
-            )
-        for sl, unique in zip(slices, uniques, strict=True):
-            sl.work.accepted = [
-                a for a in unique if (a.event.tenant_id, a.event.event_id) not in known
-            ]
-            self.counters.duplicates += len(unique) - len(sl.work.accepted)
-
     async def _write(self, batches: Sequence[SinkBatch]) -> None:
         started = time.monotonic()
         what = f"write of {batches[0].token}" + (
@@ -614,7 +381,3 @@ def _window_input(ev: UsageEvent) -> WindowInput:
         ev.output_tokens,
         ev.cached_input_tokens,
     )
-
-
-def _touch(ev: UsageEvent) -> Touch:
-    return Touch(ev.tenant_id, ev.model, ev.occurred_at, ev.event_id)

@@ -67,7 +67,7 @@ async def test_a_partition_over_the_limit_starts_cold_and_stays_exact() -> None:
     sink = ListingSink()
     await _proc(sink).process([_rec(i, "acme", f"e{i}") for i in range(10)])
     restarted = _proc(sink)
-    restarted.dedup_warm_max_ids = 5  # more ids than that: too big to warm
+    restarted.partitions.dedup_warm_max_ids = 5  # more ids than that: too big to warm
     await restarted.process([_rec(20, "acme", "e3"), _rec(21, "acme", "x")])
     assert sink.batched_calls == [2]  # cold: every id confirmed
     assert restarted.counters.duplicates == 1

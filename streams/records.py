@@ -1,0 +1,171 @@
+"""What the processor reads and counts: records, their decoding, and rejections.
+
+`RecordDecoder` turns one partition's slice of a batch into accepted events
+and DLQ records: size check -> `decode_usage_record` (a single event or an
+SDK batch envelope) -> tenant signature. A record that breaks a rule, or
+that makes the code fail, becomes a DLQ record with its reason; it never
+stops the partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from tokenpulse.errors import InvalidRecord
+from tokenpulse.schemas._reasons import RejectReason
+from tokenpulse.schemas.dlq import dlq_record_for, encode_dlq_record
+from tokenpulse.schemas.signing import Keyring, verify_record
+from tokenpulse.schemas.usage import UsageEvent, decode_usage_record
+from tokenpulse.sinks.base import AcceptedEvent
+from tokenpulse.streams.quotas import Outgoing, Touch
+
+log = logging.getLogger("tokenpulse.streams.processor")
+
+Header = tuple[str, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+    # Consumer-group generation the record was fetched in (None: not tracked).
+    generation: int | None = None
+
+
+@dataclass
+class Counters:
+    records: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    late: int = 0
+    replayed_skipped: int = 0
+    fenced_dropped: int = 0  # records of revoked generations, never written here
+    confirmations: int = 0
+    sink_retries: int = 0
+    commits: int = 0
+    rows_written: int = 0
+    alerts: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Work:
+    """What one partition's slice of a batch produced."""
+
+    accepted: list[AcceptedEvent] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    touches: list[Touch] = field(default_factory=list)
+
+
+def touch(ev: UsageEvent) -> Touch:
+    return Touch(ev.tenant_id, ev.model, ev.occurred_at, ev.event_id)
+
+
+class RecordDecoder:
+    def __init__(
+        self,
+        *,
+        dlq_topic: str,
+        keyring: Keyring | None,
+        max_record_bytes: int,
+        counters: Counters,
+        clock: Callable[[], float],
+    ) -> None:
+        self.dlq_topic = dlq_topic
+        self.keyring = keyring  # None: signatures are not verified (broker ACLs instead)
+        self.max_record_bytes = max_record_bytes
+        self.counters = counters
+        self.clock = clock
+
+    def decode_slice(
+        self,
+        processed_upto: int,
+        recs: Sequence[InRecord],
+        work: Work,
+        *,
+        recheck_replayed: bool,
+    ) -> list[InRecord]:
+        """The records after `processed_upto`, decoded into `work`.
+
+        A record at or below `processed_upto` was durable before a crash or
+        rebalance: not applied again, but with `recheck_replayed` its events'
+        quotas are re-checked (an alert may not have gone out).
+        """
+        fresh: list[InRecord] = []
+        ingested = datetime.fromtimestamp(self.clock(), UTC)
+        for rec in recs:
+            if rec.offset <= processed_upto:
+                self.counters.replayed_skipped += 1
+                if recheck_replayed and rec.value is not None:
+                    work.touches += [
+                        touch(v)
+                        for v in decode_usage_record(rec.value)
+                        if isinstance(v, UsageEvent)
+                    ]
+                continue
+            fresh.append(rec)
+            self.counters.records += 1
+            try:
+                self._decode_record(rec, work, ingested)
+            except Exception as exc:  # a bug must not stop the partition: park the record
+                log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, rec.offset)
+                err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")
+                self.reject(rec, err, work)
+        return fresh
+
+    def _decode_record(self, rec: InRecord, work: Work, ingested: datetime) -> None:
+        value = rec.value
+        if value is None:
+            err = InvalidRecord(
+                "record has no value (tombstone); publish one UsageEvent JSON object per record",
+                reason=str(RejectReason.MALFORMED_JSON),
+            )
+            self.reject(rec, err, work)
+            return
+        if len(value) > self.max_record_bytes:
+            err = InvalidRecord(
+                f"record is {len(value)} bytes, limit {self.max_record_bytes}",
+                reason=str(RejectReason.RECORD_TOO_LARGE),
+            )
+            self.reject(rec, err, work)
+            return
+        verified: set[str] = set()
+        for index, verdict in enumerate(decode_usage_record(value)):
+            if isinstance(verdict, InvalidRecord):
+                self.reject(rec, verdict, work)
+                continue
+            if self.keyring is not None and verdict.tenant_id not in verified:
+                try:
+                    verify_record(
+                        value, rec.headers, tenant_id=verdict.tenant_id, keyring=self.keyring
+                    )
+                except InvalidRecord as err:
+                    err.details.setdefault("batch_index", index)
+                    self.reject(rec, err, work)
+                    continue
+                verified.add(verdict.tenant_id)
+            work.accepted.append(
+                AcceptedEvent(verdict, rec.topic, rec.partition, rec.offset, ingested)
+            )
+
+    def reject(self, rec: InRecord, err: InvalidRecord, work: Work) -> None:
+        self.counters.rejected += 1
+        by_reason = self.counters.rejected_by_reason
+        by_reason[err.reason] = by_reason.get(err.reason, 0) + 1
+        dlq = dlq_record_for(
+            err,
+            rec.value or b"",
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            headers=rec.headers,
+        )
+        work.outgoing.append(Outgoing(self.dlq_topic, rec.key or b"", encode_dlq_record(dlq)))
