@@ -29,13 +29,17 @@ import abc
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from tokenpulse.schemas import UsageEvent
 
 
-@dataclass(frozen=True, slots=True)
-class AcceptedEvent:
-    """One accepted event and where it came from."""
+class AcceptedEvent(NamedTuple):
+    """One accepted event and where it came from.
+
+    A NamedTuple: built for every event on the worker's hot path, where a
+    frozen dataclass's __init__ cost several times more.
+    """
 
     event: UsageEvent
     topic: str

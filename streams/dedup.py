@@ -5,25 +5,44 @@ A Bloom filter never forgets an id it saw (no false negatives), so a
 against the sink. Filters are kept per hour bucket and dropped once the
 whole bucket is older than the horizon, which bounds memory by the ids of
 one horizon. See docs/streams.md for the memory math.
+
+The worker asks about a whole batch of ids at once (`*_many`): positions are
+computed and tested with numpy, ~20x cheaper per id than a Python loop over
+k positions (the loop was ~15 % of the worker's CPU).
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
 
 _HOUR_S = 3600
+_CHUNK = 50_000
+_U32 = np.uint64(0xFFFF_FFFF)
+
+Positions = npt.NDArray[np.uint64]  # (ids, k) bit positions
+
+
+def _hashes(ids: Sequence[str]) -> tuple[Positions, Positions]:
+    """Two 32-bit hashes per id from Python's string hash.
+
+    The filters live in one process and are rebuilt from the store after a
+    restart, so the process-salted `hash(str)` (SipHash, cached on the string
+    object) is a sound and cheap source; blake2b cost ~4x more per id.
+    """
+    h = np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids)).view(np.uint64)
+    return h & _U32, (h >> np.uint64(32)) | np.uint64(1)
 
 
 class BloomFilter:
-    """A fixed-size Bloom filter over strings (double hashing of Python's string hash).
+    """A fixed-size Bloom filter over strings (double hashing, Kirsch-Mitzenmacher).
 
-    The filter lives in one process and is rebuilt from the store after a
-    restart, so the process-salted `hash(str)` (SipHash, cached on the string
-    object) is a sound and cheap source of the two hashes; blake2b cost ~4x
-    more per id. All filters of one size share their positions
-    (`positions()`), so a lookup across many filters hashes once.
+    All filters of one size share their positions (`positions_many()`), so
+    a lookup across many filters hashes once.
     """
 
     __slots__ = ("_bits", "_k", "_m", "capacity", "count")
@@ -35,39 +54,38 @@ class BloomFilter:
         m = math.ceil(-capacity * math.log(fp_rate) / (math.log(2) ** 2))
         self._m = max(64, m)
         self._k = max(1, round(self._m / capacity * math.log(2)))
-        self._bits = bytearray((self._m + 7) // 8)
+        self._bits = np.zeros((self._m + 7) // 8, dtype=np.uint8)
         self.capacity = capacity
         self.count = 0
 
     @property
     def size_bytes(self) -> int:
-        return len(self._bits)
+        return int(self._bits.nbytes)
 
-    def positions(self, item: str) -> list[int]:
-        h = hash(item) & 0xFFFF_FFFF_FFFF_FFFF
-        h1 = h & 0xFFFF_FFFF
-        h2 = (h >> 32) | 1
-        m = self._m
-        return [(h1 + i * h2) % m for i in range(self._k)]
+    def positions_many(self, ids: Sequence[str]) -> Positions:
+        h1, h2 = _hashes(ids)
+        steps = np.arange(self._k, dtype=np.uint64)
+        # h1 < 2^32 and k * h2 < 2^36: no uint64 overflow before the modulo.
+        out: Positions = (h1[:, None] + steps[None, :] * h2[:, None]) % np.uint64(self._m)
+        return out
 
-    def add_positions(self, positions: list[int]) -> None:
-        bits = self._bits
-        for pos in positions:
-            bits[pos >> 3] |= 1 << (pos & 7)
-        self.count += 1
+    def has_many(self, positions: Positions) -> npt.NDArray[np.bool_]:
+        """Per row of positions: are all its bits set (maybe seen)?"""
+        masks = np.left_shift(np.uint8(1), (positions & np.uint64(7)).astype(np.uint8))
+        out: npt.NDArray[np.bool_] = (self._bits[positions >> np.uint64(3)] & masks).all(axis=1)
+        return out
 
-    def has_positions(self, positions: list[int]) -> bool:
-        bits = self._bits
-        for pos in positions:  # noqa: SIM110 - a plain loop: all() over a genexpr is ~2x slower
-            if not bits[pos >> 3] & (1 << (pos & 7)):
-                return False
-        return True
+    def add_many(self, positions: Positions) -> None:
+        masks = np.left_shift(np.uint8(1), (positions & np.uint64(7)).astype(np.uint8))
+        # ufunc.at: repeated byte indices must all apply (fancy |= keeps one).
+        np.bitwise_or.at(self._bits, (positions >> np.uint64(3)).ravel(), masks.ravel())
+        self.count += len(positions)
 
     def add(self, item: str) -> None:
-        self.add_positions(self.positions(item))
+        self.add_many(self.positions_many([item]))
 
     def __contains__(self, item: str) -> bool:
-        return self.has_positions(self.positions(item))
+        return bool(self.has_many(self.positions_many([item]))[0])
 
 
 class TimeBucketedBloom:
@@ -86,6 +104,8 @@ class TimeBucketedBloom:
         self.capacity_per_filter = capacity_per_filter
         self.fp_rate = fp_rate
         self._buckets: OrderedDict[int, list[BloomFilter]] = OrderedDict()
+        # Every filter has this size, so one positions matrix serves them all.
+        self._shape = BloomFilter(capacity_per_filter, fp_rate)
 
     def expire(self, now_s: float) -> None:
         """Drop buckets whose newest possible arrival is older than the horizon."""
@@ -95,7 +115,7 @@ class TimeBucketedBloom:
                 break
             self._buckets.popitem(last=False)
 
-    def add(self, event_id: str, now_s: float) -> None:
+    def _bucket(self, now_s: float) -> list[BloomFilter]:
         hour = int(now_s // _HOUR_S)
         filters = self._buckets.get(hour)
         if filters is None:
@@ -106,20 +126,41 @@ class TimeBucketedBloom:
                 # which expire() relies on.
                 self._buckets = OrderedDict(sorted(self._buckets.items()))
             self.expire(now_s)
-        if not filters or filters[-1].count >= filters[-1].capacity:
-            filters.append(BloomFilter(self.capacity_per_filter, self.fp_rate))
-        filters[-1].add(event_id)
+        return filters
 
-    def might_contain(self, event_id: str, now_s: float) -> bool:
+    def add_many(self, event_ids: Sequence[str], now_s: float) -> None:
+        """Remember ids that arrived at `now_s` (one hour bucket)."""
+        if not event_ids:
+            return
+        filters = self._bucket(now_s)
+        for chunk in range(0, len(event_ids), _CHUNK):
+            # Chunked: warming loads up to 500,000 ids; a chunk's positions
+            # matrix stays a few MB.
+            positions = self._shape.positions_many(event_ids[chunk : chunk + _CHUNK])
+            start = 0
+            while start < len(positions):
+                if not filters or filters[-1].count >= filters[-1].capacity:
+                    filters.append(BloomFilter(self.capacity_per_filter, self.fp_rate))
+                room = filters[-1].capacity - filters[-1].count
+                filters[-1].add_many(positions[start : start + room])
+                start += room
+
+    def might_contain_many(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
         self.expire(now_s)
-        positions: list[int] | None = None
+        if not event_ids or not self._buckets:
+            return [False] * len(event_ids)
+        positions = self._shape.positions_many(event_ids)
+        seen = np.zeros(len(event_ids), dtype=np.bool_)
         for filters in self._buckets.values():
             for f in filters:
-                if positions is None:
-                    positions = f.positions(event_id)  # every filter has the same size
-                if f.has_positions(positions):
-                    return True
-        return False
+                seen |= f.has_many(positions)
+        return [bool(x) for x in seen]
+
+    def add(self, event_id: str, now_s: float) -> None:
+        self.add_many([event_id], now_s)
+
+    def might_contain(self, event_id: str, now_s: float) -> bool:
+        return self.might_contain_many([event_id], now_s)[0]
 
     @property
     def size_bytes(self) -> int:
@@ -151,12 +192,23 @@ class PartitionDedup:
         `known` is (event_id, ingested epoch seconds); afterwards only the
         filter's positives are confirmed, as if it had seen them arrive.
         """
+        by_hour: dict[int, list[str]] = {}
         for event_id, ingested_s in known:
-            self.bloom.add(event_id, ingested_s)
+            by_hour.setdefault(int(ingested_s // _HOUR_S), []).append(event_id)
+        for hour in sorted(by_hour):
+            self.bloom.add_many(by_hour[hour], hour * _HOUR_S)
         self.cold_until_s = 0.0
 
+    def needs_confirmation_many(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
+        if now_s < self.cold_until_s:
+            return [True] * len(event_ids)
+        return self.bloom.might_contain_many(event_ids, now_s)
+
     def needs_confirmation(self, event_id: str, now_s: float) -> bool:
-        return now_s < self.cold_until_s or self.bloom.might_contain(event_id, now_s)
+        return self.needs_confirmation_many([event_id], now_s)[0]
+
+    def remember_many(self, event_ids: Sequence[str], now_s: float) -> None:
+        self.bloom.add_many(event_ids, now_s)
 
     def remember(self, event_id: str, now_s: float) -> None:
-        self.bloom.add(event_id, now_s)
+        self.remember_many([event_id], now_s)

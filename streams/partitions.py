@@ -156,18 +156,22 @@ class PartitionTable:
         for sl in slices:
             in_batch: set[str] = set()
             unique: list[AcceptedEvent] = []
-            dedup = sl.state.dedup
             pending = sl.state.pending_ids
             for acc in sl.work.accepted:
-                ev = acc.event
-                eid = ev.event_id
+                eid = acc.event.event_id
                 if eid in in_batch or eid in pending:
                     self.counters.duplicates += 1
                     continue
                 in_batch.add(eid)
                 unique.append(acc)
-                if dedup.needs_confirmation(eid, now_s):
-                    confirm.append((ev.tenant_id, eid, ev.occurred_at))
+            maybe = sl.state.dedup.needs_confirmation_many(
+                [a.event.event_id for a in unique], now_s
+            )
+            confirm += [
+                (a.event.tenant_id, a.event.event_id, a.event.occurred_at)
+                for a, m in zip(unique, maybe, strict=True)
+                if m
+            ]
             uniques.append(unique)
         known: set[tuple[str, str]] = set()
         if confirm:

@@ -308,17 +308,20 @@ class UsageProcessor:
         now_s = self.clock()
         commits: dict[str, dict[int, int]] = {}
         touches = p.touches
+        quotas = self.quotas
         for state, batch in p.slices:
             if batch.events:
                 state.last_written = batch.last_offset
-            for acc in batch.events:
-                # Durable now: from here on the filter (and the store) know it.
-                state.dedup.remember(acc.event.event_id, now_s)
-                state.pending_ids.discard(acc.event.event_id)
+            # Durable now: from here on the filter (and the store) know them.
+            ids = [acc.event.event_id for acc in batch.events]
+            state.dedup.remember_many(ids, now_s)
+            state.pending_ids.difference_update(ids)
             self.counters.accepted += len(batch.events)
             state.processed_upto = batch.last_offset
             commits.setdefault(batch.topic, {})[batch.partition] = batch.last_offset + 1
-            touches += [touch(a.event) for a in batch.events]
+            if quotas is not None:
+                watches = quotas.watches
+                touches += [touch(a.event) for a in batch.events if watches(a.event.tenant_id)]
         pending = p.pending
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from tokenpulse.schemas.quota import (
     QuotaAlert,
@@ -47,9 +48,10 @@ from tokenpulse.streams.usage_query import (
 
 log = logging.getLogger("tokenpulse.streams.quotas")
 
+_WATCH_CACHE_MAX = 200_000
 
-@dataclass(frozen=True, slots=True)
-class Touch:
+
+class Touch(NamedTuple):
     """An accepted (or replayed durable) event, as far as quotas care."""
 
     tenant_id: str
@@ -88,6 +90,7 @@ class QuotaEngine:
         self.definitions: dict[bytes, QuotaDefinition] = {}
         self.states: dict[bytes, QuotaState] = {}
         self._by_tenant: dict[str, list[QuotaDefinition]] = defaultdict(list)
+        self._watched: dict[str, bool] = {}  # watches() cache; cleared on definition changes
         self._recheck: set[bytes] = set()  # changed definitions: re-evaluate now
         self.alerts_sent = 0
 
@@ -105,6 +108,25 @@ class QuotaEngine:
         self._by_tenant = defaultdict(list)
         for d in self.definitions.values():
             self._by_tenant[d.tenant_id].append(d)
+        self._watched.clear()
+
+    def watches(self, tenant_id: str) -> bool:
+        """Whether any quota covers this tenant (on any level of its lineage).
+
+        Cached per tenant: the processor asks once per accepted event and
+        builds a Touch only for covered tenants, which is most of the cost of
+        checking a batch in which few tenants have quotas.
+        """
+        watched = self._watched.get(tenant_id)
+        if watched is None:
+            by_tenant = self._by_tenant
+            watched = self._watched[tenant_id] = any(
+                level in by_tenant for level in tenant_lineage(tenant_id)
+            )
+            if len(self._watched) > _WATCH_CACHE_MAX:
+                self._watched.clear()  # bounded: 10^5+ tenants just re-derive it
+                self._watched[tenant_id] = watched
+        return watched
 
     def apply_state(self, key: bytes, value: QuotaState | None) -> None:
         if value is None:

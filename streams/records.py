@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from tokenpulse.errors import InvalidRecord
 from tokenpulse.schemas._reasons import RejectReason
@@ -27,8 +28,14 @@ log = logging.getLogger("tokenpulse.streams.processor")
 Header = tuple[str, bytes | None]
 
 
-@dataclass(frozen=True, slots=True)
-class InRecord:
+class InRecord(NamedTuple):
+    """One Kafka record as the processor sees it.
+
+    A NamedTuple, not a frozen dataclass: one is built per record and a
+    frozen dataclass's __init__ (object.__setattr__ per field) cost several
+    times more (the worker's hottest constructor).
+    """
+
     topic: str
     partition: int
     offset: int

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 _MINUTE_S = 60
 
@@ -45,8 +46,7 @@ class Totals:
         self.events += 1
 
 
-@dataclass(frozen=True, slots=True)
-class WindowInput:
+class WindowInput(NamedTuple):
     """The fields of a usage event the windows need."""
 
     event_id: str
@@ -83,18 +83,26 @@ class MinuteWindows:
 
     def add(self, item: WindowInput) -> bool:
         """Count one event; returns True when it is late (its window has closed)."""
-        if self.is_late(item.occurred_at):
+        # One timestamp per event (the hot path): is_late() and
+        # minute_start_s() would each compute it again.
+        ts = item.occurred_at.timestamp()
+        minute_s = int(ts // _MINUTE_S) * _MINUTE_S
+        watermark_s = self.watermark_s
+        if (
+            watermark_s is not None
+            and minute_s + _MINUTE_S + self.allowed_lateness_s <= watermark_s
+        ):
             self.late_events += 1
             return True
-        key = (item.tenant_id, item.model, minute_start_s(item.occurred_at))
-        ids = self._ids.setdefault(key, set())
+        key = (item.tenant_id, item.model, minute_s)
+        ids = self._ids.get(key)
+        if ids is None:
+            ids = self._ids[key] = set()
+            self._open[key] = Totals()
         if item.event_id not in ids:
             ids.add(item.event_id)
-            self._open.setdefault(key, Totals()).add(
-                item.input_tokens, item.output_tokens, item.cached_input_tokens
-            )
-        ts = item.occurred_at.timestamp()
-        if self.watermark_s is None or ts > self.watermark_s:
+            self._open[key].add(item.input_tokens, item.output_tokens, item.cached_input_tokens)
+        if watermark_s is None or ts > watermark_s:
             self.watermark_s = ts
         return False
 

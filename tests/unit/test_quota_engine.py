@@ -94,3 +94,24 @@ async def test_raised_limit_crossed_again_gets_a_new_alert_id_and_replay_keeps_i
     settled.apply_definition(KEY, _quota(2000))
     settled.apply_state(KEY, state)
     assert [o for o in await settled.check([TOUCH], NOW) if o.topic == "alerts"] == []
+
+
+def test_watches_covers_every_level_of_the_lineage_and_follows_definition_changes() -> None:
+    from tokenpulse.schemas import QuotaDefinition, quota_state_key
+    from tokenpulse.streams.quotas import QuotaEngine
+
+    class NoReader:
+        pass
+
+    engine = QuotaEngine(NoReader(), alerts_topic="a", state_topic="s")  # type: ignore[arg-type]
+    assert not engine.watches("acme/research/agent-7")
+    d = QuotaDefinition(
+        quota_id="q", tenant_id="acme/research", metric="total", period="day", limit=10
+    )
+    engine.apply_definition(quota_state_key("acme/research", "q"), d)
+    assert engine.watches("acme/research/agent-7")  # a descendant
+    assert engine.watches("acme/research")
+    assert not engine.watches("acme")  # an ancestor is not covered by a child's quota
+    assert not engine.watches("acme/researchers")  # a string prefix is not a parent
+    engine.apply_definition(quota_state_key("acme/research", "q"), None)
+    assert not engine.watches("acme/research/agent-7")  # the cache followed the delete
