@@ -174,8 +174,16 @@ def kafka_tool_argv(main_class: str, *args: str, version: str = KAFKA_VERSION) -
 
 
 def new_cluster_id() -> str:
-    """A Kafka Uuid string: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka Uuid string: 16 random bytes, URL-safe base64 without padding.
+
+    Never starting with "-": kafka-storage's argument parser reads
+    `--cluster-id -abc...` as a missing value (1 id in 64 failed the format,
+    a flaky CI run); Kafka's own Uuid.randomUuid() redraws such ids too.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +78,17 @@ def test_cluster_id_is_a_kafka_uuid() -> None:
     assert len(cid) == 22
     assert len(base64.urlsafe_b64decode(cid + "==")) == 16
     assert new_cluster_id() != cid
+
+
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # kafka-storage reads "--cluster-id -x..." as a missing value: 1 in 64 random ids.
+    draws = iter([b"\xfb" + b"\x00" * 15, b"\x01" * 16])  # "-w..." first, then "AQE..."
+    monkeypatch.setattr(
+        "tokenpulse.local.kafka.uuid.uuid4", lambda: types.SimpleNamespace(bytes=next(draws))
+    )
+    cid = new_cluster_id()
+    assert not cid.startswith("-")
+    assert cid == base64.urlsafe_b64encode(b"\x01" * 16).decode().rstrip("=")
 
 
 def test_complete_cache_is_reused_without_maven(
