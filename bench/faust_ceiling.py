@@ -21,6 +21,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -55,7 +56,7 @@ async def _produce(bootstrap: str, topic: str, records: int) -> None:
         await producer.stop()
 
 
-def _worker(mode: str, bootstrap: str, topic: str, records: int) -> None:
+def _worker(mode: str, bootstrap: str, topic: str, records: int, datadir: str) -> None:
     """Runs in a child process: drain `topic` once in `mode`, print one JSON line."""
     import faust
 
@@ -76,6 +77,7 @@ def _worker(mode: str, bootstrap: str, topic: str, records: int) -> None:
 
     app = faust.App(
         "ceiling-" + uuid.uuid4().hex[:8],
+        datadir=datadir,  # Faust's data dir, never the cwd
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_enabled=False,
@@ -109,9 +111,11 @@ def _worker(mode: str, bootstrap: str, topic: str, records: int) -> None:
     app.main()
 
 
-def _run_mode(mode: str, bootstrap: str, topic: str, records: int) -> dict[str, float]:
+def _run_mode(
+    mode: str, bootstrap: str, topic: str, records: int, datadir: str
+) -> dict[str, float]:
     argv = [sys.executable, __file__, "--child", mode, "--bootstrap", bootstrap,
-            "--topic", topic, "--records", str(records)]  # fmt: skip
+            "--topic", topic, "--records", str(records), "--datadir", datadir]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
     # Faust's worker redirects stdout into its log (stderr), prefix and all.
     found = [
@@ -133,16 +137,18 @@ def main() -> None:
     )
     parser.add_argument("--child", choices=["stream", "fetches"])
     parser.add_argument("--topic")
+    parser.add_argument("--datadir")
     args = parser.parse_args()
     if args.child:
-        _worker(args.child, args.bootstrap, args.topic, args.records)
+        _worker(args.child, args.bootstrap, args.topic, args.records, args.datadir)
         return
     results: dict[str, list[dict[str, float]]] = {"stream": [], "fetches": []}
     for _ in range(args.runs):
         topic = "bench-ceiling-" + uuid.uuid4().hex[:8]
         asyncio.run(_produce(args.bootstrap, topic, args.records))
         for mode in results:
-            results[mode].append(_run_mode(mode, args.bootstrap, topic, args.records))
+            with tempfile.TemporaryDirectory(prefix="tokenpulse-ceiling-") as datadir:
+                results[mode].append(_run_mode(mode, args.bootstrap, topic, args.records, datadir))
     med = {
         mode: (
             statistics.median(r["rate"] for r in rs),
