@@ -22,13 +22,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from tokenpulse.schemas.signing import Keyring
-from tokenpulse.schemas.usage import UsageEvent
-from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
+from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.partitions import PartitionState, PartitionTable, Slice
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
 from tokenpulse.streams.records import Counters, InRecord, RecordDecoder, Work, touch
 from tokenpulse.streams.retry import FlowControl, RetryAbandoned, SinkRetrier
-from tokenpulse.streams.windows import WindowInput
 
 log = logging.getLogger("tokenpulse.streams.processor")
 
@@ -269,12 +267,13 @@ class UsageProcessor:
         out = Prepared(records=len(records), generations={r.generation for r in records})
         slices: list[Slice] = []
         recheck = self.quotas is not None and bool(self.quotas.definitions)
+        ingested_at = datetime.fromtimestamp(self.clock(), UTC)
         for (topic, partition), recs in groups.items():
             state = self.partitions.parts[(topic, partition)]
             recs = sorted(recs, key=lambda r: r.offset)
             work = Work()
             fresh = self.decoder.decode_slice(
-                state.processed_upto, recs, work, recheck_replayed=recheck
+                state.processed_upto, recs, work, recheck_replayed=recheck, ingested_at=ingested_at
             )
             for o in work.outgoing:  # DLQ records: sent now, awaited before the commit
                 out.pending.append(await self.producer.send(o.topic, o.key, o.value))
@@ -284,16 +283,14 @@ class UsageProcessor:
         # All partitions of the batch at once: one confirmation lookup and one
         # write, instead of a round trip of each per partition.
         await self.partitions.dedup(slices)
-        now_dt = datetime.fromtimestamp(self.clock(), UTC)
         for sl in slices:
-            accepted = []
-            for acc in sl.work.accepted:
-                late = sl.state.windows.add(_window_input(acc.event))
-                accepted.append(
-                    AcceptedEvent(acc.event, acc.topic, acc.partition, acc.offset, now_dt, late)
-                )
-                sl.state.pending_ids.add(acc.event.event_id)
-                self.counters.late += late
+            accepted = sl.work.accepted
+            windows_add = sl.state.windows.add
+            for i, acc in enumerate(accepted):
+                if windows_add(acc.event):
+                    accepted[i] = acc._replace(late=True)  # rare: built again only then
+                    self.counters.late += 1
+            sl.state.pending_ids.update(acc.event.event_id for acc in accepted)
             sl.state.windows.close_expired()
             batch = SinkBatch(
                 sl.topic, sl.partition, sl.fresh[0].offset, sl.fresh[-1].offset, accepted
@@ -372,15 +369,3 @@ class UsageProcessor:
     async def _retrying(self, what: str, call: Callable[[], Awaitable[_R]]) -> _R:
         # Never drop, never skip: the offsets stay uncommitted until it works.
         return await self.retrier.call(f"sink {what}", call)
-
-
-def _window_input(ev: UsageEvent) -> WindowInput:
-    return WindowInput(
-        ev.event_id,
-        ev.tenant_id,
-        ev.model,
-        ev.occurred_at,
-        ev.input_tokens,
-        ev.output_tokens,
-        ev.cached_input_tokens,
-    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import NamedTuple
 
 from tokenpulse.errors import InvalidRecord
@@ -99,15 +99,16 @@ class RecordDecoder:
         work: Work,
         *,
         recheck_replayed: bool,
+        ingested_at: datetime,
     ) -> list[InRecord]:
         """The records after `processed_upto`, decoded into `work`.
 
         A record at or below `processed_upto` was durable before a crash or
         rebalance: not applied again, but with `recheck_replayed` its events'
-        quotas are re-checked (an alert may not have gone out).
+        quotas are re-checked (an alert may not have gone out). `ingested_at`
+        is one moment per batch: every event of a batch shares it.
         """
         fresh: list[InRecord] = []
-        ingested = datetime.fromtimestamp(self.clock(), UTC)
         for rec in recs:
             if rec.offset <= processed_upto:
                 self.counters.replayed_skipped += 1
@@ -121,7 +122,7 @@ class RecordDecoder:
             fresh.append(rec)
             self.counters.records += 1
             try:
-                self._decode_record(rec, work, ingested)
+                self._decode_record(rec, work, ingested_at)
             except Exception as exc:  # a bug must not stop the partition: park the record
                 log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, rec.offset)
                 err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 _MINUTE_S = 60
 
@@ -58,6 +58,26 @@ class WindowInput(NamedTuple):
     cached_input_tokens: int = 0
 
 
+class WindowEvent(Protocol):
+    """What `MinuteWindows.add` reads: a WindowInput, or a UsageEvent itself
+    (the worker passes the decoded event, no copy per event)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cached_input_tokens(self) -> int: ...
+
+
 WindowKey = tuple[str, str, int]  # tenant_id, model, minute start (epoch s)
 
 
@@ -81,7 +101,7 @@ class MinuteWindows:
         end_s = minute_start_s(occurred_at) + _MINUTE_S
         return end_s + self.allowed_lateness_s <= self.watermark_s
 
-    def add(self, item: WindowInput) -> bool:
+    def add(self, item: WindowEvent) -> bool:
         """Count one event; returns True when it is late (its window has closed)."""
         # One timestamp per event (the hot path): is_late() and
         # minute_start_s() would each compute it again.
