@@ -59,3 +59,47 @@ def test_bench_quick_prints_every_row_with_positive_values(services: Any) -> Non
         assert numbers[0] > 0, f"{name}: {value!r}"
     alerts = body["alert latency p99"]
     assert "(0 alerts)" not in alerts
+
+
+def test_sigterm_stops_the_bench_and_its_temporary_stack(tmp_path: Any) -> None:
+    import signal
+    import socket
+    import time
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL")
+    }
+    env["TMPDIR"] = str(tmp_path)  # the temporary stack lives under here
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenpulse.cli.bench", "--quick"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        port = None
+        deadline = time.monotonic() + 180
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, f"bench ended before its stack was up (exit {proc.wait()})"
+            m = re.search(r"local stack \(Kafka 127\.0\.0\.1:(\d+)\)", line)
+            if m:
+                port = int(m.group(1))
+        assert port is not None, "no 'services: local stack' line"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    # The stack's Kafka no longer answers, and its data went with the temp dir.
+    with socket.socket() as s:
+        s.settimeout(2)
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the bench's Kafka is still running"
+    assert not list(tmp_path.glob("tokenpulse-bench-*"))

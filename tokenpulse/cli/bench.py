@@ -12,7 +12,10 @@ Also runnable as `python -m tokenpulse.cli.bench`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the bench's worker and temporary stack are stopped.
+
+    Without it a `kill` (a CI timeout, a supervisor) left the detached Kafka
+    and ClickHouse processes of the temporary stack running.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     from tokenpulse.bench.run import BenchConfig, run_bench
     from tokenpulse.bench.services import obtain_services
@@ -63,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     def say(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr, flush=True)
 
-    with obtain_services() as services:
+    with sigterm_unwinds(), obtain_services() as services:
         say(f"services: {services.origin} (Kafka {services.bootstrap})")
         result = run_bench(config, services, say)
     print(result.table())
