@@ -63,7 +63,6 @@ def build_worker(
         max_bytes=settings.batch_max_bytes,
         flush_interval_s=settings.flush_interval_ms / 1000.0,
     )
-    runtime.batcher = batcher
     transport = app.transport
     assert isinstance(transport, BatchTransport), "create_faust_app installs BatchTransport"
     transport.batch_handlers[settings.topics.usage] = batcher.offer

@@ -21,9 +21,8 @@ from tokenpulse.errors import ConfigError
 from tokenpulse.schemas.quota import decode_quota_alert
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.sinks.base import UsageSink
-from tokenpulse.streams.batcher import RecordBatcher
 from tokenpulse.streams.metrics import WorkerMetrics
-from tokenpulse.streams.processor import Prepared, UsageProcessor
+from tokenpulse.streams.processor import UsageProcessor
 from tokenpulse.streams.quota_feed import QuotaFeed
 from tokenpulse.streams.quotas import QuotaEngine
 from tokenpulse.streams.retry import FlowControl
@@ -141,7 +140,6 @@ class Runtime:
     webhook: WebhookSender | None = None
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # bound port, once serving
-    batcher: RecordBatcher[Prepared] | None = None  # set by build_worker
 
     def _on_alert(self, body: bytes) -> None:
         if self.webhook is not None:

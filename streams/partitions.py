@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from tokenpulse.sinks.base import AcceptedEvent, UsageSink
 from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
@@ -23,7 +23,6 @@ from tokenpulse.streams.windows import MinuteWindows
 
 log = logging.getLogger("tokenpulse.streams.processor")
 
-_R = TypeVar("_R")
 Retrying = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 

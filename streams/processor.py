@@ -165,23 +165,26 @@ class UsageProcessor:
             lock.release()
         return True
 
+    def _owned(self, generations: Collection[int | None]) -> dict[int | None, bool]:
+        """Per consumer generation: may this worker still write records fetched in it?
+
+        Not when the generation was fenced by a revocation, nor when the group
+        has moved to another one since (None: generation not tracked).
+        """
+        current = self.current_generation() if self.current_generation is not None else None
+        return {
+            g: g is None or (g not in self._fenced and (current is None or g == current))
+            for g in generations
+        }
+
     def _owned_records(self, records: Sequence[InRecord]) -> Sequence[InRecord]:
         """Drop records this worker must not write any more (called under the lock)."""
         if self.stopping:
-            dropped = len(records)
             kept: Sequence[InRecord] = ()
         else:
-            current = self.current_generation() if self.current_generation is not None else None
-            kept = [
-                r
-                for r in records
-                if r.generation is None
-                or (
-                    r.generation not in self._fenced
-                    and (current is None or r.generation == current)
-                )
-            ]
-            dropped = len(records) - len(kept)
+            owned = self._owned({r.generation for r in records})
+            kept = records if all(owned.values()) else [r for r in records if owned[r.generation]]
+        dropped = len(records) - len(kept)
         if dropped:
             self.counters.fenced_dropped += dropped
             log.info(
@@ -244,11 +247,7 @@ class UsageProcessor:
 
     def _still_owned(self, prepared: Prepared) -> bool:
         """A revocation or stop since `prepare` drops the whole prepared batch."""
-        current = self.current_generation() if self.current_generation is not None else None
-        stale = self.stopping or any(
-            g is not None and (g in self._fenced or (current is not None and g != current))
-            for g in prepared.generations
-        )
+        stale = self.stopping or not all(self._owned(prepared.generations).values())
         if stale:
             self.counters.fenced_dropped += prepared.records
             log.info(
