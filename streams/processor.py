@@ -177,13 +177,20 @@ class UsageProcessor:
             for g in generations
         }
 
-    def _owned_records(self, records: Sequence[InRecord]) -> Sequence[InRecord]:
-        """Drop records this worker must not write any more (called under the lock)."""
+    def _owned_records(
+        self, records: Sequence[InRecord]
+    ) -> tuple[Sequence[InRecord], set[int | None]]:
+        """Records this worker may still write, and their generations (under the lock)."""
+        generations: set[int | None] = set()
         if self.stopping:
             kept: Sequence[InRecord] = ()
         else:
             owned = self._owned({r.generation for r in records})
-            kept = records if all(owned.values()) else [r for r in records if owned[r.generation]]
+            generations = {g for g, ok in owned.items() if ok}
+            if len(generations) == len(owned):
+                kept = records
+            else:
+                kept = [r for r in records if owned[r.generation]]
         dropped = len(records) - len(kept)
         if dropped:
             self.counters.fenced_dropped += dropped
@@ -192,7 +199,7 @@ class UsageProcessor:
                 dropped,
                 " (stopping)" if self.stopping else "",
             )
-        return kept
+        return kept, generations
 
     # -- the batch ------------------------------------------------------------------
     async def process(self, records: Sequence[InRecord]) -> None:
@@ -212,10 +219,10 @@ class UsageProcessor:
         """
         async with self.prepare_lock:
             self._refuse_if_failed()
-            records = self._owned_records(records)
+            records, generations = self._owned_records(records)
             if not records:
                 return None
-            return await self._guarded(self._prepare_locked(records))
+            return await self._guarded(self._prepare_locked(records, generations))
 
     async def complete(self, prepared: Prepared) -> None:
         """Stage 2 (I/O): write, quotas, broker acknowledgements, commit."""
@@ -258,12 +265,14 @@ class UsageProcessor:
             )
         return not stale
 
-    async def _prepare_locked(self, records: Sequence[InRecord]) -> Prepared:
+    async def _prepare_locked(
+        self, records: Sequence[InRecord], generations: set[int | None]
+    ) -> Prepared:
         groups: dict[tuple[str, int], list[InRecord]] = {}
         for rec in records:
             groups.setdefault((rec.topic, rec.partition), []).append(rec)
         await self.partitions.ensure(groups.keys())
-        out = Prepared(records=len(records), generations={r.generation for r in records})
+        out = Prepared(records=len(records), generations=generations)
         slices: list[Slice] = []
         recheck = self.quotas is not None and bool(self.quotas.definitions)
         ingested_at = datetime.fromtimestamp(self.clock(), UTC)

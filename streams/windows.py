@@ -95,11 +95,14 @@ class MinuteWindows:
     _open: dict[WindowKey, Totals] = field(default_factory=dict)
     _ids: dict[WindowKey, set[str]] = field(default_factory=dict)
 
+    def _closed(self, minute_s: int, watermark_s: float) -> bool:
+        """The one lateness rule: a minute closes once the watermark passes its end + lateness."""
+        return minute_s + _MINUTE_S + self.allowed_lateness_s <= watermark_s
+
     def is_late(self, occurred_at: datetime) -> bool:
         if self.watermark_s is None:
             return False
-        end_s = minute_start_s(occurred_at) + _MINUTE_S
-        return end_s + self.allowed_lateness_s <= self.watermark_s
+        return self._closed(minute_start_s(occurred_at), self.watermark_s)
 
     def add(self, item: WindowEvent) -> bool:
         """Count one event; returns True when it is late (its window has closed)."""
@@ -108,10 +111,7 @@ class MinuteWindows:
         ts = item.occurred_at.timestamp()
         minute_s = int(ts // _MINUTE_S) * _MINUTE_S
         watermark_s = self.watermark_s
-        if (
-            watermark_s is not None
-            and minute_s + _MINUTE_S + self.allowed_lateness_s <= watermark_s
-        ):
+        if watermark_s is not None and self._closed(minute_s, watermark_s):
             self.late_events += 1
             return True
         key = (item.tenant_id, item.model, minute_s)
@@ -130,10 +130,9 @@ class MinuteWindows:
         """Remove and return the windows the watermark has closed."""
         if self.watermark_s is None:
             return {}
+        watermark_s = self.watermark_s
         closed = {
-            key: totals
-            for key, totals in self._open.items()
-            if key[2] + _MINUTE_S + self.allowed_lateness_s <= self.watermark_s
+            key: totals for key, totals in self._open.items() if self._closed(key[2], watermark_s)
         }
         for key in closed:
             del self._open[key]
