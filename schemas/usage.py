@@ -45,8 +45,14 @@ _Attributes = Annotated[
 ]
 
 
-class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """One model call's token usage. See docs/sdk.md for each field's rule.
+
+    gc=False: instances are not tracked by the cyclic garbage collector.
+    Safe because an event can never be part of a reference cycle (its fields
+    are strings, numbers, a datetime and a str -> str dict), and it saves
+    the worker about 2 us per event of collector passes over the events of
+    the batches in flight.
 
     reasoning_tokens is an extension beyond the DESIGN table: the part of
     output_tokens spent on hidden reasoning (OpenAI o-series), so it is
