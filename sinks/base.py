@@ -58,11 +58,15 @@ class SinkBatch:
     first_offset: int
     last_offset: int
     events: Sequence[AcceptedEvent]
+    # Set when the range is written again after a write of it may have landed
+    # in part: the new write must not be taken for a retry of the old one.
+    token_suffix: str = ""
 
     @property
     def token(self) -> str:
-        """Deterministic idempotency token: the same range always maps to it."""
-        return f"{self.topic}/{self.partition}/{self.first_offset}-{self.last_offset}"
+        """Deterministic idempotency token: the same range (and suffix) always maps to it."""
+        token = f"{self.topic}/{self.partition}/{self.first_offset}-{self.last_offset}"
+        return f"{token}@{self.token_suffix}" if self.token_suffix else token
 
 
 class UsageSink(abc.ABC):

@@ -53,8 +53,8 @@ def build_worker(
     async def prepare(records: Sequence[InRecord]) -> Prepared | None:
         return await processor().prepare(records)
 
-    async def complete(prepared: Prepared) -> None:
-        await processor().complete(prepared)
+    async def complete(group: list[Prepared]) -> None:
+        await processor().complete(group)
 
     batcher: RecordBatcher[Prepared] = RecordBatcher(
         prepare,
@@ -62,6 +62,8 @@ def build_worker(
         max_records=settings.batch_max_events,
         max_bytes=settings.batch_max_bytes,
         flush_interval_s=settings.flush_interval_ms / 1000.0,
+        max_group_records=settings.write_max_records,
+        max_group_bytes=settings.write_max_bytes,
     )
     transport = app.transport
     assert isinstance(transport, BatchTransport), "create_faust_app installs BatchTransport"

@@ -1,10 +1,12 @@
-"""Turns fetched record lists into processing batches: by size, or after a flush interval.
+"""Turns fetched record lists into processing batches, and batches into write groups.
 
 The consumer (streams/transport.py) offers each fetch of the usage topic;
 `run()` hands batches of at most `max_records` records and `max_bytes` of
-record values (SDK envelopes hold many events each) to the processor one after
-another, so a batch's offsets are committed only after every earlier batch
-of the same partition is durable. `offer()` waits while `max_pending`
+record values (SDK envelopes hold many events each) to the processor's
+`prepare` one after another, closing a partial batch after the flush
+interval, and the prepared batches to its `complete` in groups, in order,
+so a batch's offsets are committed only after every earlier batch of the
+same partition is durable. `offer()` waits while `max_pending`
 records are queued: a slow store stops fetching instead of growing memory.
 """
 
@@ -19,8 +21,10 @@ from typing import Any, Generic, TypeVar
 from tokenpulse.streams.processor import InRecord
 
 _P = TypeVar("_P")
+_T = TypeVar("_T")
 Prepare = Callable[[Sequence[InRecord]], Awaitable[_P | None]]
-Complete = Callable[[_P], Coroutine[Any, Any, None]]
+# Completes a group of prepared batches, in order, as one durable step.
+Complete = Callable[[list[_P]], Coroutine[Any, Any, None]]
 
 
 class RecordBatcher(Generic[_P]):
@@ -33,9 +37,15 @@ class RecordBatcher(Generic[_P]):
         flush_interval_s: float,
         max_bytes: int = 8 * 1024 * 1024,
         max_pending: int | None = None,
+        max_group_records: int | None = None,
+        max_group_bytes: int | None = None,
     ) -> None:
         if max_records <= 0 or max_bytes <= 0 or flush_interval_s < 0:
             raise ValueError("max_records and max_bytes must be > 0, flush_interval_s >= 0")
+        if (max_group_records is not None and max_group_records <= 0) or (
+            max_group_bytes is not None and max_group_bytes <= 0
+        ):
+            raise ValueError("max_group_records and max_group_bytes must be > 0")
         self.prepare = prepare
         self.complete = complete
         self.max_records = max_records
@@ -50,6 +60,18 @@ class RecordBatcher(Generic[_P]):
         self._ready = asyncio.Event()  # records are queued
         self._space = asyncio.Event()  # below max_pending
         self._space.set()
+        # Completion groups (see run): prepared batches waiting for the write
+        # in flight, and how much they hold. A group may pass a limit by one batch.
+        self.max_group_records = max_group_records or max_records
+        self.max_group_bytes = max_group_bytes or max_bytes
+        self._queued: list[_P] = []
+        self._queued_records = 0
+        self._queued_bytes = 0
+        self._group_space = asyncio.Event()  # the queued group is below its limits
+        self._group_space.set()
+        self._inflight: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
 
     @property
     def pending(self) -> int:
@@ -124,46 +146,84 @@ class RecordBatcher(Generic[_P]):
         return batch
 
     async def run(self) -> None:
-        """Process batches in two overlapping stages until one fails (it raises).
+        """Prepare batches and complete them in groups until a completion fails (it raises).
 
-        Batch N+1 is fetched and prepared (decoding, dedup: CPU) while batch
-        N completes (write, quotas, commit: waiting on the stores), so the
-        worker's one core is not idle during I/O. Completions run strictly in
-        batch order, one at a time: a batch's offsets are committed only after
-        every earlier batch's. A failed completion ends the loop at once, even
-        when no further records arrive.
+        Batches are fetched and prepared (decoding, dedup: CPU) while the
+        previous group completes (write, quotas, commit: waiting on the
+        stores), so the worker's core is not idle during I/O. Every batch
+        prepared meanwhile joins the next group, up to `max_group_records`
+        records and `max_group_bytes` bytes, and one completion makes the
+        whole group durable: under load the inserts grow to what the store
+        absorbs per round trip (ClickHouse pays a fixed cost per insert and
+        materialized view, 4.5x the rows/s at 20,000 rows than at 2,000 here),
+        while a lightly loaded worker still writes each batch as soon as it is
+        prepared. Groups complete strictly in order, one at a time: a batch's
+        offsets are committed only after every earlier batch's. A failed
+        completion ends the loop at once, even when no further records arrive.
         """
-        inflight: asyncio.Task[None] | None = None
         try:
             while True:
-                batch: list[InRecord] | None
-                if inflight is None:
-                    batch = await self.next_batch()
-                else:
-                    batch = await self._next_batch_or_failure(inflight)
-                    if inflight.done():
-                        inflight.result()  # raises the completion's failure
-                        inflight = None
-                if batch is None:
+                self._raise_if_failed()
+                if self._queued and (
+                    self._queued_records >= self.max_group_records
+                    or self._queued_bytes >= self.max_group_bytes
+                ):
+                    # The next group is full: wait for the write in flight.
+                    await self._until_failure(self._group_space.wait())
                     continue
+                batch = await self._until_failure(self.next_batch())
+                size = sum(len(r.value) for r in batch if r.value is not None)
                 prepared = await self.prepare(batch)
-                if inflight is not None:
-                    await inflight
-                    inflight = None
                 if prepared is not None:
-                    inflight = asyncio.create_task(self.complete(prepared))
+                    self._queued.append(prepared)
+                    self._queued_records += len(batch)
+                    self._queued_bytes += size
+                    self._group_space.clear()
+                    self._start_completion()
         finally:
+            inflight = self._inflight
             if inflight is not None and inflight.done() and not inflight.cancelled():
                 inflight.exception()  # retrieved: no "never retrieved" warning
 
-    async def _next_batch_or_failure(self, inflight: asyncio.Task[None]) -> list[InRecord] | None:
-        """The next batch, or None once the in-flight completion ended first."""
-        if not self._fetches:
-            ready = asyncio.ensure_future(self._ready.wait())
-            try:
-                await asyncio.wait({ready, inflight}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ready.cancel()
-            if not self._fetches:
-                return None
-        return await self.next_batch()
+    def _start_completion(self) -> None:
+        """Complete everything queued, unless a completion is in flight (it chains)."""
+        if self._inflight is not None or not self._queued or self._failure is not None:
+            return
+        group, self._queued = self._queued, []
+        self._queued_records = self._queued_bytes = 0
+        self._group_space.set()
+        # Not cancelled with run(): a stopping worker lets the write in flight
+        # finish (the processor's close() waits for it), like a lone batch.
+        task = asyncio.create_task(self.complete(group))
+        self._inflight = task
+        task.add_done_callback(self._completed)
+
+    def _completed(self, task: asyncio.Task[None]) -> None:
+        self._inflight = None
+        if task.cancelled():
+            self._failure = asyncio.CancelledError("the completion was cancelled")
+        elif task.exception() is not None:
+            self._failure = task.exception()
+        if self._failure is not None:
+            self._failed.set()
+            return
+        self._start_completion()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def _until_failure(self, step: Awaitable[_T]) -> _T:
+        """`step`'s result, or the failure of a completion if that comes first."""
+        task = asyncio.ensure_future(step)
+        failed = asyncio.ensure_future(self._failed.wait())
+        try:
+            await asyncio.wait({task, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+            if not task.done():
+                # Records taken by a cancelled next_batch() stay uncommitted:
+                # the worker stops, and the partitions' next owner reads them.
+                task.cancel()
+        self._raise_if_failed()
+        return task.result()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,17 @@ class PartitionState:
     # Ids of a prepared batch not yet durable: a duplicate of one of them in
     # the next batch (prepared meanwhile) is dropped without asking the store.
     pending_ids: set[str] = field(default_factory=set)
+    # Offsets at or below may be durable only in part. usage_events is
+    # partitioned by month, and an insert is one part per month: a crash can
+    # land the rows of one month and not those of another, so the highest
+    # durable offset does not prove every record below it complete. Records
+    # up to here (read again from the last commit) are processed again and
+    # their events deduplicated against the store, never skipped.
+    verify_upto: int = -1
+    # Token suffix of batches that re-write such records: the partly landed
+    # insert may have used the same range's token, and the store would skip a
+    # new insert under it as a retry of the old one.
+    replay_tag: str = ""
 
 
 @dataclass
@@ -117,6 +129,8 @@ class PartitionTable:
                         last_written=durable,
                         dedup=PartitionDedup(bloom, cold_until_s=now + self.dedup_horizon_s),
                         windows=MinuteWindows(self.allowed_lateness_s),
+                        verify_upto=durable,
+                        replay_tag=f"r{secrets.token_hex(4)}",
                     )
                     cold.append(partition)
                 log.info(

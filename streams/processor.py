@@ -206,7 +206,7 @@ class UsageProcessor:
         """Make one batch durable and commit it; a non-retriable failure propagates."""
         prepared = await self.prepare(records)
         if prepared is not None:
-            await self.complete(prepared)
+            await self.complete([prepared])
 
     async def prepare(self, records: Sequence[InRecord]) -> Prepared | None:
         """Stage 1 (mostly CPU): decode, verify, dedup, window; nothing durable yet.
@@ -224,13 +224,17 @@ class UsageProcessor:
                 return None
             return await self._guarded(self._prepare_locked(records, generations))
 
-    async def complete(self, prepared: Prepared) -> None:
-        """Stage 2 (I/O): write, quotas, broker acknowledgements, commit."""
+    async def complete(self, group: Sequence[Prepared]) -> None:
+        """Stage 2 (I/O) for prepared batches, in order: one write, quotas, acks, commit.
+
+        The batches of a group become durable together: one sink write
+        (idempotent per group), one quota check, one commit per topic.
+        """
         async with self.lock:
             self._refuse_if_failed()
-            if not self._still_owned(prepared):
-                return
-            await self._guarded(self._complete_locked(prepared))
+            owned = [p for p in group if self._still_owned(p)]
+            if owned:
+                await self._guarded(self._complete_locked(owned))
 
     async def _guarded(self, stage: Awaitable[_R]) -> _R | None:
         try:
@@ -281,7 +285,12 @@ class UsageProcessor:
             recs = sorted(recs, key=lambda r: r.offset)
             work = Work()
             fresh = self.decoder.decode_slice(
-                state.processed_upto, recs, work, recheck_replayed=recheck, ingested_at=ingested_at
+                state.processed_upto,
+                state.verify_upto,
+                recs,
+                work,
+                recheck_replayed=recheck,
+                ingested_at=ingested_at,
             )
             for o in work.outgoing:  # DLQ records: sent now, awaited before the commit
                 out.pending.append(await self.producer.send(o.topic, o.key, o.value))
@@ -295,26 +304,26 @@ class UsageProcessor:
             accepted = sl.work.accepted
             windows_add = sl.state.windows.add
             for i, acc in enumerate(accepted):
-                if windows_add(acc.event):
+                if windows_add(acc.event.occurred_at):
                     accepted[i] = acc._replace(late=True)  # rare: built again only then
                     self.counters.late += 1
             sl.state.pending_ids.update(acc.event.event_id for acc in accepted)
-            sl.state.windows.close_expired()
-            batch = SinkBatch(
-                sl.topic, sl.partition, sl.fresh[0].offset, sl.fresh[-1].offset, accepted
-            )
+            first = sl.fresh[0].offset
+            tag = sl.state.replay_tag if first <= sl.state.verify_upto else ""
+            batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
             out.slices.append((sl.state, batch))
         return out
 
-    async def _complete_locked(self, p: Prepared) -> None:
-        to_write = [b for _, b in p.slices if b.events]
+    async def _complete_locked(self, group: Sequence[Prepared]) -> None:
+        slices = [s for p in group for s in p.slices]  # each partition's in offset order
+        to_write = [b for _, b in slices if b.events]
         if to_write:
             await self._write(to_write)
         now_s = self.clock()
         commits: dict[str, dict[int, int]] = {}
-        touches = p.touches
+        touches = [t for p in group for t in p.touches]
         quotas = self.quotas
-        for state, batch in p.slices:
+        for state, batch in slices:
             if batch.events:
                 state.last_written = batch.last_offset
             # Durable now: from here on the filter (and the store) know them.
@@ -327,7 +336,7 @@ class UsageProcessor:
             if quotas is not None:
                 watches = quotas.watches
                 touches += [touch(a.event) for a in batch.events if watches(a.event.tenant_id)]
-        pending = p.pending
+        pending = [a for p in group for a in p.pending]
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
             quota_outs = await self.quotas.check(touches)

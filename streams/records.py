@@ -53,7 +53,8 @@ class Counters:
     duplicates: int = 0
     rejected: int = 0
     late: int = 0
-    replayed_skipped: int = 0
+    replayed_skipped: int = 0  # written by this worker before: skipped
+    reverified: int = 0  # possibly durable in part: processed again against the store
     fenced_dropped: int = 0  # records of revoked generations, never written here
     confirmations: int = 0
     sink_retries: int = 0
@@ -95,22 +96,27 @@ class RecordDecoder:
     def decode_slice(
         self,
         processed_upto: int,
+        verify_upto: int,
         recs: Sequence[InRecord],
         work: Work,
         *,
         recheck_replayed: bool,
         ingested_at: datetime,
     ) -> list[InRecord]:
-        """The records after `processed_upto`, decoded into `work`.
+        """The records to process, decoded into `work`.
 
-        A record at or below `processed_upto` was durable before a crash or
-        rebalance: not applied again, but with `recheck_replayed` its events'
-        quotas are re-checked (an alert may not have gone out). `ingested_at`
-        is one moment per batch: every event of a batch shares it.
+        A record in (`verify_upto`, `processed_upto`] was made durable by this
+        worker: not applied again. A record at or below `verify_upto` may be
+        durable only in part (see PartitionState.verify_upto): it is processed
+        again, and the dedup stage drops the events the store already holds.
+        With `recheck_replayed`, the events of both kinds have their quotas
+        re-checked (an alert may not have gone out before a crash).
+        `ingested_at` is one moment per batch: every event of a batch shares it.
         """
         fresh: list[InRecord] = []
         for rec in recs:
-            if rec.offset <= processed_upto:
+            offset = rec.offset
+            if verify_upto < offset <= processed_upto:
                 self.counters.replayed_skipped += 1
                 if recheck_replayed and rec.value is not None:
                     work.touches += [
@@ -121,12 +127,17 @@ class RecordDecoder:
                 continue
             fresh.append(rec)
             self.counters.records += 1
+            accepted_before = len(work.accepted)
             try:
                 self._decode_record(rec, work, ingested_at)
             except Exception as exc:  # a bug must not stop the partition: park the record
-                log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, rec.offset)
+                log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, offset)
                 err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")
                 self.reject(rec, err, work)
+            if offset <= verify_upto:
+                self.counters.reverified += 1
+                if recheck_replayed:
+                    work.touches += [touch(a.event) for a in work.accepted[accepted_before:]]
         return fresh
 
     def _decode_record(self, rec: InRecord, work: Work, ingested: datetime) -> None:

@@ -129,6 +129,9 @@ class WorkerSettings:
     batch_max_bytes: TOKENPULSE_BATCH_MAX_BYTES; record bytes per processing batch (8 MiB; an
         SDK envelope holds many events, so bytes bound a batch of envelopes).
     flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS; max wait before a partial batch is written.
+    write_max_records / write_max_bytes: TOKENPULSE_WRITE_MAX_RECORDS (50,000) /
+        TOKENPULSE_WRITE_MAX_BYTES (32 MiB); batches prepared while a write is in flight are
+        written together by the next one (one insert, one commit), up to about these limits.
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
@@ -160,6 +163,8 @@ class WorkerSettings:
     batch_max_events: int = 2000
     batch_max_bytes: int = 8 * 1024 * 1024
     flush_interval_ms: int = 500
+    write_max_records: int = 50_000
+    write_max_bytes: int = 32 * 1024 * 1024
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
@@ -221,6 +226,8 @@ class WorkerSettings:
             batch_max_events=int(_num(env, "TOKENPULSE_BATCH_MAX_EVENTS", 2000)),
             batch_max_bytes=int(_num(env, "TOKENPULSE_BATCH_MAX_BYTES", 8 * 1024 * 1024)),
             flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 500)),
+            write_max_records=int(_num(env, "TOKENPULSE_WRITE_MAX_RECORDS", 50_000)),
+            write_max_bytes=int(_num(env, "TOKENPULSE_WRITE_MAX_BYTES", 32 * 1024 * 1024)),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),

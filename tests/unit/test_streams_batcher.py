@@ -21,7 +21,7 @@ async def _noop(records: Sequence[InRecord]) -> Sequence[InRecord] | None:
     return None
 
 
-async def _done(prepared: Sequence[InRecord]) -> None:
+async def _done(group: list[Sequence[InRecord]]) -> None:
     return None
 
 
@@ -94,8 +94,8 @@ def test_run_completes_in_order_and_stops_on_a_failed_completion() -> None:
     async def prepare(records: Sequence[InRecord]) -> Sequence[InRecord]:
         return records
 
-    async def complete(records: Sequence[InRecord]) -> None:
-        seen.append([r.offset for r in records])
+    async def complete(group: list[Sequence[InRecord]]) -> None:
+        seen.append([r.offset for records in group for r in records])
         if len(seen) == 2:
             raise RuntimeError("store refused the batch")
 
@@ -122,7 +122,8 @@ def test_next_batch_is_prepared_while_the_previous_completes_in_order() -> None:
         log.append(f"prepare {records[0].offset}")
         return records[0].offset
 
-    async def complete(first: int) -> None:
+    async def complete(group: list[int]) -> None:
+        first = group[0]
         log.append(f"complete {first} start")
         if first == 0:
             await release.wait()  # a slow write of the first batch
@@ -156,7 +157,7 @@ def test_a_failed_completion_ends_the_loop_even_when_no_records_follow() -> None
     async def prepare(records: Sequence[InRecord]) -> int:
         return 1
 
-    async def complete(_: int) -> None:
+    async def complete(_: list[int]) -> None:
         await asyncio.sleep(0.02)
         raise RuntimeError("not retriable")
 
@@ -210,5 +211,97 @@ def test_bytes_bound_a_batch_of_envelopes_and_a_huge_record_still_goes_alone() -
         await b.offer(_sized(10, [900]))
         await b.offer(_sized(11, [200]))
         assert [r.offset for r in await b.next_batch()] == [10]
+
+    asyncio.run(main())
+
+
+def test_batches_prepared_during_a_write_complete_together_in_order() -> None:
+    groups: list[list[int]] = []
+    prepared: list[int] = []
+    release = asyncio.Event()
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        prepared.append(records[0].offset)
+        return records[0].offset
+
+    async def complete(group: list[int]) -> None:
+        groups.append(group)
+        if group == [0]:
+            await release.wait()  # a slow first write: batches 2, 4, 6 queue behind it
+
+    async def main() -> None:
+        b = RecordBatcher(
+            prepare, complete, max_records=2, flush_interval_s=0.0, max_group_records=6
+        )
+        runner = asyncio.create_task(b.run())
+        for start in (0, 2, 4, 6, 8):
+            await b.offer(_recs(start, 2))
+        await asyncio.sleep(0.05)
+        # The group behind the write is full at 6 records: batch 8 waits unprepared.
+        assert prepared == [0, 2, 4, 6]
+        release.set()
+        await asyncio.sleep(0.05)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(main())
+    assert groups == [[0], [2, 4, 6], [8]]
+
+
+def test_a_queued_group_is_written_when_the_write_ends_not_after_the_flush_interval() -> None:
+    # The loop may be waiting for a partial batch to fill (30 s flush
+    # interval) when the write in flight ends: the queued group must not wait.
+    done: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        return records[0].offset
+
+    async def complete(group: list[int]) -> None:
+        if group == [0]:
+            await release.wait()
+        done.append(group)
+
+    async def main() -> None:
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=30.0)
+        runner = asyncio.create_task(b.run())
+        await b.offer(_recs(0, 2))
+        await asyncio.sleep(0.02)
+        await b.offer(_recs(2, 2))
+        await asyncio.sleep(0.02)
+        await b.offer(_recs(4, 1))  # a partial batch: next_batch waits to fill it
+        await asyncio.sleep(0.02)
+        release.set()
+        await asyncio.sleep(0.05)
+        assert done == [[0], [2]]
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(main())
+
+
+def test_a_write_in_flight_is_not_cancelled_with_the_loop() -> None:
+    # A stopping worker lets the write in flight finish (the processor's
+    # close() waits for it); cancelling the loop must not cut it off.
+    finished = asyncio.Event()
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        return 0
+
+    async def complete(group: list[int]) -> None:
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    async def main() -> None:
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0)
+        runner = asyncio.create_task(b.run())
+        await b.offer(_recs(0, 2))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        await asyncio.wait_for(finished.wait(), 1.0)
 
     asyncio.run(main())

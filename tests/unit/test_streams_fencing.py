@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
 from tests.unit.test_streams_processor import MemorySink, Sent, _ev
@@ -169,14 +169,14 @@ async def test_a_duplicate_of_the_batch_being_written_is_dropped_by_the_next_pre
     p = _worker(sink, [1], commits)
     first = await p.prepare(_recs(range(0, 3), generation=1))
     assert first is not None
-    writing = asyncio.create_task(p.complete(first))
+    writing = asyncio.create_task(p.complete([first]))
     await sink.writing.wait()
     dup = InRecord(T, 0, 3, b"acme", _ev(1), (), 1)  # event e1 again, at offset 3
     second = await p.prepare([dup, *_recs(range(4, 5), generation=1)])
     assert second is not None
     sink.gate.set()
     await writing
-    await p.complete(second)
+    await p.complete([second])
     counts = _counts(store)
     assert sorted(counts) == ["e0", "e1", "e2", "e4"]
     assert max(counts.values()) == 1
@@ -192,7 +192,7 @@ async def test_a_revocation_between_prepare_and_complete_drops_the_prepared_batc
     assert prepared is not None
     await p.on_revoked([(T, 0)], generation=1)
     gen[0] = 2
-    await p.complete(prepared)
+    await p.complete([prepared])
     assert store.rows == []
     assert commits == []
     assert p.counters.fenced_dropped == 3
@@ -201,3 +201,52 @@ async def test_a_revocation_between_prepare_and_complete_drops_the_prepared_batc
     await p.process(_recs(range(0, 3), generation=2))
     assert sorted(_counts(store)) == ["e0", "e1", "e2"]
     assert p.counters.duplicates == 0
+
+
+class CountingSink(MemorySink):
+    """Counts write_many calls: a group must be one write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: list[list[str]] = []
+
+    async def write_many(self, batches: Sequence[SinkBatch]) -> None:
+        self.groups.append([b.token for b in batches])
+        await super().write_many(batches)
+
+
+async def test_a_group_of_prepared_batches_is_one_write_and_one_commit() -> None:
+    sink, commits = CountingSink(), list[Mapping[int, int]]()
+    p = _worker(sink, [1], commits)
+    a = await p.prepare(_recs(range(0, 3), generation=1))
+    b = await p.prepare(
+        [*_recs(range(3, 5), generation=1), *_recs(range(100, 102), generation=1, partition=1)]
+    )
+    c = await p.prepare(_recs(range(5, 6), generation=1))
+    assert a is not None
+    assert b is not None
+    assert c is not None
+    await p.complete([a, b, c])
+    assert sink.groups == [["usage/0/0-2", "usage/0/3-4", "usage/1/100-101", "usage/0/5-5"]]
+    assert commits == [{0: 6, 1: 102}]
+    assert sorted(_counts(sink)) == ["e0", "e1", "e100", "e101", "e2", "e3", "e4", "e5"]
+    assert p.processed_upto(T, 0) == 5
+    assert p.processed_upto(T, 1) == 101
+
+
+async def test_a_stale_batch_of_a_group_is_dropped_and_the_owned_rest_written() -> None:
+    sink, commits = CountingSink(), list[Mapping[int, int]]()
+    gen = [1]
+    p = _worker(sink, gen, commits)
+    old = await p.prepare(_recs(range(0, 3), generation=1))
+    assert old is not None
+    await p.on_revoked([(T, 0)], generation=1)
+    gen[0] = 2
+    # Reassigned in generation 2: Kafka delivers the same offsets again.
+    new = await p.prepare(_recs(range(0, 3), generation=2))
+    assert new is not None
+    await p.complete([old, new])
+    assert sink.groups == [["usage/0/0-2"]]
+    assert _counts(sink) == Counter({"e0": 1, "e1": 1, "e2": 1})
+    assert commits == [{0: 3}]
+    assert p.counters.fenced_dropped == 3

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Collection, Mapping
-from datetime import UTC, datetime
+from collections import Counter
+from collections.abc import Awaitable, Collection, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from tokenpulse.schemas import UsageEvent, decode_dlq_record
 from tokenpulse.schemas.usage import encode_usage_event
@@ -111,8 +114,11 @@ async def test_duplicates_in_batch_across_batches_and_after_restart_count_once()
     p2 = _proc(sink, sent, commits)
     await p2.process(_recs([_ev(1), _ev(1), _ev(2), _ev(2), _ev(3), _ev(1)]))
     assert sorted(r.event.event_id for r in sink.rows) == ["e1", "e2", "e3"]
-    assert p2.counters.replayed_skipped == 5
-    assert p2.counters.duplicates == 1
+    # Offsets 0-4 were durable before the restart: processed again (a write
+    # may have landed in part), and each of their events found in the store.
+    assert p2.counters.reverified == 5
+    assert p2.counters.replayed_skipped == 0
+    assert p2.counters.duplicates == 6
 
 
 async def test_commit_only_after_the_write_succeeded() -> None:
@@ -135,3 +141,76 @@ async def test_revoked_partition_is_rebuilt_from_the_store() -> None:
     await other.process(_recs([_ev(1), _ev(2)], partition=1))
     await p.process(_recs([_ev(1), _ev(2), _ev(3)], partition=1))
     assert sorted(r.event.event_id for r in sink.rows) == ["e1", "e2", "e3"]
+
+
+class CrashMidInsert(Exception):
+    """kill -9 while the server stored some parts of an insert and not others."""
+
+
+class MonthPartsSink(MemorySink):
+    """Lands a write's rows one month (one ClickHouse part) at a time.
+
+    With `crash_after_parts`, the next write_many stores that many month
+    parts, remembers its token as the server would, and "crashes".
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash_after_parts: int | None = None
+
+    async def write_many(self, batches: Sequence[SinkBatch]) -> None:
+        if self.crash_after_parts is None:
+            await super().write_many(batches)
+            return
+        rows = [e for b in batches for e in b.events]
+        months = sorted({(a.event.occurred_at.year, a.event.occurred_at.month) for a in rows})
+        landed = set(months[: self.crash_after_parts])
+        self.crash_after_parts = None
+        self.tokens.update(b.token for b in batches)
+        self.rows += [
+            a for a in rows if (a.event.occurred_at.year, a.event.occurred_at.month) in landed
+        ]
+        raise CrashMidInsert("killed between the parts of one insert")
+
+
+def _ev_at(i: int, occurred_at: datetime) -> bytes:
+    return encode_usage_event(
+        UsageEvent(
+            event_id=f"e{i}",
+            tenant_id="acme",
+            occurred_at=occurred_at,
+            model="m",
+            input_tokens=10,
+            output_tokens=1,
+        )
+    )
+
+
+async def test_an_insert_that_landed_in_part_is_completed_after_a_restart() -> None:
+    # A batch spanning two months is two parts of one insert. A crash after
+    # the part holding the highest offset landed leaves "durable up to the
+    # highest offset" true of the store, yet rows below it never landed.
+    now = datetime.now(UTC)
+    last_month = now.replace(day=1) - timedelta(days=1)
+    # Offsets 1 and 3 are this month; 0, 2, 4 and 5 (the highest) last month.
+    values = [_ev_at(i, now if i in (1, 3) else last_month) for i in range(6)]
+    sink, sent, commits = MonthPartsSink(), Sent(), []
+    sink.crash_after_parts = 1  # last month's part lands, this month's does not
+    p = _proc(sink, sent, commits)
+    with pytest.raises(CrashMidInsert):
+        await p.process(_recs(values))
+    assert commits == []
+    assert sorted(r.event.event_id for r in sink.rows) == ["e0", "e2", "e4", "e5"]
+    assert max(r.offset for r in sink.rows) == 5
+    # Restart: Kafka delivers again from the last commit (offset 0).
+    p2 = _proc(sink, sent, commits)
+    await p2.process(_recs(values))
+    counts = Counter(r.event.event_id for r in sink.rows)
+    assert sorted(counts) == [f"e{i}" for i in range(6)]
+    assert max(counts.values()) == 1
+    assert commits == [{0: 6}]
+    assert p2.counters.reverified == 6
+    assert p2.counters.duplicates == 4
+    # The re-write did not reuse the partly landed insert's token (a server
+    # would have skipped it as a retry of that insert).
+    assert any("@r" in t for t in sink.tokens)
