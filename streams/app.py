@@ -261,6 +261,10 @@ class Runtime:
             on_alert=self._on_alert,
         )
         self.processor.current_generation = lambda: self.app.consumer_generation_id
+        if isinstance(self.reader, ClickHouseUsageReader):
+            # A quota check waiting on a store outage gives way to a revocation
+            # or a stop, like a sink write (the batch stays uncommitted).
+            self.reader.should_abandon = self.processor.abandoning
         if s.alert_webhook_url:
             secret = s.alert_webhook_secret.encode() if s.alert_webhook_secret else None
             self.webhook = WebhookSender(s.alert_webhook_url, secret)

@@ -116,8 +116,12 @@ class UsageProcessor:
             max_backoff_s=sink_retry_max_s,
             flow=flow,
             on_retry=self._count_retry,
-            should_abandon=lambda: self._abandon or self.stopping,
+            should_abandon=self.abandoning,
         )
+
+    def abandoning(self) -> bool:
+        """Should a retry loop give up between attempts (revocation waiting, or stopping)?"""
+        return self._abandon or self.stopping
 
     def _count_retry(self, what: str, exc: BaseException) -> None:
         self.counters.sink_retries += 1
@@ -357,8 +361,12 @@ class UsageProcessor:
             return
         async with self.lock:
             self._refuse_if_failed()
-            outs = await self.quotas.check(())
-            outs += await self.quotas.roll_periods()
+            try:
+                outs = await self.quotas.check(())
+                outs += await self.quotas.roll_periods()
+            except RetryAbandoned as exc:
+                log.info("quota timer gave way (%s); the next tick checks again", exc)
+                return
             futures = [await self.producer.send(o.topic, o.key, o.value) for o in outs]
             if futures:
                 await asyncio.gather(*futures)

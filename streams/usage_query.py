@@ -23,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 from tokenpulse.config import ClickHouseTarget
 from tokenpulse.streams.cost import ModelUsage
 from tokenpulse.streams.quota_logic import Usage
-from tokenpulse.streams.retry import is_retriable
+from tokenpulse.streams.retry import RetryAbandoned, is_retriable
 
 log = logging.getLogger("tokenpulse.streams.usage_query")
 
@@ -163,6 +163,10 @@ class ClickHouseUsageReader:
         self.max_branches = max_branches
         self._slots = asyncio.Semaphore(max_concurrent_queries)
         self._client: Any = None
+        # Asked between two attempts while the store is away: True gives up
+        # with RetryAbandoned (the worker's partitions are being revoked, or it
+        # stops), so a quota check never holds a rebalance hostage. None: wait.
+        self.should_abandon: Callable[[], bool] | None = None
 
     async def start(self) -> None:
         import clickhouse_connect
@@ -337,6 +341,12 @@ class ClickHouseUsageReader:
                 # A wrong query is a bug, not an outage: let it stop the worker.
                 if not is_retriable(exc):
                     raise
+                self._abandon_if_asked(exc)
                 log.warning("usage query failed (%s); retrying in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
+                self._abandon_if_asked(exc)
                 delay_s = min(delay_s * 2, 10.0)
+
+    def _abandon_if_asked(self, exc: BaseException) -> None:
+        if self.should_abandon is not None and self.should_abandon():
+            raise RetryAbandoned(f"usage query abandoned while the store is away ({exc})") from exc

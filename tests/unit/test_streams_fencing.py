@@ -13,10 +13,15 @@ import asyncio
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from tests.unit.test_streams_processor import MemorySink, Sent, _ev
+from tokenpulse.schemas import QuotaDefinition
+from tokenpulse.schemas.quota import quota_state_key
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.processor import InRecord, UsageProcessor
+from tokenpulse.streams.quotas import QuotaEngine
+from tokenpulse.streams.retry import RetryAbandoned
 
 T = "usage"
 
@@ -250,3 +255,37 @@ async def test_a_stale_batch_of_a_group_is_dropped_and_the_owned_rest_written() 
     assert _counts(sink) == Counter({"e0": 1, "e1": 1, "e2": 1})
     assert commits == [{0: 3}]
     assert p.counters.fenced_dropped == 3
+
+
+class AbandoningReader:
+    """A usage reader whose store is away and whose retry loop was told to give up."""
+
+    async def usage_many(self, requests: Sequence[Any]) -> list[Any]:
+        raise RetryAbandoned("usage query abandoned while the store is away (refused)")
+
+    async def usage_by_model_many(self, requests: Sequence[Any]) -> list[Any]:
+        raise RetryAbandoned("usage query abandoned while the store is away (refused)")
+
+
+async def test_a_quota_check_that_gives_way_leaves_the_batch_uncommitted_not_failed() -> None:
+    store, commits = MemorySink(), list[Mapping[int, int]]()
+
+    async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
+        commits.append(dict(offsets))
+        return True
+
+    engine = QuotaEngine(AbandoningReader(), alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
+    engine.apply_definition(
+        quota_state_key("acme", "q"),
+        QuotaDefinition(quota_id="q", tenant_id="acme", metric="input", period="day", limit=10**6),
+    )
+    p = UsageProcessor(
+        sink=store, producer=Sent(), committer=commit, dlq_topic="dlq", keyring=None,
+        quotas=engine, sink_retry_max_s=0.01,
+    )  # fmt: skip
+    await p.process(_recs(range(0, 3), generation=None))  # type: ignore[arg-type]
+    assert sorted(_counts(store)) == ["e0", "e1", "e2"]  # durable; re-verified on replay
+    assert commits == []
+    assert p.failed is None
+    await p.tick()  # the timer gives way too, and the worker keeps running
+    assert p.failed is None

@@ -18,6 +18,7 @@ import pytest
 from tokenpulse.config import ClickHouseTarget
 from tokenpulse.errors import ConfigError, ServiceUnavailable
 from tokenpulse.streams.quota_logic import Usage
+from tokenpulse.streams.retry import RetryAbandoned
 from tokenpulse.streams.usage_query import MAX_BRANCHES, ClickHouseUsageReader, UsageRequest
 
 START = datetime(2026, 11, 25, tzinfo=UTC)
@@ -130,3 +131,21 @@ async def test_a_retriable_failure_is_waited_out_then_answered() -> None:
 async def test_a_missing_row_is_an_error_not_zero() -> None:
     with pytest.raises(RuntimeError, match="returned 2 of 3 rows"):
         await _reader(FakeClient(drop_row=True)).usage_many(_requests(3))
+
+
+async def test_a_retry_wait_gives_way_when_asked_to_abandon() -> None:
+    # A revocation (or a stop) must not wait for the store to come back: the
+    # quota check of a batch gives up between attempts, the batch stays
+    # uncommitted and is re-verified by the partition's next owner.
+    client = FakeClient(fail=[ServiceUnavailable("refused")] * 100)
+    reader = _reader(client)
+    asked = [False]
+    reader.should_abandon = lambda: asked[0]
+    task = asyncio.create_task(reader.usage_many(_requests(3)))
+    await asyncio.sleep(0.5)  # retrying: 0.2 s, then 0.4 s
+    assert not task.done()
+    asked[0] = True
+    with pytest.raises(RetryAbandoned, match="abandoned while the store is away"):
+        await asyncio.wait_for(task, 2.0)
+    attempts = len(client.queries)
+    assert 2 <= attempts <= 4
