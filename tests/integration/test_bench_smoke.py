@@ -28,7 +28,14 @@ ROWS = (
     "alert latency p99",
     "worker peak RSS,",
     "worker CPU per 100,000 events",
+    "ClickHouse endpoint CPU per 100,000 events",
+    "Kafka broker CPU per 100,000 events",
+    "machine CPU busy while draining",
 )
+# Services named by the environment are not the bench's own processes: their
+# CPU is not measured (the test's fixtures pass them that way).
+NOT_MEASURED = "n/a (not a local stack)"
+OWN_PROCESS_ROWS = ROWS[-3:-1]
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 
@@ -54,6 +61,8 @@ def test_bench_quick_prints_every_row_with_positive_values(services: Any) -> Non
         matches = [v for k, v in body.items() if k.startswith(name)]
         assert matches, f"row {name!r} missing:\n{done.stdout}"
         value = matches[0]
+        if name in OWN_PROCESS_ROWS and value == NOT_MEASURED:
+            continue
         numbers = [float(n.replace(",", "")) for n in _NUMBER.findall(value)]
         assert numbers, f"{name}: no number in {value!r}"
         assert numbers[0] > 0, f"{name}: {value!r}"

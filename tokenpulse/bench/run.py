@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokenpulse.bench import load, raw
-from tokenpulse.bench.services import Pipeline, Services, proc_cpu_s, proc_rss_mb
+from tokenpulse.bench.services import (
+    Pipeline,
+    Services,
+    machine_busy_s,
+    proc_cpu_s,
+    proc_rss_mb,
+)
 from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
 
@@ -61,6 +68,16 @@ class BenchConfig:
 
 
 @dataclass
+class DrainCpu:
+    """Where the CPU of a drain went: seconds per 100,000 events, and the machine's load."""
+
+    worker: float = 0.0
+    store: float | None = None  # the ClickHouse endpoint (local stack only)
+    broker: float | None = None  # the Kafka broker (local stack only)
+    machine_busy_pct: float = 0.0  # all cores, 100 % per core
+
+
+@dataclass
 class BenchResult:
     single_eps: float = 0.0
     envelope_eps: float = 0.0
@@ -76,7 +93,7 @@ class BenchResult:
     alerts: int = 0
     rss_mb: float = 0.0
     many_tenants: int = 0
-    cpu_s_per_100k: float = 0.0
+    cpu: DrainCpu = field(default_factory=DrainCpu)
     profile_top: list[str] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -111,7 +128,14 @@ class BenchResult:
                 f"{self.rss_mb:,.0f} MB",
                 "< 1 GB",
             ),
-            ("worker CPU per 100,000 events", f"{self.cpu_s_per_100k:.1f} CPU s", ""),
+            ("worker CPU per 100,000 events", f"{self.cpu.worker:.1f} CPU s", ""),
+            ("ClickHouse endpoint CPU per 100,000 events", _cpu_s(self.cpu.store), ""),
+            ("Kafka broker CPU per 100,000 events", _cpu_s(self.cpu.broker), ""),
+            (
+                f"machine CPU busy while draining ({_CORES} cores = {_CORES * 100} %)",
+                f"{self.cpu.machine_busy_pct:.0f} %",
+                "",
+            ),
         ]
 
     def table(self) -> str:
@@ -124,6 +148,13 @@ class BenchResult:
         ]
         lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
         return "\n".join(lines)
+
+
+_CORES = os.cpu_count() or 1
+
+
+def _cpu_s(value: float | None) -> str:
+    return "n/a (not a local stack)" if value is None else f"{value:.1f} CPU s"
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -201,25 +232,38 @@ def _put_alert_quotas(pipe: Pipeline, count: int, limit: int) -> list[str]:
     return tenants
 
 
-def _drain(pipe: Pipeline, expected: int, res_profile: BenchConfig | None) -> tuple[float, float]:
-    """Start the worker on a produced backlog; (events/s, CPU s per 100k events)."""
+def _drain(
+    pipe: Pipeline, expected: int, res_profile: BenchConfig | None
+) -> tuple[float, DrainCpu]:
+    """Start the worker on a produced backlog; events/s and where the CPU went."""
     pid = pipe.start_worker()
     t0 = pipe.wait_rows(max(expected // 20, 1), 600, poll_s=0.05)
-    rows0, cpu0 = pipe.rows(), proc_cpu_s(pid)
+    known = {"worker": pid, "store": pipe.services.store_pid, "broker": pipe.services.broker_pid}
+    pids = {k: p for k, p in known.items() if p is not None}
+    rows0 = pipe.rows()
+    cpu0 = {k: proc_cpu_s(p) for k, p in pids.items()}
+    busy0 = machine_busy_s()
     prof: subprocess.Popen[bytes] | None = None
     if res_profile is not None and res_profile.profile_path is not None:
         prof = _start_profile(pid, res_profile.profile_path)
     t1 = pipe.wait_rows(expected, 1800, poll_s=0.1)
-    cpu1 = proc_cpu_s(pid)
+    cpu1 = {k: proc_cpu_s(p) for k, p in pids.items()}
+    busy1 = machine_busy_s()
     if prof is not None:
         prof.wait(120)
     done = expected - rows0
+    per_100k = {k: (cpu1[k] - cpu0[k]) / max(done, 1) * 100_000 for k in cpu0}
+    cpu = DrainCpu(
+        worker=per_100k["worker"],
+        store=per_100k.get("store"),
+        broker=per_100k.get("broker"),
+        machine_busy_pct=(busy1 - busy0) / max(t1 - t0, 1e-9) * 100,
+    )
     if done >= expected // 2:
-        return done / max(t1 - t0, 1e-9), (cpu1 - cpu0) / max(done, 1) * 100_000
+        return done / max(t1 - t0, 1e-9), cpu
     # Most of the backlog landed before the first look (SDK envelopes: a few
     # batches of many events): time the batches by their own ingested_at.
-    rate = _rate_from_batches(pipe)
-    return rate, (cpu1 - cpu0) / max(done, 1) * 100_000
+    return _rate_from_batches(pipe), cpu
 
 
 def _rate_from_batches(pipe: Pipeline) -> float:
@@ -265,10 +309,10 @@ def _single(
     say("  quixstreams peer on the same topic")
     _peer(services, pipe, backlog.records, res)
     say("  one tokenpulse worker drains it")
-    res.single_eps, res.cpu_s_per_100k = _drain(pipe, backlog.expected_events, config)
+    res.single_eps, res.cpu = _drain(pipe, backlog.expected_events, config)
     say(
         f"  raw consume {res.raw_consume_rps:,.0f}/s, peer {res.peer_rps:,.0f}/s, worker "
-        f"{res.single_eps:,.0f} events/s, {res.cpu_s_per_100k:.1f} CPU s per 100k"
+        f"{res.single_eps:,.0f} events/s, {res.cpu.worker:.1f} CPU s per 100k"
     )
     if config.profile_path is not None and config.profile_path.exists():
         res.profile_top = top_frames(config.profile_path)

@@ -33,6 +33,10 @@ class Services:
     clickhouse_url: str  # server URL ending in '/', no database
     origin: str
     home: Path  # scratch space: worker data dirs and logs
+    # The local stack's processes, whose CPU the drain also reports (None:
+    # services of the environment, not on this machine's process table).
+    store_pid: int | None = None
+    broker_pid: int | None = None
 
 
 @contextlib.contextmanager
@@ -52,7 +56,14 @@ def obtain_services(keep_dir: Path | None = None) -> Iterator[Services]:
         stack = LocalStack.for_tests(home / "stack")
         stack.up()
         try:
-            yield Services(stack.kafka_bootstrap, stack.clickhouse_url, "local stack", home)
+            yield Services(
+                stack.kafka_bootstrap,
+                stack.clickhouse_url,
+                "local stack",
+                home,
+                store_pid=stack.clickhouse.pid(),
+                broker_pid=stack.kafka.pid(),
+            )
         finally:
             stack.down()
 
@@ -62,6 +73,12 @@ def proc_cpu_s(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
     fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent busy since boot (from /proc/stat: not idle, not iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text(encoding="utf-8").split()[1:11]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
 
 
 def proc_rss_mb(pid: int, key: str = "VmRSS") -> float:
