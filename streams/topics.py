@@ -10,8 +10,9 @@ import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.streams.settings import WorkerSettings
 
 log = logging.getLogger("tokenpulse.streams.topics")
@@ -35,7 +36,15 @@ def topic_specs(settings: WorkerSettings) -> list[NewTopic]:
 async def ensure_topics(settings: WorkerSettings) -> None:
     """Create the worker's topics if missing; existing topics are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        await admin.close()
+        raise ServiceUnavailable(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers} "
+            f"(KAFKA_BOOTSTRAP_SERVERS): {exc}; is the broker running?",
+            details={"bootstrap_servers": settings.kafka_bootstrap_servers},
+        ) from exc
     try:
         existing = set(await admin.list_topics())
         missing = [spec for spec in topic_specs(settings) if spec.name not in existing]

@@ -366,8 +366,13 @@ async def _group_members(bootstrap: str, group: str) -> int:
 
 def group_members(env: Env) -> int:
     """Members of the worker group right now (after a join completed; 0: unknown yet)."""
+    return group_size(env.bootstrap, env.group)
+
+
+def group_size(bootstrap: str, group: str) -> int:
+    """Members of a consumer group right now (after a join completed; 0: unknown yet)."""
     try:
-        return asyncio.run(_group_members(env.bootstrap, env.group))
+        return asyncio.run(_group_members(bootstrap, group))
     except KafkaError:  # e.g. GroupCoordinatorNotAvailable on a fresh broker
         return 0
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from tests.faults.harness import group_size
 from tokenpulse.schemas import (
     QuotaDefinition,
     UsageEvent,
@@ -390,17 +391,28 @@ def test_two_workers_rebalance_under_load_exact(env: Env, workers: list[Worker])
     workers.append(Worker(env, "a"))
     import threading
 
-    t = threading.Thread(target=produce, args=(env.bootstrap, env.topics.usage, records, 400))
-    t.start()
+    # Paced (50 records, then 50 ms): the load lasts while b joins and a
+    # leaves. The first half goes before b has joined, the second after.
+    half = len(records) // 2
+    first = threading.Thread(
+        target=produce, args=(env.bootstrap, env.topics.usage, records[:half], 50)
+    )
+    first.start()
 
     def rows() -> int:
         return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
 
     wait_until(lambda: rows() > 500, 120, "first rows", workers)
     workers.append(Worker(env, "b"))  # joins: rebalance under load
-    wait_until(lambda: rows() > len(events) // 2, 120, "half the rows", workers)
+    wait_until(lambda: group_size(env.bootstrap, env.group) == 2, 120, "b to join", workers)
+    first.join(120)
+    second = threading.Thread(
+        target=produce, args=(env.bootstrap, env.topics.usage, records[half:], 50)
+    )
+    second.start()
+    wait_until(lambda: rows() > len(events) * 3 // 4, 120, "three quarters of the rows", workers)
     assert workers[0].terminate() == 0  # leaves: another rebalance under load
-    t.join(120)
+    second.join(120)
     want = (
         len(events),
         len(events),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 from tokenpulse.cli._common import add_parser
 
 FATAL_STOP_GRACE_S = 30.0
+
+log = logging.getLogger("tokenpulse.cli.worker")
 
 
 def register(subparsers: Any) -> None:
@@ -92,6 +95,17 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Until Faust's worker installs its own handlers, a SIGTERM (a rolling
+    # update, a supervisor giving up on a slow start) must still stop the
+    # process cleanly with exit 0 instead of killing it mid-start.
+    signal.signal(signal.SIGTERM, _terminated_while_starting)
+    try:
+        return _run(args)
+    except TerminatedWhileStarting:
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     import faust
 
     from tokenpulse.streams.agents import build_worker
@@ -110,24 +124,44 @@ def run(args: argparse.Namespace) -> int:
     # the Faust worker runs.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings))
-    app, runtime = build_worker(settings)
-    loop.run_until_complete(runtime.start())
-    worker = faust.Worker(
-        app,
-        loop=loop,
-        loglevel=settings.loglevel,
-        quiet=True,
-        logging_config=json_logs,
-    )
-    runtime.on_fatal = lambda: _stop_after_fatal(loop, runtime.exit_code or 1)
+    runtime = None
     try:
-        worker.execute_from_commandline()  # returns only by raising SystemExit
-    except SystemExit as exc:
-        code = exc.code
+        loop.run_until_complete(ensure_topics(settings))
+        app, runtime = build_worker(settings)
+        loop.run_until_complete(runtime.start())
+        worker = faust.Worker(
+            app,
+            loop=loop,
+            loglevel=settings.loglevel,
+            quiet=True,
+            logging_config=json_logs,
+        )
+        runtime.on_fatal = lambda: _stop_after_fatal(loop, runtime.exit_code or 1)
+        try:
+            worker.execute_from_commandline()  # returns only by raising SystemExit
+        except SystemExit as exc:
+            code = exc.code
+    except TerminatedWhileStarting:
+        log.warning("SIGTERM while starting: stopping before consuming anything (exit 0)")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
+        if runtime is not None and not loop.is_closed():
+            loop.run_until_complete(runtime.stop())
+        return 0
     if runtime.exit_code is not None:
         return runtime.exit_code
     return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+class TerminatedWhileStarting(BaseException):
+    """SIGTERM arrived before Faust's worker handled signals itself.
+
+    A BaseException, like KeyboardInterrupt: the retry loops of the start
+    (`except Exception`) must not take it for a failed connection.
+    """
+
+
+def _terminated_while_starting(signum: int, frame: object) -> None:
+    raise TerminatedWhileStarting(f"signal {signum}")
 
 
 def _stop_after_fatal(loop: asyncio.AbstractEventLoop, exit_code: int) -> None:
