@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,6 +47,8 @@ __all__ = [
     "group_token",
 ]
 
+log = logging.getLogger("tokenpulse.sinks.clickhouse")
+
 # Applied to every insert. The MV setting makes the aggregates skip a block
 # that usage_events skipped; foreground distributed inserts make the token
 # reach the shards synchronously on a cluster (a no-op on one node).
@@ -54,6 +57,45 @@ INSERT_SETTINGS: dict[str, Any] = {
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "distributed_foreground_insert": 1,
 }
+
+# Older servers name a setting differently, or lack it. Each entry: the
+# setting, the older name that does the same (None: none), and what is lost
+# without it (logged once at start).
+_SETTING_FALLBACKS: dict[str, tuple[str | None, str]] = {
+    "distributed_foreground_insert": (
+        "insert_distributed_sync",
+        "inserts into a Distributed table may return before the shards have the rows",
+    ),
+    "precise_float_parsing": (
+        None,
+        "gpu_seconds may be stored 1 ulp off the value sent (the server's fast float parser)",
+    ),
+}
+
+
+def usable_insert_settings(
+    known: Collection[str], wanted: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """`wanted` as this server understands it, and a warning per setting it lacks.
+
+    A setting the server does not know fails every insert ("Unknown setting"),
+    so a missing one is renamed to its older name or left out, never sent.
+    Settings without a known fallback are sent as they are: the server's
+    error then names them.
+    """
+    usable: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, value in wanted.items():
+        if name in known or name not in _SETTING_FALLBACKS:
+            usable[name] = value
+            continue
+        older, loss = _SETTING_FALLBACKS[name]
+        if older is not None and older in known:
+            usable[older] = value
+            continue
+        warnings.append(f"this ClickHouse server has no setting {name!r}: {loss}")
+    return usable, warnings
+
 
 # A group's joined batch tokens are used verbatim up to this length, else hashed.
 MAX_PLAIN_TOKEN_CHARS = 128
@@ -178,6 +220,8 @@ class ClickHouseSink(UsageSink):
         self.connect_timeout_s = connect_timeout_s
         self.send_receive_timeout_s = send_receive_timeout_s
         self._client: Any = None
+        # INSERT_SETTINGS and PARSE_SETTINGS as the server understands them (set by start()).
+        self._insert_settings: dict[str, Any] = {**INSERT_SETTINGS, **PARSE_SETTINGS}
 
     @property
     def _where(self) -> str:
@@ -203,6 +247,23 @@ class ClickHouseSink(UsageSink):
             )
 
         self._client = await with_retries("connect", self.retry, connect, self._where)
+        wanted = {**INSERT_SETTINGS, **PARSE_SETTINGS}
+        client = self._client
+
+        async def known_settings() -> Any:
+            return await client.query(
+                "SELECT name FROM system.settings WHERE name IN {names:Array(String)}",
+                parameters={
+                    "names": sorted({*wanted, *(o for o, _ in _SETTING_FALLBACKS.values() if o)})
+                },
+            )
+
+        result = await with_retries("settings query", self.retry, known_settings, self._where)
+        self._insert_settings, warnings = usable_insert_settings(
+            {str(row[0]) for row in result.result_rows}, wanted
+        )
+        for warning in warnings:
+            log.warning("%s (%s)", warning, self._where)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -248,7 +309,7 @@ class ClickHouseSink(UsageSink):
                 f"cannot encode the rows of {what}: {exc}", details={"token": token}
             ) from exc
         table = f"{self.database}.{self.table}"
-        settings = {**INSERT_SETTINGS, **PARSE_SETTINGS, "insert_deduplication_token": token}
+        settings = {**self._insert_settings, "insert_deduplication_token": token}
 
         async def insert() -> None:
             await client.raw_insert(

@@ -156,16 +156,26 @@ class RecordDecoder:
             )
             self.reject(rec, err, work)
             return
+        verdicts = decode_usage_record(value)
+        keyring = self.keyring
+        if keyring is None and len(verdicts) == 1:
+            # The hot path (one event per record, broker ACLs): no loop, no set.
+            verdict = verdicts[0]
+            if isinstance(verdict, InvalidRecord):
+                self.reject(rec, verdict, work)
+            else:
+                work.accepted.append(
+                    AcceptedEvent(verdict, rec.topic, rec.partition, rec.offset, ingested)
+                )
+            return
         verified: set[str] = set()
-        for index, verdict in enumerate(decode_usage_record(value)):
+        for index, verdict in enumerate(verdicts):
             if isinstance(verdict, InvalidRecord):
                 self.reject(rec, verdict, work)
                 continue
-            if self.keyring is not None and verdict.tenant_id not in verified:
+            if keyring is not None and verdict.tenant_id not in verified:
                 try:
-                    verify_record(
-                        value, rec.headers, tenant_id=verdict.tenant_id, keyring=self.keyring
-                    )
+                    verify_record(value, rec.headers, tenant_id=verdict.tenant_id, keyring=keyring)
                 except InvalidRecord as err:
                     err.details.setdefault("batch_index", index)
                     self.reject(rec, err, work)
