@@ -27,6 +27,7 @@ import clickhouse_connect
 import orjson
 
 from tokenpulse.cli import main as cli_main
+from tokenpulse.cli.bench import sigterm_unwinds
 from tokenpulse.local._process import pick_free_port
 from tokenpulse.local.clickhouse import ClickHouseNode, ClickHouseNodeConfig
 from tokenpulse.sinks.migrations import RenderOptions, migrate
@@ -71,16 +72,19 @@ def main() -> int:
 
     node = None
     url = args.url
-    if url is None:
-        data_dir = Path(tempfile.mkdtemp(prefix="tp-bill-bench-"))
-        node = ClickHouseNode(ClickHouseNodeConfig(data_dir=data_dir, port=pick_free_port()))
-        node.start()
-        url = node.url
-    try:
-        return _run(args, url)
-    finally:
-        if node is not None:
-            node.stop()
+    # SIGTERM (a CI timeout, a supervisor) unwinds like Ctrl-C: the embedded
+    # endpoint is a detached process and would otherwise keep running.
+    with sigterm_unwinds():
+        if url is None:
+            data_dir = Path(tempfile.mkdtemp(prefix="tp-bill-bench-"))
+            node = ClickHouseNode(ClickHouseNodeConfig(data_dir=data_dir, port=pick_free_port()))
+            node.start()
+            url = node.url
+        try:
+            return _run(args, url)
+        finally:
+            if node is not None:
+                node.stop()
 
 
 def _run(args: argparse.Namespace, url: str) -> int:
