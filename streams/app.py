@@ -64,6 +64,11 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
         broker_request_timeout=timeouts["broker_request_timeout"],
         # One fetch hands at most one batch's worth of records to the batcher.
         broker_max_poll_records=settings.batch_max_events,
+        # Per partition and fetch. Faust's default, 1 MiB (~3,600 fleet
+        # records), made the worker wait for refills 37 % of a drain (6
+        # partitions: 31k events/s; 4-16 MiB: 41-48k). aiokafka buffers at
+        # most one fetch per partition: at most partitions x this in memory.
+        consumer_max_fetch_size=settings.partition_fetch_bytes,
     )
     # Before anything asks for the transport: the usage topic is consumed in
     # whole fetches, not through Faust's per-record streams (transport.py).

@@ -129,6 +129,9 @@ class WorkerSettings:
     batch_max_bytes: TOKENPULSE_BATCH_MAX_BYTES; record bytes per processing batch (8 MiB; an
         SDK envelope holds many events, so bytes bound a batch of envelopes).
     flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS; max wait before a partial batch is written.
+    partition_fetch_bytes: TOKENPULSE_PARTITION_FETCH_BYTES; the most one fetch returns of one
+        partition (4 MiB; Faust's 1 MiB starved the worker). The prefetch holds at most one fetch
+        per assigned partition: at most partitions x this in memory during a backlog.
     write_max_records / write_max_bytes: TOKENPULSE_WRITE_MAX_RECORDS (50,000) /
         TOKENPULSE_WRITE_MAX_BYTES (32 MiB); batches prepared while a write is in flight are
         written together by the next one (one insert, one commit), up to about these limits.
@@ -163,6 +166,7 @@ class WorkerSettings:
     batch_max_events: int = 2000
     batch_max_bytes: int = 8 * 1024 * 1024
     flush_interval_ms: int = 500
+    partition_fetch_bytes: int = 4 * 1024 * 1024
     write_max_records: int = 50_000
     write_max_bytes: int = 32 * 1024 * 1024
     dedup_horizon_s: float = 48 * 3600.0
@@ -226,6 +230,9 @@ class WorkerSettings:
             batch_max_events=int(_num(env, "TOKENPULSE_BATCH_MAX_EVENTS", 2000)),
             batch_max_bytes=int(_num(env, "TOKENPULSE_BATCH_MAX_BYTES", 8 * 1024 * 1024)),
             flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 500)),
+            partition_fetch_bytes=int(
+                _num(env, "TOKENPULSE_PARTITION_FETCH_BYTES", 4 * 1024 * 1024)
+            ),
             write_max_records=int(_num(env, "TOKENPULSE_WRITE_MAX_RECORDS", 50_000)),
             write_max_bytes=int(_num(env, "TOKENPULSE_WRITE_MAX_BYTES", 32 * 1024 * 1024)),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
