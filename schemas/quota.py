@@ -30,7 +30,14 @@ QuotaStatus = Literal["ok", "warning", "exceeded", "unknown", "priced_partial"]
 Amount = int | Decimal
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
-_TenantId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=TENANT_ID_PATTERN)]
+# msgspec applies `pattern` with re.search, where "$" also matches before a
+# trailing newline: "\Z" keeps "acme\n" out, as the JSON Schema does.
+_TenantId = Annotated[
+    str,
+    Meta(
+        min_length=1, max_length=MAX_ID_CHARS, pattern=TENANT_ID_PATTERN.removesuffix("$") + r"\Z"
+    ),
+]
 _T = TypeVar("_T")
 _Pct = Annotated[int, Meta(ge=1, le=1000)]
 

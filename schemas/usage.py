@@ -34,7 +34,14 @@ MAX_ATTRIBUTES_TOTAL_CHARS: Final = 16 * 1024  # keys + values, in characters (c
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _OptStr = Annotated[str, Meta(max_length=MAX_ID_CHARS)] | None
-_TenantId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=TENANT_ID_PATTERN)]
+# TENANT_ID_PATTERN is checked in _check_cross_field, with a cache: as a
+# msgspec `pattern` it ran the regex for every event (0.7 us of a 1.9 us
+# decode), although a fleet sends the same few thousand tenant ids again
+# and again.
+_TenantId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_TENANT_RE: Final = re.compile(TENANT_ID_PATTERN)
+_VALID_TENANTS: set[str] = set()  # ids that matched TENANT_ID_PATTERN
+_VALID_TENANTS_MAX: Final = 65_536  # bounded: beyond it, ids are matched every time
 _Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
 _Attributes = Annotated[
     dict[
@@ -144,7 +151,17 @@ def _from_validation_error(exc: msgspec.ValidationError) -> InvalidRecord:
 
 
 def _check_cross_field(ev: UsageEvent) -> UsageEvent:
-    """The rules msgspec cannot express; raises InvalidRecord."""
+    """The rules msgspec cannot express (or not cheaply); raises InvalidRecord."""
+    tenant = ev.tenant_id
+    if tenant not in _VALID_TENANTS:
+        if _TENANT_RE.fullmatch(tenant) is None:  # fullmatch: "$" alone lets "a\n" through
+            raise _reject(
+                RejectReason.INVALID_TENANT_ID,
+                f"tenant_id {tenant!r} does not match {TENANT_ID_PATTERN!r}",
+                "tenant_id",
+            )
+        if len(_VALID_TENANTS) < _VALID_TENANTS_MAX:
+            _VALID_TENANTS.add(tenant)
     if ev.schema_version != SCHEMA_VERSION:
         raise _reject(
             RejectReason.UNSUPPORTED_SCHEMA_VERSION,

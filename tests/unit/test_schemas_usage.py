@@ -145,6 +145,9 @@ def test_encode_batch_round_trip() -> None:
         ({"output_tokens": True}, "wrong_type", "output_tokens"),
         ({"input_tokens": 2**70}, "out_of_range", "input_tokens"),
         ({"tenant_id": ""}, "invalid_tenant_id", "tenant_id"),
+        ({"tenant_id": "acme corp"}, "invalid_tenant_id", "tenant_id"),
+        # msgspec's `pattern` (re.search with "$") let a trailing newline through.
+        ({"tenant_id": "acme\n"}, "invalid_tenant_id", "tenant_id"),
         ({"occurred_at": datetime(2026, 11, 25, 8, 0)}, "invalid_timestamp", "occurred_at"),
         ({"cached_input_tokens": 101}, "cached_exceeds_input", "cached_input_tokens"),
         ({"gpu_seconds": math.nan}, "out_of_range", "gpu_seconds"),
@@ -185,3 +188,13 @@ def test_tenant_hierarchy_helpers() -> None:
     assert tenant_within("acme", "acme")
     assert not tenant_within("acmecorp", "acme")
     assert not tenant_within("acme", "acme/research")
+
+
+def test_a_tenant_id_checked_once_is_still_checked_exactly() -> None:
+    # Valid ids are cached (the pattern ran for every event); the cache must
+    # never let an invalid id through, however often valid ones repeat.
+    for _ in range(3):
+        assert validate_event(_event(tenant_id="acme/research")).tenant_id == "acme/research"
+        with pytest.raises(InvalidRecord) as info:
+            validate_event(_event(tenant_id="acme/research\n"))
+        assert info.value.reason == "invalid_tenant_id"
