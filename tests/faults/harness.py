@@ -459,11 +459,11 @@ def assert_exact(
 
 
 def assert_reconciled(env: Env) -> None:
-    """What an operator would run afterwards: `tokenpulse reconcile` finds no difference.
+    """What an operator would run afterwards: `tokenpulse reconcile --strict` finds no difference.
 
-    Not --strict: its "pending" is measured from the highest offset written to
-    ClickHouse or the DLQ, so a de-duplicated record at a partition's tail
-    looks pending; wait_finished already proved the group committed everything.
+    Strict: nothing may be pending either. The worker group's commits count as
+    finished offsets, so a de-duplicated record at a partition's tail (no row,
+    no DLQ record) is not "pending" once the group committed past it.
     """
     report = asyncio.run(
         reconcile(
@@ -473,6 +473,8 @@ def assert_reconciled(env: Env) -> None:
                 since=datetime(2000, 1, 1, tzinfo=UTC),
                 topic=env.topics.usage,
                 dlq_topic=env.topics.dlq,
+                strict=True,
+                worker_group=env.group,
             )
         )
     )

@@ -116,6 +116,25 @@ def test_compare_names_each_kind_and_pending_is_not_a_difference() -> None:
     assert "DIFFERENCES" in render_table(missing_dlq.to_dict())
 
 
+def test_a_duplicate_at_the_tail_is_not_pending_once_the_group_committed_past_it() -> None:
+    # Offset 2 repeats event a: the worker drops it, so it leaves no row and no
+    # DLQ record. Only the group's commit (3) says the worker got past it.
+    a, b = _ev("a"), _ev("b")
+    recs = [_rec(0, encode_usage_event(a)), _rec(1, encode_usage_event(b))]
+    recs.append(_rec(2, encode_usage_event(a)))
+    exp = build_expected(recs)
+    rows = [_row(a, 0), _row(b, 1)]
+    kw = {"topic": "u", "database": "db", "ranges": {0: (0, 3)}, "ch_max": {0: 1}, "dlq": []}
+    before = compare(exp, rows, strict=True, **kw)  # type: ignore[arg-type]
+    assert [(d.kind, d.offset) for d in before.differences] == [("pending", 2)]
+    after = compare(exp, rows, strict=True, committed={0: 3}, **kw)  # type: ignore[arg-type]
+    assert after.ok
+    assert after.lag[0].pending_offsets == 0
+    # A commit behind the rows changes nothing: the rows still prove offset 1.
+    behind = compare(exp, rows, strict=True, committed={0: 1}, **kw)  # type: ignore[arg-type]
+    assert [(d.kind, d.offset) for d in behind.differences] == [("pending", 2)]
+
+
 def test_events_counted_before_the_range_are_not_missing() -> None:
     a = _ev("a")
     exp = build_expected([_rec(5, encode_usage_event(a))])

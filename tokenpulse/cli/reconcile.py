@@ -80,6 +80,12 @@ def register(subparsers: Any) -> None:
         help="the worker's keyring when it verifies signatures (TOKENPULSE_KEYRING_FILE)",
     )
     p.add_argument("--strict", action="store_true", help="pending offsets count as differences")
+    p.add_argument(
+        "--worker-group",
+        default=None,
+        help="the workers' consumer group, whose commits say how far they got (default "
+        "TOKENPULSE_WORKER_GROUP or tokenpulse-worker; '' to not read it)",
+    )
     add_format(p, ("table", "json"))
     p.add_argument("--timeout-s", type=float, default=120.0, help="per-side read timeout")
     p.set_defaults(func=_run)
@@ -124,6 +130,12 @@ def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> A
         max_record_bytes=max_record_bytes,
         strict=args.strict,
         timeout_s=args.timeout_s,
+        worker_group=(
+            args.worker_group
+            if args.worker_group is not None
+            else env.get("TOKENPULSE_WORKER_GROUP") or "tokenpulse-worker"
+        )
+        or None,
     )
 
 

@@ -151,9 +151,16 @@ def processed_upto(
     ranges: Mapping[int, tuple[int, int]],
     ch_max: Mapping[int, int],
     dlq: Sequence[DlqEntry],
+    committed: Mapping[int, int] | None = None,
 ) -> dict[int, int]:
-    """Per partition, the highest offset the worker has visibly finished."""
-    done = {p: ch_max.get(p, -1) for p in ranges}
+    """Per partition, the highest offset the worker has visibly finished.
+
+    The highest of: the last row in ClickHouse, the last DLQ record, and the
+    offset before the worker group's commit (which also covers records that
+    left no trace, e.g. a duplicate at the partition's tail).
+    """
+    committed = committed or {}
+    done = {p: max(ch_max.get(p, -1), committed.get(p, 0) - 1) for p in ranges}
     for entry in dlq:
         if entry.partition in done and entry.offset > done[entry.partition]:
             done[entry.partition] = entry.offset
@@ -171,6 +178,7 @@ def compare(
     dlq: Sequence[DlqEntry],
     elsewhere: Mapping[Key, Sequence[ChRow]] | None = None,
     strict: bool = False,
+    committed: Mapping[int, int] | None = None,
 ) -> Report:
     """Every difference between what Kafka says and what ClickHouse and the DLQ hold.
 
@@ -178,7 +186,7 @@ def compare(
     elsewhere: rows of missing keys found outside the ranges (counted earlier).
     """
     elsewhere = elsewhere or {}
-    done = processed_upto(ranges, ch_max, dlq)
+    done = processed_upto(ranges, ch_max, dlq, committed)
     report = Report(topic, database, strict)
     report.records = expected.records
     report.accepted = len(expected.events)

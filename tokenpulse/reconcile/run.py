@@ -15,6 +15,7 @@ from tokenpulse.reconcile.sources import (
     clickhouse_lookup,
     clickhouse_max_offsets,
     clickhouse_rows,
+    committed_offsets,
     read_dlq,
     read_usage,
 )
@@ -43,6 +44,8 @@ class ReconcileOptions:
     max_record_bytes: int = 1_048_576
     strict: bool = False
     timeout_s: float = 120.0
+    # The worker group whose commits say how far it got (None: not read).
+    worker_group: str | None = None
 
 
 async def reconcile(
@@ -63,6 +66,13 @@ async def reconcile(
         opts.kafka_bootstrap_servers, dlq_topic, opts.topic, opts.since, timeout_s=opts.timeout_s
     )
     expected = build_expected(records, keyring=opts.keyring, max_record_bytes=opts.max_record_bytes)
+    committed = (
+        await committed_offsets(
+            opts.kafka_bootstrap_servers, opts.worker_group, opts.topic, opts.timeout_s
+        )
+        if opts.worker_group
+        else {}
+    )
 
     def clickhouse_side() -> tuple[list[ChRow], dict[int, int], dict[Key, list[ChRow]]]:
         from clickhouse_connect.driver.exceptions import DatabaseError
@@ -93,6 +103,7 @@ async def reconcile(
         dlq=dlq,
         elsewhere=elsewhere,
         strict=opts.strict,
+        committed=committed,
     )
     report.dlq_unreadable = unreadable
     return report

@@ -66,6 +66,32 @@ async def _partitions(bootstrap: str, topic: str, timeout_s: float) -> list[int]
     raise ConfigError(f"topic {topic!r} does not exist on the broker; check --topic")
 
 
+async def committed_offsets(
+    bootstrap: str, group: str, topic: str, timeout_s: float
+) -> dict[int, int]:
+    """The worker group's committed offset per partition of `topic` (absent: none yet).
+
+    The worker commits an offset only after everything before it is durable
+    (rows, DLQ records, alerts), so offsets below it are finished even when
+    they left no trace (a de-duplicated record at a partition's tail).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {
+        tp.partition: int(meta.offset)
+        for tp, meta in offsets.items()
+        if tp.topic == topic and meta.offset >= 0
+    }
+
+
 async def _ranges(
     consumer: Any,
     bootstrap: str,
