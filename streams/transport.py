@@ -28,6 +28,7 @@ from faust.types import TP
 from mode import ServiceT
 
 from tokenpulse.streams.processor import InRecord
+from tokenpulse.streams.records import new_tuple
 
 BatchHandler = Callable[[Sequence[InRecord]], Awaitable[None]]
 
@@ -47,14 +48,9 @@ def in_records(records: Sequence[Any], generation: int | None) -> list[InRecord]
     fenced by the processor even if it is handed over after the rebalance.
     """
     return [
-        InRecord(
-            r.topic,
-            r.partition,
-            r.offset,
-            r.key,
-            r.value,
-            record_headers(r.headers),
-            generation,
+        new_tuple(
+            InRecord,
+            (r.topic, r.partition, r.offset, r.key, r.value, record_headers(r.headers), generation),
         )
         for r in records
     ]
