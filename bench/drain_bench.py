@@ -1,0 +1,131 @@
+"""Worker settings side by side: the same fleet backlog drained once per variant.
+
+Each variant gets a fresh pipeline (topics, database), the same 300,000
+fleet records (one event per record), and one `tokenpulse worker` started
+with the variant's environment on top of the defaults. Printed: events/s
+(5 % -> 100 % of the rows), the ratio to the first variant, and where the
+CPU went (worker, ClickHouse endpoint, Kafka broker: us per event; the
+machine's busy %). One run, one table; read the ratios, not the digits.
+
+    .venv/bin/python bench/drain_bench.py                      # defaults vs 1 MiB fetches
+    .venv/bin/python bench/drain_bench.py "" TOKENPULSE_WRITE_MAX_RECORDS=1 ...
+
+A variant is "" (the defaults) or NAME=VALUE[,NAME=VALUE...]. Without
+KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from tokenpulse.bench import load
+from tokenpulse.bench.services import (
+    Pipeline,
+    Services,
+    machine_busy_s,
+    obtain_services,
+    proc_cpu_s,
+)
+from tokenpulse.cli.bench import sigterm_unwinds
+from tokenpulse.fleet import FleetRecord
+
+# What each default replaced, measured on the 2-core bench VM (BENCHMARKS.md).
+DEFAULT_VARIANTS = (
+    "",
+    "TOKENPULSE_PARTITION_FETCH_BYTES=1048576",
+    "TOKENPULSE_WRITE_MAX_RECORDS=2000",
+)
+
+
+@contextmanager
+def environment(changes: Mapping[str, str]) -> Iterator[None]:
+    """os.environ with `changes` (the worker inherits it), restored afterwards."""
+    old = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def parse_variant(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("TOKENPULSE_"):
+            raise SystemExit(f"variant item {item!r}: expected TOKENPULSE_NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def drain(
+    services: Services, records: list[FleetRecord], env: Mapping[str, str]
+) -> dict[str, float]:
+    pipe = Pipeline(services, "drain" + uuid.uuid4().hex[:8], "d")
+    try:
+        pipe.setup()
+        backlog = asyncio.run(
+            load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=False)
+        )
+        expected = backlog.expected_events
+        with environment(env):
+            pid = pipe.start_worker()
+        t0 = pipe.wait_rows(max(expected // 20, 1), 600, poll_s=0.05)
+        pids = {"worker": pid, "store": services.store_pid, "broker": services.broker_pid}
+        live = {k: p for k, p in pids.items() if p is not None}
+        rows0 = pipe.rows()
+        cpu0 = {k: proc_cpu_s(p) for k, p in live.items()}
+        busy0 = machine_busy_s()
+        t1 = pipe.wait_rows(expected, 1800, poll_s=0.1)
+        cpu1 = {k: proc_cpu_s(p) for k, p in live.items()}
+        busy1 = machine_busy_s()
+        done = max(expected - rows0, 1)
+        span = max(t1 - t0, 1e-9)
+        out = {"eps": done / span, "busy_pct": (busy1 - busy0) / span * 100}
+        out.update({f"{k}_us": (cpu1[k] - cpu0[k]) / done * 1e6 for k in live})
+        return out
+    finally:
+        pipe.teardown()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", default=list(DEFAULT_VARIANTS))
+    parser.add_argument("--events", type=int, default=300_000)
+    args = parser.parse_args()
+    variants = [(v or "defaults", parse_variant(v)) for v in args.variants]
+    records = load.fleet(args.events, 200, seed=5)
+    rows: list[tuple[str, dict[str, float]]] = []
+    with sigterm_unwinds(), obtain_services() as services:
+        for name, env in variants:
+            result = drain(services, records, env)
+            rows.append((name, result))
+            sys.stderr.write(f"{name}: {result['eps']:,.0f} events/s\n")
+    base = rows[0][1]["eps"]
+
+    def us(result: dict[str, float], key: str) -> str:
+        return f"{result[key]:.1f}" if key in result else "n/a"
+
+    print("| variant | events/s | x first | worker us/event | ClickHouse us/event "
+          "| Kafka us/event | machine busy |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in rows:
+        print(
+            f"| {name} | {r['eps']:,.0f} | {r['eps'] / base:.2f} | {us(r, 'worker_us')} "
+            f"| {us(r, 'store_us')} | {us(r, 'broker_us')} | {r['busy_pct']:.0f} % |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
