@@ -120,9 +120,11 @@ async def produce_paced(
     alert_tenants: list[str],
     alert_limit: int,
     result: PacedResult,
+    id_prefix: str = "fresh",
 ) -> None:
     """Events at `rate_eps` for `duration_s`; the alert tenants cross their quota
-    one after another, spread over the run."""
+    one after another, spread over the run. Event ids start with `id_prefix`:
+    a second run needs its own, or its events are duplicates of the first's."""
     total = max(int(rate_eps * duration_s), 1)
     cross_every = max(total // (len(alert_tenants) + 1), 1) if alert_tenants else 0
     pending_alerts = list(alert_tenants)
@@ -132,7 +134,7 @@ async def produce_paced(
         for n in range(total):
             tenant = f"{FRESH_ORG}/team-{n % 100}"
             ev = UsageEvent(
-                event_id=f"fresh-{n}",
+                event_id=f"{id_prefix}-{n}",
                 tenant_id=tenant,
                 occurred_at=datetime.now(UTC),
                 model="frontier-large",
