@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tokenpulse.bench import load, raw
+from tokenpulse.bench.paced import PacedProcess
 from tokenpulse.bench.services import (
     Pipeline,
     Services,
@@ -190,6 +191,8 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
     try:
         _raw_produce(config, services, single, res, say)
         _single(config, services, single, res, say)
+        settled_s = single.wait_merges()
+        say(f"  merges after the drain settled in {settled_s:.1f} s")
         _fresh_and_alerts(config, single, res.half, 0.5, res.single_eps, say)
         # The paced load is produced on the same two cores through the SDK
         # (~34 us of CPU per event): at half the drain rate the generator
@@ -375,23 +378,22 @@ def _fresh_and_alerts(
         f"for {config.fresh_duration_s:.0f} s"
     )
     tenants = alert_tenants(config, res.load)
-    paced = load.PacedResult()
     alerts_at: dict[str, float] = {}
     seen_at: dict[str, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=_watch_alerts, args=(pipe, alerts_at, stop), daemon=True)
     watcher.start()
-    producer = threading.Thread(
-        target=lambda: asyncio.run(
-            load.produce_paced(
-                pipe.services.bootstrap, pipe.topics.usage, rate_eps=rate,
-                duration_s=config.fresh_duration_s, sample_every=max(int(rate // 20), 1),
-                alert_tenants=tenants, alert_limit=10_000, result=paced,
-                id_prefix=f"fresh-{res.load}",
-            )
-        ),
-        daemon=True,
+    # Its own process, like an agent runtime (see tokenpulse/bench/paced.py).
+    producer = PacedProcess(
+        [
+            "--bootstrap", pipe.services.bootstrap, "--topic", pipe.topics.usage,
+            "--rate-eps", str(rate), "--duration-s", str(config.fresh_duration_s),
+            "--sample-every", str(max(int(rate // 20), 1)),
+            "--alert-tenants", ",".join(tenants), "--alert-limit", "10000",
+            "--id-prefix", f"fresh-{res.load}",
+        ]
     )  # fmt: skip
+    paced = producer.result
     producer.start()
     deadline = time.monotonic() + config.fresh_duration_s + 60
     while time.monotonic() < deadline:
@@ -423,6 +425,7 @@ def _fresh_and_alerts(
         time.sleep(0.05)
     stop.set()
     watcher.join(10)
+    producer.stop()
     fresh = [seen_at[i] - t for i, t in paced.fresh_sent_at.items() if i in seen_at]
     res.samples = len(fresh)
     res.p50_s = statistics.median(fresh) if fresh else 0.0

@@ -178,6 +178,24 @@ class Pipeline:
             self.client.query(f"SELECT count() FROM {self.database}.usage_events").result_rows[0][0]
         )
 
+    def wait_merges(self, timeout_s: float = 60.0) -> float:
+        """Wait until ClickHouse has no merge running in this pipeline's database.
+
+        A drain leaves hundreds of fresh parts in usage_events and the view
+        tables; their merges take the cores for a while afterwards. Latency
+        measured in that storm measures the storm. Returns the seconds waited.
+        """
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            running = self.client.query(
+                "SELECT count() FROM system.merges WHERE database = {db:String}",
+                parameters={"db": self.database},
+            ).result_rows[0][0]
+            if not running:
+                break
+            time.sleep(0.5)
+        return time.monotonic() - started
+
     def wait_rows(self, target: int, timeout_s: float, poll_s: float = 0.25) -> float:
         """Poll until usage_events holds `target` rows; returns the monotonic time seen."""
         deadline = time.monotonic() + timeout_s
