@@ -14,6 +14,7 @@ import shlex
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -44,6 +45,25 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 FORMATTER = Formatter
+
+
+# The project's own examples/ (beside the package in a source checkout).
+_PROJECT_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example_file(name: str) -> Path:
+    """Default path of an example file: ./examples/NAME, else the project's own.
+
+    Relative to the working directory first (what the docs show, and what a
+    user edits); a command run from anywhere else still finds the project's
+    copy instead of failing on a relative path. When neither exists, the
+    working-directory path is returned so the error names what was looked for.
+    """
+    local = Path("examples") / name
+    if local.exists():
+        return local
+    bundled = _PROJECT_EXAMPLES / name
+    return bundled if bundled.exists() else local
 
 
 def examples(*lines: str, notes: str = "") -> str:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tokenpulse.cli._common import add_format, add_parser
+from tokenpulse.cli._common import add_format, add_parser, example_file
 from tokenpulse.cli._progress import phase
 from tokenpulse.config import Settings
 
@@ -92,7 +92,7 @@ def _pricebook_path(arg: Path | None) -> Path:
     if arg is not None:
         return arg
     env = os.environ.get("TOKENPULSE_PRICEBOOK")
-    return Path(env) if env else DEFAULT_PRICEBOOK
+    return Path(env) if env else example_file(DEFAULT_PRICEBOOK.name)
 
 
 def run(args: argparse.Namespace) -> int:

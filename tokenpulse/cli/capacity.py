@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tokenpulse.cli._common import add_format, add_parser
+from tokenpulse.cli._common import add_format, add_parser, example_file
 from tokenpulse.cli._progress import phase
 from tokenpulse.config import Settings
 from tokenpulse.errors import ConfigError
@@ -38,7 +38,12 @@ def register(subparsers: Any) -> None:
         "--until",
         help="end of the window, YYYY-MM-DD[THH:MM] UTC (default: now, to the minute)",
     )
-    p.add_argument("--serving", type=Path, default=DEFAULT_SERVING, help="serving table TOML")
+    p.add_argument(
+        "--serving",
+        type=Path,
+        default=None,
+        help="serving table TOML (default: examples/serving.toml here, else the project's)",
+    )
     p.add_argument("--headroom", type=float, help="override the serving table's headroom")
     p.add_argument("--database", help="database (default: from CLICKHOUSE_URL)")
     add_format(p, ("table", "json"))
@@ -61,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from tokenpulse.sinks._client import sync_client
     from tokenpulse.sinks.capacity import fetch_minute_demand, load_serving, plan_capacity
 
-    serving = load_serving(args.serving)
+    serving = load_serving(args.serving or example_file(DEFAULT_SERVING.name))
     if args.headroom is not None:
         serving = replace(serving, headroom=args.headroom)
     end = _until(args.until)

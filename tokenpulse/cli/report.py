@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tokenpulse.cli._common import add_format, add_parser, write_json
+from tokenpulse.cli._common import add_format, add_parser, example_file, write_json
 from tokenpulse.config import TOPIC_QUOTAS, Settings
 from tokenpulse.errors import ServiceUnavailable, TokenpulseError
 
@@ -89,12 +89,14 @@ def run(args: argparse.Namespace) -> int:
     database = args.database or settings.clickhouse.database
 
     kw: dict[str, Any] = {}
-    book_path, explicit = _optional(args.pricebook, "TOKENPULSE_PRICEBOOK", DEFAULT_PRICEBOOK)
+    book_path, explicit = _optional(
+        args.pricebook, "TOKENPULSE_PRICEBOOK", example_file(DEFAULT_PRICEBOOK.name)
+    )
     if explicit or book_path.exists():
         kw["pricebook"] = load_pricebook(book_path)  # an explicit bad file is an error
     else:
         kw["pricebook_note"] = "costs omitted: no price book (pass --pricebook PATH)"
-    serving_path, explicit = _optional(args.serving, None, DEFAULT_SERVING)
+    serving_path, explicit = _optional(args.serving, None, example_file(DEFAULT_SERVING.name))
     if explicit or serving_path.exists():
         kw["serving"] = load_serving(serving_path)
     else:
