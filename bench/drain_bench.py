@@ -25,15 +25,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from tokenpulse.bench import load
-from tokenpulse.bench.services import (
-    Pipeline,
-    Services,
-    machine_busy_s,
-    obtain_services,
-    proc_cpu_s,
-)
+from tokenpulse.bench.run import DrainCpu, drain_backlog
+from tokenpulse.bench.services import Pipeline, Services, obtain_services
 from tokenpulse.cli.bench import sigterm_unwinds
 from tokenpulse.fleet import FleetRecord
+
+Drained = tuple[float, DrainCpu]  # events/s, where the CPU went
 
 # What each default replaced, measured on the 2-core bench VM (BENCHMARKS.md).
 DEFAULT_VARIANTS = (
@@ -68,32 +65,16 @@ def parse_variant(text: str) -> dict[str, str]:
     return out
 
 
-def drain(
-    services: Services, records: list[FleetRecord], env: Mapping[str, str]
-) -> dict[str, float]:
+def drain(services: Services, records: list[FleetRecord], env: Mapping[str, str]) -> Drained:
+    """One fresh pipeline, the backlog, one worker with `env` on top of the defaults."""
     pipe = Pipeline(services, "drain" + uuid.uuid4().hex[:8], "d")
     try:
         pipe.setup()
         backlog = asyncio.run(
             load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=False)
         )
-        expected = backlog.expected_events
-        with environment(env):
-            pid = pipe.start_worker()
-        t0 = pipe.wait_rows(max(expected // 20, 1), 600, poll_s=0.05)
-        pids = {"worker": pid, "store": services.store_pid, "broker": services.broker_pid}
-        live = {k: p for k, p in pids.items() if p is not None}
-        rows0 = pipe.rows()
-        cpu0 = {k: proc_cpu_s(p) for k, p in live.items()}
-        busy0 = machine_busy_s()
-        t1 = pipe.wait_rows(expected, 1800, poll_s=0.1)
-        cpu1 = {k: proc_cpu_s(p) for k, p in live.items()}
-        busy1 = machine_busy_s()
-        done = max(expected - rows0, 1)
-        span = max(t1 - t0, 1e-9)
-        out = {"eps": done / span, "busy_pct": (busy1 - busy0) / span * 100}
-        out.update({f"{k}_us": (cpu1[k] - cpu0[k]) / done * 1e6 for k in live})
-        return out
+        with environment(env):  # the worker inherits it when drain_backlog starts it
+            return drain_backlog(pipe, backlog.expected_events, None)
     finally:
         pipe.teardown()
 
@@ -105,24 +86,24 @@ def main() -> int:
     args = parser.parse_args()
     variants = [(v or "defaults", parse_variant(v)) for v in args.variants]
     records = load.fleet(args.events, 200, seed=5)
-    rows: list[tuple[str, dict[str, float]]] = []
+    rows: list[tuple[str, Drained]] = []
     with sigterm_unwinds(), obtain_services() as services:
         for name, env in variants:
             result = drain(services, records, env)
             rows.append((name, result))
-            sys.stderr.write(f"{name}: {result['eps']:,.0f} events/s\n")
-    base = rows[0][1]["eps"]
+            sys.stderr.write(f"{name}: {result[0]:,.0f} events/s\n")
+    base = rows[0][1][0]
 
-    def us(result: dict[str, float], key: str) -> str:
-        return f"{result[key]:.1f}" if key in result else "n/a"
+    def us(cpu_s_per_100k: float | None) -> str:
+        return "n/a" if cpu_s_per_100k is None else f"{cpu_s_per_100k * 10:.1f}"
 
     print("| variant | events/s | x first | worker us/event | ClickHouse us/event "
           "| Kafka us/event | machine busy |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name, r in rows:
+    for name, (eps, cpu) in rows:
         print(
-            f"| {name} | {r['eps']:,.0f} | {r['eps'] / base:.2f} | {us(r, 'worker_us')} "
-            f"| {us(r, 'store_us')} | {us(r, 'broker_us')} | {r['busy_pct']:.0f} % |"
+            f"| {name} | {eps:,.0f} | {eps / base:.2f} | {us(cpu.worker)} "
+            f"| {us(cpu.store)} | {us(cpu.broker)} | {cpu.machine_busy_pct:.0f} % |"
         )
     return 0
 

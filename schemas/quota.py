@@ -18,7 +18,7 @@ from msgspec import Meta
 
 from tokenpulse.errors import InvalidRecord
 from tokenpulse.schemas._reasons import RejectReason
-from tokenpulse.schemas.usage import MAX_ID_CHARS, TENANT_ID_PATTERN
+from tokenpulse.schemas.usage import MAX_ID_CHARS, TENANT_ID_PATTERN_PY
 
 QuotaMetric = Literal["input", "output", "total", "cost"]
 QuotaPeriod = Literal["minute", "hour", "day", "month"]
@@ -30,13 +30,8 @@ QuotaStatus = Literal["ok", "warning", "exceeded", "unknown", "priced_partial"]
 Amount = int | Decimal
 
 _Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
-# msgspec applies `pattern` with re.search, where "$" also matches before a
-# trailing newline: "\Z" keeps "acme\n" out, as the JSON Schema does.
 _TenantId = Annotated[
-    str,
-    Meta(
-        min_length=1, max_length=MAX_ID_CHARS, pattern=TENANT_ID_PATTERN.removesuffix("$") + r"\Z"
-    ),
+    str, Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=TENANT_ID_PATTERN_PY)
 ]
 _T = TypeVar("_T")
 _Pct = Annotated[int, Meta(ge=1, le=1000)]

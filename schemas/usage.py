@@ -39,7 +39,10 @@ _OptStr = Annotated[str, Meta(max_length=MAX_ID_CHARS)] | None
 # decode), although a fleet sends the same few thousand tenant ids again
 # and again.
 _TenantId = Annotated[str, Meta(min_length=1, max_length=MAX_ID_CHARS)]
-_TENANT_RE: Final = re.compile(TENANT_ID_PATTERN)
+# TENANT_ID_PATTERN in Python's semantics: there "$" also matches before a
+# trailing newline ("acme\n"), which the JSON Schema (ECMA) refuses; "\Z" does not.
+TENANT_ID_PATTERN_PY: Final = TENANT_ID_PATTERN.removesuffix("$") + r"\Z"
+_TENANT_RE: Final = re.compile(TENANT_ID_PATTERN_PY)
 _VALID_TENANTS: set[str] = set()  # ids that matched TENANT_ID_PATTERN
 _VALID_TENANTS_MAX: Final = 65_536  # bounded: beyond it, ids are matched every time
 _Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS)]
@@ -154,7 +157,7 @@ def _check_cross_field(ev: UsageEvent) -> UsageEvent:
     """The rules msgspec cannot express (or not cheaply); raises InvalidRecord."""
     tenant = ev.tenant_id
     if tenant not in _VALID_TENANTS:
-        if _TENANT_RE.fullmatch(tenant) is None:  # fullmatch: "$" alone lets "a\n" through
+        if _TENANT_RE.match(tenant) is None:
             raise _reject(
                 RejectReason.INVALID_TENANT_ID,
                 f"tenant_id {tenant!r} does not match {TENANT_ID_PATTERN!r}",

@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import lz4.frame
 
@@ -96,6 +96,9 @@ def usable_insert_settings(
         warnings.append(f"this ClickHouse server has no setting {name!r}: {loss}")
     return usable, warnings
 
+
+# Every insert's settings (besides its token), before usable_insert_settings.
+_WANTED_SETTINGS: Final[dict[str, Any]] = {**INSERT_SETTINGS, **PARSE_SETTINGS}
 
 # A group's joined batch tokens are used verbatim up to this length, else hashed.
 MAX_PLAIN_TOKEN_CHARS = 128
@@ -220,8 +223,8 @@ class ClickHouseSink(UsageSink):
         self.connect_timeout_s = connect_timeout_s
         self.send_receive_timeout_s = send_receive_timeout_s
         self._client: Any = None
-        # INSERT_SETTINGS and PARSE_SETTINGS as the server understands them (set by start()).
-        self._insert_settings: dict[str, Any] = {**INSERT_SETTINGS, **PARSE_SETTINGS}
+        # _WANTED_SETTINGS as the server understands them (set by start()).
+        self._insert_settings: dict[str, Any] = dict(_WANTED_SETTINGS)
 
     @property
     def _where(self) -> str:
@@ -247,7 +250,7 @@ class ClickHouseSink(UsageSink):
             )
 
         self._client = await with_retries("connect", self.retry, connect, self._where)
-        wanted = {**INSERT_SETTINGS, **PARSE_SETTINGS}
+        wanted = _WANTED_SETTINGS
         client = self._client
 
         async def known_settings() -> Any:

@@ -124,6 +124,11 @@ class RecordBatcher(Generic[_P]):
 
     async def next_batch(self) -> list[InRecord]:
         """Wait for a record, then fill up to the limits within the flush interval."""
+        batch, _ = await self._next_batch_sized()
+        return batch
+
+    async def _next_batch_sized(self) -> tuple[list[InRecord], int]:
+        """next_batch() and the bytes of its record values."""
         await self._ready.wait()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.flush_interval_s
@@ -143,7 +148,7 @@ class RecordBatcher(Generic[_P]):
                 break
             batch += more
             size += more_size
-        return batch
+        return batch, size
 
     async def run(self) -> None:
         """Prepare batches and complete them in groups until a completion fails (it raises).
@@ -171,8 +176,7 @@ class RecordBatcher(Generic[_P]):
                     # The next group is full: wait for the write in flight.
                     await self._until_failure(self._group_space.wait())
                     continue
-                batch = await self._until_failure(self.next_batch())
-                size = sum(len(r.value) for r in batch if r.value is not None)
+                batch, size = await self._until_failure(self._next_batch_sized())
                 prepared = await self.prepare(batch)
                 if prepared is not None:
                     self._queued.append(prepared)

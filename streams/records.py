@@ -162,23 +162,9 @@ class RecordDecoder:
             )
             self.reject(rec, err, work)
             return
-        verdicts = decode_usage_record(value)
         keyring = self.keyring
-        if keyring is None and len(verdicts) == 1:
-            # The hot path (one event per record, broker ACLs): no loop, no set.
-            verdict = verdicts[0]
-            if isinstance(verdict, InvalidRecord):
-                self.reject(rec, verdict, work)
-            else:
-                work.accepted.append(
-                    new_tuple(
-                        AcceptedEvent,
-                        (verdict, rec.topic, rec.partition, rec.offset, ingested, False),
-                    )
-                )
-            return
         verified: set[str] = set()
-        for index, verdict in enumerate(verdicts):
+        for index, verdict in enumerate(decode_usage_record(value)):
             if isinstance(verdict, InvalidRecord):
                 self.reject(rec, verdict, work)
                 continue
@@ -191,7 +177,9 @@ class RecordDecoder:
                     continue
                 verified.add(verdict.tenant_id)
             work.accepted.append(
-                AcceptedEvent(verdict, rec.topic, rec.partition, rec.offset, ingested)
+                new_tuple(
+                    AcceptedEvent, (verdict, rec.topic, rec.partition, rec.offset, ingested, False)
+                )
             )
 
     def reject(self, rec: InRecord, err: InvalidRecord, work: Work) -> None:

@@ -257,7 +257,7 @@ def _put_alert_quotas(pipe: Pipeline, tenants: list[str], limit: int) -> None:
     asyncio.run(put())
 
 
-def _drain(
+def drain_backlog(
     pipe: Pipeline, expected: int, res_profile: BenchConfig | None
 ) -> tuple[float, DrainCpu]:
     """Start the worker on a produced backlog; events/s and where the CPU went."""
@@ -336,7 +336,7 @@ def _single(
     say("  quixstreams peer on the same topic")
     _peer(services, pipe, backlog.records, res)
     say("  one tokenpulse worker drains it")
-    res.single_eps, res.cpu = _drain(pipe, backlog.expected_events, config)
+    res.single_eps, res.cpu = drain_backlog(pipe, backlog.expected_events, config)
     say(
         f"  raw consume {res.raw_consume_rps:,.0f}/s, peer {res.peer_rps:,.0f}/s, worker "
         f"{res.single_eps:,.0f} events/s, {res.cpu.worker:.1f} CPU s per 100k"
@@ -487,7 +487,7 @@ def _envelope(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -
     backlog = asyncio.run(
         load.produce_backlog(pipe.services.bootstrap, pipe.topics.usage, records, envelope=True)
     )
-    res.envelope_eps, _ = _drain(pipe, backlog.expected_events, None)
+    res.envelope_eps, _ = drain_backlog(pipe, backlog.expected_events, None)
     pipe.stop_worker()
 
 
