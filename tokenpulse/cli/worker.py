@@ -13,14 +13,17 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenpulse.cli._common import add_parser
 
 FATAL_STOP_GRACE_S = 30.0
 
 log = logging.getLogger("tokenpulse.cli.worker")
+
+_T = TypeVar("_T")
 
 
 def register(subparsers: Any) -> None:
@@ -97,11 +100,14 @@ def _settings(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     # Until Faust's worker installs its own handlers, a SIGTERM (a rolling
     # update, a supervisor giving up on a slow start) must still stop the
-    # process cleanly with exit 0 instead of killing it mid-start.
+    # process cleanly with exit 0 instead of killing it mid-start. Before the
+    # event loop exists (imports, settings) the handler raises; from then on
+    # _StartGuard takes the signal through the loop.
     signal.signal(signal.SIGTERM, _terminated_while_starting)
     try:
         return _run(args)
     except TerminatedWhileStarting:
+        log.warning("SIGTERM while starting: stopping before consuming anything (exit 0)")
         return 0
 
 
@@ -124,11 +130,12 @@ def _run(args: argparse.Namespace) -> int:
     # the Faust worker runs.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    guard = _StartGuard(loop)
     runtime = None
     try:
-        loop.run_until_complete(ensure_topics(settings))
+        guard.run(ensure_topics(settings))
         app, runtime = build_worker(settings)
-        loop.run_until_complete(runtime.start())
+        guard.run(runtime.start())
         worker = faust.Worker(
             app,
             loop=loop,
@@ -137,13 +144,14 @@ def _run(args: argparse.Namespace) -> int:
             logging_config=json_logs,
         )
         runtime.on_fatal = lambda: _stop_after_fatal(loop, runtime.exit_code or 1)
+        guard.hand_over()
         try:
             worker.execute_from_commandline()  # returns only by raising SystemExit
         except SystemExit as exc:
             code = exc.code
     except TerminatedWhileStarting:
         log.warning("SIGTERM while starting: stopping before consuming anything (exit 0)")
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one ends it at once
+        guard.release()  # a second SIGTERM ends the process at once
         if runtime is not None and not loop.is_closed():
             loop.run_until_complete(runtime.stop())
         return 0
@@ -162,6 +170,63 @@ class TerminatedWhileStarting(BaseException):
 
 def _terminated_while_starting(signum: int, frame: object) -> None:
     raise TerminatedWhileStarting(f"signal {signum}")
+
+
+class _StartGuard:
+    """SIGTERM during the asynchronous start: cancel the start step, then stop.
+
+    An exception raised from a Python-level signal handler lands in whatever
+    code runs at that instant. Inside the event loop that can be another
+    task's step or a callback, where asyncio keeps it (as that task's result,
+    or a logged "Exception in callback") and the start goes on waiting, e.g.
+    on a ClickHouse that never answers: CI saw a worker still alive 30 s after
+    its SIGTERM. Through the loop's own signal handling the signal becomes a
+    callback that cancels the step in progress, wherever it is waiting.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._step: asyncio.Task[Any] | None = None
+        self._handed_over = False
+        self.terminated = False
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+
+    def run(self, step: Coroutine[Any, Any, _T]) -> _T:
+        """Run one start step to completion; TerminatedWhileStarting on SIGTERM."""
+        if self.terminated:
+            step.close()
+            raise TerminatedWhileStarting("SIGTERM")
+        task = self._loop.create_task(step)
+        self._step = task
+        try:
+            return self._loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if self.terminated:
+                raise TerminatedWhileStarting("SIGTERM") from None
+            raise
+        finally:
+            self._step = None
+
+    def hand_over(self) -> None:
+        """Faust's worker is next: it installs its own SIGTERM handler early in its start."""
+        if self.terminated:
+            raise TerminatedWhileStarting("SIGTERM")
+        self._handed_over = True
+
+    def release(self) -> None:
+        """Back to the default action (the process ends at once)."""
+        self._loop.remove_signal_handler(signal.SIGTERM)
+
+    def _on_sigterm(self) -> None:
+        if self._handed_over:
+            # Only reached if Faust's start suspends before installing its
+            # handler, which replaces this one: send the signal again until
+            # Faust takes it, so its clean stop runs.
+            self._loop.call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+            return
+        self.terminated = True
+        if self._step is not None:
+            self._step.cancel()
 
 
 def _stop_after_fatal(loop: asyncio.AbstractEventLoop, exit_code: int) -> None:
