@@ -97,8 +97,10 @@ async def async_record_cost(config: ProducerConfig, events: int) -> tuple[float,
     return _percentiles(samples)
 
 
-async def sdk_throughput(config: ProducerConfig, events: int) -> float:
+async def sdk_throughput(config: ProducerConfig, events: int) -> tuple[float, float]:
+    """(events/s record->acked, process CPU us per event)."""
     async with UsageProducer(config) as producer:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         for i in range(events):
             await producer.record(**_kwargs(i))  # type: ignore[arg-type]
@@ -106,11 +108,13 @@ async def sdk_throughput(config: ProducerConfig, events: int) -> float:
                 await asyncio.sleep(0)
         report = await producer.flush(timeout_s=300)
         elapsed = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
     assert report.ok, report.undelivered_count
-    return events / elapsed
+    return events / elapsed, cpu_s / events * 1e6
 
 
-async def bare_throughput(config: ProducerConfig, events: int) -> float:
+async def bare_throughput(config: ProducerConfig, events: int) -> tuple[float, float]:
+    """aiokafka's send() per record: (events/s, process CPU us per event)."""
     values = [(_kwargs(i)["tenant_id"], build_event(**_kwargs(i))[1]) for i in range(events)]  # type: ignore[arg-type]
     producer = AIOKafkaProducer(
         bootstrap_servers=config.bootstrap_servers,
@@ -122,13 +126,15 @@ async def bare_throughput(config: ProducerConfig, events: int) -> float:
     )
     await producer.start()
     try:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         futures = [
             await producer.send(config.topic, value, key=str(tenant).encode())
             for tenant, value in values
         ]
         await asyncio.gather(*futures)
-        return events / (time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        return events / elapsed, (time.process_time() - c0) / events * 1e6
     finally:
         await producer.stop()
 
@@ -145,8 +151,8 @@ def main() -> None:
     build_cpu = build_cost(n)
     sync_med, sync_p99, sync_cpu = sync_record_cost(config, n)
     async_med, async_p99 = asyncio.run(async_record_cost(config, n))
-    sdk_eps = asyncio.run(sdk_throughput(config, n))
-    bare_eps = asyncio.run(bare_throughput(config, n))
+    sdk_eps, sdk_cpu_us = asyncio.run(sdk_throughput(config, n))
+    bare_eps, bare_cpu_us = asyncio.run(bare_throughput(config, n))
     print(f"events={n} compression={compression_type(config)} topic={topic}")
     print(f"{'measure':<44}{'value':>14}")
     print(f"{'build_event() CPU median ns/call (no I/O)':<44}{build_cpu:>14.0f}")
@@ -158,6 +164,8 @@ def main() -> None:
     print(f"{'SDK throughput events/s (record->acked)':<44}{sdk_eps:>14.0f}")
     print(f"{'bare aiokafka send() events/s, same bytes':<44}{bare_eps:>14.0f}")
     print(f"{'SDK / bare ratio':<44}{sdk_eps / bare_eps:>14.2f}")
+    print(f"{'SDK process CPU us/event (record->acked)':<44}{sdk_cpu_us:>14.1f}")
+    print(f"{'bare send() process CPU us/event':<44}{bare_cpu_us:>14.1f}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,27 @@
-"""aiokafka specifics under the pipeline: building a client, reading a send's
-outcome, and abandoning a client whose broker is away; plus the report types.
+"""aiokafka specifics under the pipeline: building a client, handing it
+record batches, reading a send's outcome, and abandoning a client whose broker
+is away; plus the report types.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.codec import has_lz4, has_zstd
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from tokenpulse.sdk._config import ProducerConfig
+
+T = TypeVar("T")
+
+# (key, value, what the record carries): one Kafka record to send.
+Unit = tuple[bytes, bytes, Sequence[T]]
+Headers = list[tuple[str, bytes]] | None
 
 
 class Unacknowledged(Exception):
@@ -89,6 +98,34 @@ def new_producer(c: ProducerConfig) -> AIOKafkaProducer:
     )
 
 
+class KeyHashCache:
+    """aiokafka's default partitioner with each key's hash remembered.
+
+    The default computes the Java client's murmur2 in pure Python for every
+    record (several us for a tenant id: more than the rest of record()),
+    while the keys are tenant ids, a few thousand at most per runtime. Same
+    partition for every key as DefaultPartitioner and the Java client, so
+    a tenant's records stay on one partition whichever producer wrote them.
+    """
+
+    MAX_KEYS = 65_536  # ~6 MB at most; past it the cache starts again
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(self._default(key, all_partitions, available))
+        hashes = self._hashes
+        h = hashes.get(key)
+        if h is None:
+            if len(hashes) >= self.MAX_KEYS:
+                hashes.clear()
+            h = hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[h % len(all_partitions)]
+
+
 async def abandon(producer: AIOKafkaProducer) -> None:
     """Close a Kafka client without waiting for its unacknowledged batches.
 
@@ -106,3 +143,66 @@ async def abandon(producer: AIOKafkaProducer) -> None:
     with contextlib.suppress(Exception):
         await producer.client.close()
     producer._closed = True  # closed by hand: no "Unclosed AIOKafkaProducer" warning
+
+
+@dataclass
+class Handed(Generic[T]):
+    """What send_batched handed to the client, and what it could not."""
+
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    carried: list[list[T]] = field(default_factory=list)  # per future: what it acknowledges
+    unsent: list[T] = field(default_factory=list)
+    error: Exception | None = None
+
+
+async def send_batched(
+    producer: AIOKafkaProducer,
+    topic: str,
+    units: Sequence[Unit[T]],
+    *,
+    partitioner: KeyHashCache,
+    headers_for: Callable[[bytes], Headers],
+) -> Handed[T]:
+    """Send units as record batches, one per partition (more when full), in order.
+
+    aiokafka's send() costs a coroutine, a partitioner call, a future and a
+    shield per record, and a callback per record when the batch is
+    acknowledged: most of the SDK's CPU per event (py-spy, bench/sdk_bench.py).
+    Here a batch is filled by the record builder and acknowledged with one
+    future. Records of one key keep their order: same partition, appended
+    in order, batches handed over in order. On a failure (metadata or buffer
+    timeout: the broker is away) the batch that failed and every later one
+    come back in `unsent`, in order.
+    """
+    handed: Handed[T] = Handed()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        by_partition: dict[int, list[Unit[T]]] = {}
+        for unit in units:
+            by_partition.setdefault(partitioner(unit[0], partitions, partitions), []).append(unit)
+    except Exception as exc:
+        handed.unsent = [it for _, _, items in units for it in items]
+        handed.error = exc
+        return handed
+    batches: list[tuple[int, Any, list[T]]] = []
+    for partition, group in by_partition.items():
+        batch = producer.create_batch()
+        carried: list[T] = []
+        for key, value, items in group:
+            headers = headers_for(value)
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                batches.append((partition, batch, carried))  # full: the next one takes it
+                batch, carried = producer.create_batch(), []
+                batch.append(key=key, value=value, timestamp=None, headers=headers)
+            carried.extend(items)
+        batches.append((partition, batch, carried))
+    for index, (partition, batch, carried) in enumerate(batches):
+        try:
+            future = await producer.send_batch(batch, topic, partition=partition)
+        except Exception as exc:
+            handed.unsent = [it for _, _, rest in batches[index:] for it in rest]
+            handed.error = exc
+            break
+        handed.futures.append(future)
+        handed.carried.append(carried)
+    return handed

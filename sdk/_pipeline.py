@@ -31,10 +31,13 @@ from tokenpulse.schemas.usage import join_batch
 from tokenpulse.sdk._config import ProducerConfig
 from tokenpulse.sdk._kafka import (
     DeliveryReport,
+    Headers,
+    KeyHashCache,
     ProducerStats,
     abandon,
     new_producer,
     outcome,
+    send_batched,
 )
 
 __all__ = ["DeliveryReport", "Item", "Pipeline", "ProducerStats"]
@@ -67,6 +70,7 @@ class Pipeline:
         self._settlers: dict[asyncio.Task[None], AIOKafkaProducer] = {}
         self._backoff_s = 0.0
         self._fail_streak = 0
+        self._partitioner = KeyHashCache()  # outlives clients: hashes stay cached
         # The client to replace after a failure; a late failure of an already
         # replaced client must not reset its healthy successor.
         self._reset_for: AIOKafkaProducer | None = None
@@ -198,40 +202,35 @@ class Pipeline:
 
     async def _send_chunk(self, producer: AIOKafkaProducer) -> None:
         chunk = self._take()
-        c = self.config
-        units = self._units(chunk)
-        futures: list[asyncio.Future[Any]] = []
-        sent_units: list[list[Item]] = []
-        for index, (key, value, items) in enumerate(units):
-            headers = None
-            if c.signing_secret is not None:
-                assert c.signing_tenant_id is not None
-                assert c.signing_key_id is not None
-                headers = sign_record(
-                    value,
-                    tenant_id=c.signing_tenant_id,
-                    key_id=c.signing_key_id,
-                    secret=c.signing_secret,
-                )
-            try:
-                fut = await producer.send(c.topic, value, key=key, headers=headers)
-            except Exception as exc:  # metadata/buffer timeout: broker away
-                rest = [it for _, _, its in units[index:] for it in its]
-                self._reset_for = producer
-                self._requeue(rest, exc)
-                break
-            futures.append(fut)
-            sent_units.append(items)
-        if futures:
+        handed = await send_batched(
+            producer,
+            self.config.topic,
+            self._units(chunk),
+            partitioner=self._partitioner,
+            headers_for=self._headers,
+        )
+        if handed.error is not None:  # metadata/buffer timeout: broker away
+            self._reset_for = producer
+            self._requeue(handed.unsent, handed.error)
+        if handed.futures:
             unit_id = self._next_unit
             self._next_unit += 1
-            flat = [it for items in sent_units for it in items]
-            self._inflight[unit_id] = flat
+            self._inflight[unit_id] = [it for items in handed.carried for it in items]
             task = asyncio.get_running_loop().create_task(
-                self._settle(producer, unit_id, futures, sent_units)
+                self._settle(producer, unit_id, handed.futures, handed.carried)
             )
             self._settlers[task] = producer
             task.add_done_callback(self._forget_settler)
+
+    def _headers(self, value: bytes) -> Headers:
+        c = self.config
+        if c.signing_secret is None:
+            return None
+        assert c.signing_tenant_id is not None
+        assert c.signing_key_id is not None
+        return sign_record(
+            value, tenant_id=c.signing_tenant_id, key_id=c.signing_key_id, secret=c.signing_secret
+        )
 
     def _forget_settler(self, task: asyncio.Task[None]) -> None:
         self._settlers.pop(task, None)
