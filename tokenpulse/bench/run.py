@@ -379,9 +379,12 @@ def _fresh_and_alerts(
     )
     tenants = alert_tenants(config, res.load)
     alerts_at: dict[str, float] = {}
+    made_at: dict[str, float] = {}  # the alert record's Kafka timestamp (the worker's produce)
     seen_at: dict[str, float] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_alerts, args=(pipe, alerts_at, stop), daemon=True)
+    watcher = threading.Thread(
+        target=_watch_alerts, args=(pipe, alerts_at, made_at, stop), daemon=True
+    )
     watcher.start()
     # Its own process, like an agent runtime (see tokenpulse/bench/paced.py).
     producer = PacedProcess(
@@ -433,13 +436,23 @@ def _fresh_and_alerts(
     lat = [alerts_at[t] - s for t, s in paced.crossing_sent_at.items() if t in alerts_at]
     res.alerts = len(lat)
     res.alert_p99_s = _pct(lat, 0.99)
+    # Where an alert's time went: up to the worker's produce, and after it.
+    made = [made_at[t] - s for t, s in paced.crossing_sent_at.items() if t in made_at]
     say(
         f"  freshness p50 {res.p50_s:.2f} s p99 {res.p99_s:.2f} s; "
-        f"alert p99 {res.alert_p99_s:.2f} s over {res.alerts} alerts"
+        f"alert p50 {statistics.median(lat) if lat else 0.0:.2f} s "
+        f"p99 {res.alert_p99_s:.2f} s over {res.alerts} alerts "
+        f"(crossing sent -> alert produced: p50 {statistics.median(made) if made else 0.0:.2f} s "
+        f"p99 {_pct(made, 0.99):.2f} s)"
     )
 
 
-def _watch_alerts(pipe: Pipeline, alerts_at: dict[str, float], stop: threading.Event) -> None:
+def _watch_alerts(
+    pipe: Pipeline,
+    alerts_at: dict[str, float],
+    made_at: dict[str, float],
+    stop: threading.Event,
+) -> None:
     from aiokafka import AIOKafkaConsumer
 
     from tokenpulse.schemas import decode_quota_alert
@@ -460,6 +473,7 @@ def _watch_alerts(pipe: Pipeline, alerts_at: dict[str, float], stop: threading.E
                     for m in msgs:
                         alert = decode_quota_alert(m.value)
                         alerts_at.setdefault(alert.tenant_id, now)
+                        made_at.setdefault(alert.tenant_id, m.timestamp / 1000)
         finally:
             await consumer.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -144,6 +145,7 @@ def _run(args: argparse.Namespace) -> int:
             logging_config=json_logs,
         )
         runtime.on_fatal = lambda: _stop_after_fatal(loop, runtime.exit_code or 1)
+        tune_gc(settings.gc_gen0_threshold)
         guard.hand_over()
         try:
             worker.execute_from_commandline()  # returns only by raising SystemExit
@@ -227,6 +229,26 @@ class _StartGuard:
         self.terminated = True
         if self._step is not None:
             self._step.cancel()
+
+
+def tune_gc(gen0_threshold: int) -> None:
+    """Fewer, cheaper garbage collections for the rest of the process (0: leave Python's).
+
+    Each record costs the worker a handful of short-lived objects (tuples of
+    the batch, decoded events): with Python's gen0 threshold of 700 a
+    collection ran every few hundred records, and each full one walked every
+    object of the start (Faust, aiokafka, the modules): a quarter of the
+    worker's CPU (bench/drain_bench.py, docs/streams.md). The start's
+    objects are frozen (never scanned again; they live as long as the
+    process anyway), and young collections wait for `gen0_threshold` new
+    objects. Reference cycles are still collected.
+    """
+    if gen0_threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
 
 
 def _stop_after_fatal(loop: asyncio.AbstractEventLoop, exit_code: int) -> None:
