@@ -62,6 +62,9 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
         broker_session_timeout=timeouts["broker_session_timeout"],
         broker_heartbeat_interval=timeouts["broker_heartbeat_interval"],
         broker_request_timeout=timeouts["broker_request_timeout"],
+        # TOKENPULSE_MAX_POLL_INTERVAL_S: a consumer that asked for no records
+        # this long leaves the group (fetching is paused during a store outage).
+        broker_max_poll_interval=settings.max_poll_interval_s,
         # One fetch hands at most one batch's worth of records to the batcher.
         broker_max_poll_records=settings.batch_max_events,
         # Per partition and fetch. Faust's default, 1 MiB (~3,600 fleet
@@ -107,13 +110,19 @@ class FaustFlow(FlowControl):
         return {tp for tp in consumer.assignment() if tp.topic == self.topic}
 
     def pause(self) -> None:
-        # Faust keeps polling (group membership and heartbeats stay healthy) but
-        # hands out no records of paused partitions, and aiokafka prefetches at
-        # most one fetch per partition: memory stays bounded during an outage.
-        self.app.consumer.pause_partitions(self._tps())
+        # Faust hands out no records of paused partitions, and aiokafka
+        # prefetches at most one fetch per partition: memory stays bounded
+        # during an outage. Faust also stops asking for records then, so the
+        # consumer marks its polls itself (BatchConsumer.hold_membership):
+        # otherwise it would leave the group after broker_max_poll_interval.
+        consumer: Any = self.app.consumer
+        consumer.hold_membership = True
+        consumer.pause_partitions(self._tps())
 
     def resume(self) -> None:
-        self.app.consumer.resume_partitions(self._tps())
+        consumer: Any = self.app.consumer
+        consumer.resume_partitions(self._tps())
+        consumer.hold_membership = False
 
 
 class FaustProducer:

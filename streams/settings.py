@@ -154,6 +154,9 @@ class WorkerSettings:
         member (kill -9, frozen host) before rebalancing its partitions (default 30 s).
     heartbeat_interval_s: TOKENPULSE_HEARTBEAT_INTERVAL_S; at most a third of the session
         timeout (default 3 s).
+    max_poll_interval_s: TOKENPULSE_MAX_POLL_INTERVAL_S; how long the consumer may go without
+        asking Kafka for records before it leaves the group (default 1000 s, Faust's). It does
+        not ask while the store is down (fetching paused) or while the batcher is full.
     gc_gen0_threshold: TOKENPULSE_GC_GEN0_THRESHOLD; the worker's young-generation collection
         threshold (50,000; Python's 700 ran a collection every few hundred records). With it
         the objects of the start are frozen out of every collection. 0 keeps Python's defaults.
@@ -188,10 +191,16 @@ class WorkerSettings:
     log_format: str = "text"
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
     heartbeat_interval_s: float = 3.0
+    max_poll_interval_s: float = 1000.0
     gc_gen0_threshold: int = 50_000
 
     def __post_init__(self) -> None:
         check_broker_timeouts(self.session_timeout_s, self.heartbeat_interval_s)
+        if self.max_poll_interval_s <= 0:
+            raise ConfigError(
+                f"TOKENPULSE_MAX_POLL_INTERVAL_S must be > 0, got {self.max_poll_interval_s}",
+                details={"setting": "TOKENPULSE_MAX_POLL_INTERVAL_S"},
+            )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
                 f"TOKENPULSE_GC_GEN0_THRESHOLD must be >= 0 (0 = Python's defaults), "
@@ -260,5 +269,6 @@ class WorkerSettings:
             log_format=_log_format(env),
             session_timeout_s=_num(env, "TOKENPULSE_SESSION_TIMEOUT_S", DEFAULT_SESSION_TIMEOUT_S),
             heartbeat_interval_s=_num(env, "TOKENPULSE_HEARTBEAT_INTERVAL_S", 3.0),
+            max_poll_interval_s=_num(env, "TOKENPULSE_MAX_POLL_INTERVAL_S", 1000.0),
             gc_gen0_threshold=int(_num(env, "TOKENPULSE_GC_GEN0_THRESHOLD", 50_000)),
         )

@@ -25,7 +25,7 @@ from typing import Any, cast
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
-from mode import ServiceT
+from mode import Service, ServiceT
 
 from tokenpulse.streams.processor import InRecord
 from tokenpulse.streams.records import new_tuple
@@ -56,8 +56,41 @@ def in_records(records: Sequence[Any], generation: int | None) -> list[InRecord]
     ]
 
 
+# How often a consumer whose fetching is paused tells aiokafka it is alive.
+KEEP_POLLING_S: float = 1.0
+
+
 class BatchConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer with a batch path for registered topics."""
+
+    # Set while the store is away and fetching is paused (FaustFlow): the
+    # consumer is healthy, only waiting, and must stay in its group.
+    hold_membership: bool = False
+
+    @Service.task
+    async def _keep_polling_while_paused(self) -> None:  # pragma: no cover - on Kafka
+        # aiokafka leaves the group when nothing asked it for records for
+        # broker_max_poll_interval, and then rejoins only once something
+        # asks again; Faust asks only for active partitions and, after the
+        # revocation that leaving causes, waits for an assignment first. So a
+        # store outage longer than TOKENPULSE_MAX_POLL_INTERVAL_S stopped the
+        # worker for good: alive, out of its group, consuming nothing (faust
+        # issue 517; tests/faults/test_clickhouse_outage.py). While paused,
+        # mark a poll on the consumer thread, as a getmany would.
+        while not self.should_stop:
+            await self.sleep(KEEP_POLLING_S)
+            if self.hold_membership:
+                try:
+                    await self._thread.call_thread(self._mark_poll)
+                except Exception as exc:  # a consumer stopping: the next round retries
+                    self.log.debug("keep-polling mark failed: %r", exc)
+
+    async def _mark_poll(self) -> None:  # pragma: no cover - on Kafka
+        # On the consumer thread, where aiokafka counts its fetches (Faust's
+        # own getmany enters the same context around every fetch).
+        consumer = cast(Any, self._thread)._ensure_consumer()
+        with consumer._fetcher._subscriptions.fetch_context():
+            pass
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - on Kafka
         # Mirrors faust.transport.consumer.Consumer._drain_messages; tested

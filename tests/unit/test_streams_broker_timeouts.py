@@ -54,3 +54,12 @@ def test_with_validates_too() -> None:
     s = WorkerSettings.from_env(BASE)
     with pytest.raises(ConfigError, match="TOKENPULSE_HEARTBEAT_INTERVAL_S"):
         s.with_(session_timeout_s=6.0, heartbeat_interval_s=3.0)
+
+
+def test_max_poll_interval_default_override_and_refusal() -> None:
+    assert WorkerSettings.from_env(BASE).max_poll_interval_s == 1000.0
+    env = {**BASE, "TOKENPULSE_MAX_POLL_INTERVAL_S": "4"}
+    assert WorkerSettings.from_env(env).max_poll_interval_s == 4.0
+    with pytest.raises(ConfigError, match="TOKENPULSE_MAX_POLL_INTERVAL_S") as err:
+        WorkerSettings.from_env({**BASE, "TOKENPULSE_MAX_POLL_INTERVAL_S": "0"})
+    assert err.value.details["setting"] == "TOKENPULSE_MAX_POLL_INTERVAL_S"
