@@ -37,7 +37,7 @@ class TcpProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -70,6 +70,21 @@ class TcpProxy:
             w.transport.abort()
         self._writers.clear()
 
+    async def _shutdown(self) -> None:
+        """Cut everything and let the loop close every socket before it stops.
+
+        A connection left to the garbage collector is a ResourceWarning in
+        the test process, an error under `filterwarnings = error`.
+        """
+        await self._close()
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _ in range(3):  # abort() closes the socket in a callback of the next rounds
+            await asyncio.sleep(0)
+
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
     ) -> None:
@@ -86,12 +101,18 @@ class TcpProxy:
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(client_w)  # a close() while we connect must cut it too
         try:
             server_r, server_w = await asyncio.open_connection(*self.target)
         except OSError:
+            self._writers.discard(client_w)
             client_w.transport.abort()
             return
-        self._writers.update((client_w, server_w))
+        if client_w not in self._writers:  # cut by close() while connecting
+            server_w.transport.abort()
+            client_w.transport.abort()
+            return
+        self._writers.add(server_w)
         try:
             await asyncio.gather(
                 self._pipe(client_r, server_w, self.delay_s), self._pipe(server_r, client_w, 0.0)
