@@ -19,10 +19,13 @@ its partition (Faust's windowed tables could, after a recovery).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 _MINUTE_S = 60
+_MINUTE = timedelta(seconds=_MINUTE_S)
+_NEVER = datetime.min.replace(tzinfo=UTC)
+_FOREVER = datetime.max.replace(tzinfo=UTC)
 
 
 def minute_start_s(occurred_at: datetime) -> int:
@@ -37,37 +40,58 @@ def minute_start(occurred_at: datetime) -> datetime:
 
 @dataclass
 class MinuteWindows:
-    """The watermark of one partition and the lateness rule of its minute windows."""
+    """The watermark of one partition and the lateness rule of its minute windows.
+
+    The rule: an event is late when its minute closed before it arrived, i.e.
+    when minute end + allowed lateness <= the watermark. For a watermark W
+    that is every event before `floor_minute(W - lateness)` (the cut), and
+    the cut moves only when W crosses into another minute: so add() is two
+    datetime comparisons per event, and the cut is computed again about once
+    per minute of event time, not an epoch timestamp per event.
+    """
 
     allowed_lateness_s: float
-    watermark_s: float | None = None
+    watermark: datetime | None = None  # the highest event time seen on time
     late_events: int = 0
+    _cut: datetime = field(default=_NEVER, repr=False)  # before it: late
+    _recut_at: datetime = field(default=_NEVER, repr=False)  # the cut moves from here
 
-    def _closed(self, minute_s: int, watermark_s: float) -> bool:
-        """The one lateness rule: a minute closes once the watermark passes its end + lateness."""
-        return minute_s + _MINUTE_S + self.allowed_lateness_s <= watermark_s
+    @property
+    def watermark_s(self) -> float | None:
+        return None if self.watermark is None else self.watermark.timestamp()
+
+    def _move_cut(self, watermark: datetime) -> None:
+        lateness = timedelta(seconds=self.allowed_lateness_s)
+        try:
+            cut = (watermark.astimezone(UTC) - lateness).replace(second=0, microsecond=0)
+        except OverflowError:  # a lateness reaching before year 1: nothing is late
+            self._cut, self._recut_at = _NEVER, _FOREVER
+            return
+        self._cut = cut
+        try:
+            self._recut_at = cut + _MINUTE + lateness
+        except OverflowError:  # year 9999: the cut never moves again
+            self._recut_at = _FOREVER
 
     def is_late(self, occurred_at: datetime) -> bool:
         """Would an event of this time be late now (without counting it)?"""
-        if self.watermark_s is None:
-            return False
-        return self._closed(minute_start_s(occurred_at), self.watermark_s)
+        return self.watermark is not None and occurred_at < self._cut
 
     def add(self, occurred_at: datetime) -> bool:
         """Count one event; returns True when it is late (its window has closed).
 
         A late event does not move the watermark (it is older than it anyway).
         """
-        # One timestamp per event (the hot path): is_late() and
-        # minute_start_s() would each compute it again.
-        ts = occurred_at.timestamp()
-        watermark_s = self.watermark_s
-        if watermark_s is None:
-            self.watermark_s = ts
+        watermark = self.watermark
+        if watermark is None:
+            self.watermark = occurred_at
+            self._move_cut(occurred_at)
             return False
-        if self._closed(int(ts // _MINUTE_S) * _MINUTE_S, watermark_s):
+        if occurred_at < self._cut:
             self.late_events += 1
             return True
-        if ts > watermark_s:
-            self.watermark_s = ts
+        if occurred_at > watermark:
+            self.watermark = occurred_at
+            if occurred_at >= self._recut_at:
+                self._move_cut(occurred_at)
         return False

@@ -58,8 +58,39 @@ def test_the_state_of_a_partition_does_not_grow_with_events_or_tenants() -> None
     w = MinuteWindows(allowed_lateness_s=300)
     for i in range(10_000):
         w.add(BASE + timedelta(milliseconds=i))
-    assert vars(w) == {
-        "allowed_lateness_s": 300,
-        "watermark_s": (BASE + timedelta(milliseconds=9_999)).timestamp(),
-        "late_events": 0,
-    }
+    assert w.watermark == BASE + timedelta(milliseconds=9_999)
+    assert w.late_events == 0
+    fields = ["_cut", "_recut_at", "allowed_lateness_s", "late_events", "watermark"]
+    assert sorted(vars(w)) == fields
+    assert all(isinstance(v, (int, float, datetime)) for v in vars(w).values())
+
+
+@given(
+    st.lists(st.integers(0, 7200_000_000), max_size=80),
+    st.floats(0, 900, allow_nan=False).map(lambda s: round(s, 3)),
+)
+@settings(max_examples=300)
+def test_same_verdicts_as_the_rule_in_epoch_seconds(
+    offsets_us: list[int], lateness_s: float
+) -> None:
+    # The rule as written before the cut: minute start + 60 + lateness <= watermark,
+    # in epoch seconds, for sub-millisecond times and fractional lateness.
+    w = MinuteWindows(allowed_lateness_s=lateness_s)
+    watermark: float | None = None
+    for us in offsets_us:
+        at = BASE + timedelta(microseconds=us)
+        ts = at.timestamp()
+        expected = watermark is not None and (ts // 60) * 60 + 60 + lateness_s <= watermark
+        assert w.add(at) is expected, (at, lateness_s, watermark)
+        if not expected and (watermark is None or ts > watermark):
+            watermark = ts
+
+
+def test_extreme_lateness_and_times_do_not_overflow() -> None:
+    w = MinuteWindows(allowed_lateness_s=10**9)  # ~32 years: reaches before year 1 here
+    early = datetime(1, 1, 1, 0, 5, tzinfo=UTC)
+    assert not w.add(early)
+    assert not w.add(datetime(1, 1, 1, tzinfo=UTC))
+    end = MinuteWindows(allowed_lateness_s=0)
+    assert not end.add(datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC))
+    assert end.add(datetime(9999, 12, 31, 23, 58, tzinfo=UTC))
