@@ -155,8 +155,9 @@ class WorkerSettings:
     heartbeat_interval_s: TOKENPULSE_HEARTBEAT_INTERVAL_S; at most a third of the session
         timeout (default 3 s).
     max_poll_interval_s: TOKENPULSE_MAX_POLL_INTERVAL_S; how long the consumer may go without
-        asking Kafka for records before it leaves the group (default 1000 s, Faust's). It does
-        not ask while the store is down (fetching paused) or while the batcher is full.
+        asking Kafka for records before it leaves the group (default 1000 s, Faust's). While
+        the store is down (fetching paused) it marks its polls itself and stays; a batcher full
+        for this long (a store that answers but never finishes a write) still counts.
     gc_gen0_threshold: TOKENPULSE_GC_GEN0_THRESHOLD; the worker's young-generation collection
         threshold (50,000; Python's 700 ran a collection every few hundred records). With it
         the objects of the start are frozen out of every collection. 0 keeps Python's defaults.

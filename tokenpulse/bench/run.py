@@ -180,6 +180,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
 Say = Callable[[str], None]
 
 
@@ -195,9 +199,9 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
         say(f"  merges after the drain settled in {settled_s:.1f} s")
         _fresh_and_alerts(config, single, res.half, 0.5, res.single_eps, say)
         # The paced load is produced on the same two cores through the SDK
-        # (~34 us of CPU per event): at half the drain rate the generator
-        # alone can need a core. A quarter shows the pipeline's latency on a
-        # machine that is not saturated.
+        # (~12 us of CPU per event, docs/sdk.md): at half a fast drain the
+        # generator, the worker, the endpoint and Kafka can saturate them. A
+        # quarter shows the pipeline's latency on a machine that is not.
         _fresh_and_alerts(config, single, res.quarter, 0.25, res.single_eps, say)
         _many_tenants(config, single, res, say)
         single.stop_worker()
@@ -431,7 +435,7 @@ def _fresh_and_alerts(
     producer.stop()
     fresh = [seen_at[i] - t for i, t in paced.fresh_sent_at.items() if i in seen_at]
     res.samples = len(fresh)
-    res.p50_s = statistics.median(fresh) if fresh else 0.0
+    res.p50_s = _median(fresh)
     res.p99_s = _pct(fresh, 0.99)
     lat = [alerts_at[t] - s for t, s in paced.crossing_sent_at.items() if t in alerts_at]
     res.alerts = len(lat)
@@ -440,9 +444,9 @@ def _fresh_and_alerts(
     made = [made_at[t] - s for t, s in paced.crossing_sent_at.items() if t in made_at]
     say(
         f"  freshness p50 {res.p50_s:.2f} s p99 {res.p99_s:.2f} s; "
-        f"alert p50 {statistics.median(lat) if lat else 0.0:.2f} s "
+        f"alert p50 {_median(lat):.2f} s "
         f"p99 {res.alert_p99_s:.2f} s over {res.alerts} alerts "
-        f"(crossing sent -> alert produced: p50 {statistics.median(made) if made else 0.0:.2f} s "
+        f"(crossing sent -> alert produced: p50 {_median(made):.2f} s "
         f"p99 {_pct(made, 0.99):.2f} s)"
     )
 

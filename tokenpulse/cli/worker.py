@@ -108,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except TerminatedWhileStarting:
-        log.warning("SIGTERM while starting: stopping before consuming anything (exit 0)")
-        return 0
+        return _stopping_while_starting()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -152,11 +151,11 @@ def _run(args: argparse.Namespace) -> int:
         except SystemExit as exc:
             code = exc.code
     except TerminatedWhileStarting:
-        log.warning("SIGTERM while starting: stopping before consuming anything (exit 0)")
+        stopped = _stopping_while_starting()
         guard.release()  # a second SIGTERM ends the process at once
         if runtime is not None and not loop.is_closed():
             loop.run_until_complete(runtime.stop())
-        return 0
+        return stopped
     if runtime.exit_code is not None:
         return runtime.exit_code
     return code if isinstance(code, int) else (0 if code is None else 1)
@@ -168,6 +167,12 @@ class TerminatedWhileStarting(BaseException):
     A BaseException, like KeyboardInterrupt: the retry loops of the start
     (`except Exception`) must not take it for a failed connection.
     """
+
+
+def _stopping_while_starting() -> int:
+    """The one line a SIGTERM during the start leaves (before any cleanup), and its exit code."""
+    log.warning("SIGTERM while starting: stopping before consuming anything (exit 0)")
+    return 0
 
 
 def _terminated_while_starting(signum: int, frame: object) -> None:
