@@ -1,0 +1,78 @@
+"""Fetched records of batch topics come out of aiokafka's parser as InRecords.
+
+Runs aiokafka's own fetch parser (PartitionRecords, looked up in its module
+as the Fetcher does) over real v2 record batches: no broker needed.
+"""
+
+from __future__ import annotations
+
+import struct
+from types import SimpleNamespace
+
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from tokenpulse.streams.processor import InRecord
+from tokenpulse.streams.transport import HandOver, HandOverRecords, install_hand_over
+
+
+def _batch(base_offset: int, records: list[tuple[bytes | None, bytes | None, list]]) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 20,
+    )
+    for delta, (key, value, headers) in enumerate(records):
+        builder.append(delta, timestamp=1_700_000_000_000, key=key, value=value, headers=headers)
+    buf = builder.build()
+    struct.pack_into(">q", buf, 0, base_offset)  # the broker assigns the base offset
+    return bytes(buf)
+
+
+def _parse(topic: str, data: bytes, deserializer: object) -> list[object]:
+    install_hand_over()
+    records = aiokafka_fetcher.PartitionRecords(
+        TopicPartition(topic, 2), MemoryRecords(data), [], 40, None, deserializer, True, 0
+    )
+    return list(records)
+
+
+RECORDS = [
+    (b"acme", b'{"a":1}', [("tp-sig", b"xy"), ("none", None)]),
+    (None, None, []),  # a tombstone still reaches the processor (it is rejected there)
+]
+
+
+def test_records_of_a_batch_topic_are_parsed_into_in_records_with_the_generation() -> None:
+    app = SimpleNamespace(consumer_generation_id=7)
+    hand_over = HandOver({"usage": object()}, app)
+    out = _parse("usage", _batch(40, RECORDS), hand_over)
+    assert out == [
+        InRecord("usage", 2, 40, b"acme", b'{"a":1}', (("tp-sig", b"xy"), ("none", None)), 7),
+        InRecord("usage", 2, 41, None, None, (), 7),
+    ]
+    assert all(type(r) is InRecord for r in out)
+    app.consumer_generation_id = 8  # stamped as parsed, not when the fetch arrived
+    assert _parse("usage", _batch(42, RECORDS[:1]), hand_over)[0].generation == 8
+
+
+def test_other_topics_and_other_consumers_still_get_aiokafka_consumer_records() -> None:
+    hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
+    for topic, deserializer in (("quotas", hand_over), ("usage", None)):
+        out = _parse(topic, _batch(40, RECORDS), deserializer)
+        assert [type(r) for r in out] == [ConsumerRecord, ConsumerRecord]
+        assert (out[0].offset, out[0].value, out[1].value) == (40, b'{"a":1}', None)
+
+
+def test_install_is_idempotent_and_keeps_the_parser_an_aiokafka_one() -> None:
+    install_hand_over()
+    install_hand_over()
+    assert aiokafka_fetcher.PartitionRecords is HandOverRecords
+    assert HandOverRecords.__mro__[1].__name__ == "PartitionRecords"
+    assert HandOver({}, None)(b"x") == b"x"
