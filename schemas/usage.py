@@ -242,11 +242,21 @@ def decode_usage_record(data: bytes | bytearray | memoryview) -> list[UsageEvent
     try:
         return [_decode_one(data)]
     except InvalidRecord as exc:
-        if _BATCH_MARKER in data:
-            batch = _decode_envelope(data)
-            if batch is not None:
-                return batch
-        return [exc]
+        return verdicts_of_non_event(data, exc)
+
+
+def verdicts_of_non_event(data: bytes, error: InvalidRecord) -> list[UsageEvent | InvalidRecord]:
+    """The verdicts of a record that failed `decode_usage_event` with `error`.
+
+    An SDK batch envelope's verdicts, or `error` itself. For a reader that
+    tries the single event first on its own (the worker's hot loop) and must
+    not decode a large envelope twice.
+    """
+    if _BATCH_MARKER in data:
+        batch = _decode_envelope(data)
+        if batch is not None:
+            return batch
+    return [error]
 
 
 def _decode_envelope(data: bytes) -> list[UsageEvent | InvalidRecord] | None:

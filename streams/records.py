@@ -19,7 +19,13 @@ from tokenpulse.errors import InvalidRecord
 from tokenpulse.schemas._reasons import RejectReason
 from tokenpulse.schemas.dlq import dlq_record_for, encode_dlq_record
 from tokenpulse.schemas.signing import Keyring, verify_record
-from tokenpulse.schemas.usage import UsageEvent, decode_usage_record
+from tokenpulse.schemas.usage import (
+    MAX_RECORD_BYTES,
+    UsageEvent,
+    decode_usage_event,
+    decode_usage_record,
+    verdicts_of_non_event,
+)
 from tokenpulse.sinks.base import AcceptedEvent
 from tokenpulse.streams.quotas import Outgoing, Touch
 
@@ -120,6 +126,12 @@ class RecordDecoder:
         `ingested_at` is one moment per batch: every event of a batch shares it.
         """
         fresh: list[InRecord] = []
+        accepted = work.accepted
+        # The common record (one valid event, no signature to verify) is
+        # decoded right here; anything else takes _decode_record. The calls
+        # and lists this saves were ~0.5 us of ~3.5 us per record.
+        fast = self.keyring is None
+        size_limit = min(self.max_record_bytes, MAX_RECORD_BYTES)
         for rec in recs:
             offset = rec.offset
             if verify_upto < offset <= processed_upto:
@@ -132,21 +144,50 @@ class RecordDecoder:
                     ]
                 continue
             fresh.append(rec)
-            self.counters.records += 1
-            accepted_before = len(work.accepted)
+            accepted_before = len(accepted)
+            value = rec.value
+            not_event: InvalidRecord | None = None
+            if fast and type(value) is bytes and len(value) <= size_limit:
+                try:
+                    event = decode_usage_event(value)
+                except InvalidRecord as exc:
+                    not_event = exc  # an envelope, or its reason: not decoded again
+                except Exception:  # noqa: S110 - _decode_record meets it again and parks the record
+                    pass
+                else:
+                    accepted.append(
+                        new_tuple(
+                            AcceptedEvent,
+                            (event, rec.topic, rec.partition, offset, ingested_at, False),
+                        )
+                    )
+                    if offset <= verify_upto:
+                        self._reverified(work, accepted_before, recheck_replayed)
+                    continue
             try:
-                self._decode_record(rec, work, ingested_at)
+                self._decode_record(rec, work, ingested_at, not_event)
             except Exception as exc:  # a bug must not stop the partition: park the record
                 log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, offset)
                 err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")
                 self.reject(rec, err, work)
             if offset <= verify_upto:
-                self.counters.reverified += 1
-                if recheck_replayed:
-                    work.touches += [touch(a.event) for a in work.accepted[accepted_before:]]
+                self._reverified(work, accepted_before, recheck_replayed)
+        self.counters.records += len(fresh)
         return fresh
 
-    def _decode_record(self, rec: InRecord, work: Work, ingested: datetime) -> None:
+    def _reverified(self, work: Work, accepted_before: int, recheck_replayed: bool) -> None:
+        self.counters.reverified += 1
+        if recheck_replayed:
+            work.touches += [touch(a.event) for a in work.accepted[accepted_before:]]
+
+    def _decode_record(
+        self, rec: InRecord, work: Work, ingested: datetime, not_event: InvalidRecord | None = None
+    ) -> None:
+        """Decode one record into `work`.
+
+        `not_event`: the record already failed to decode as one event, with
+        this error (it is an envelope, or rejected for that reason).
+        """
         value = rec.value
         if value is None:
             err = InvalidRecord(
@@ -164,7 +205,12 @@ class RecordDecoder:
             return
         keyring = self.keyring
         verified: set[str] = set()
-        for index, verdict in enumerate(decode_usage_record(value)):
+        verdicts = (
+            decode_usage_record(value)
+            if not_event is None
+            else verdicts_of_non_event(bytes(value), not_event)
+        )
+        for index, verdict in enumerate(verdicts):
             if isinstance(verdict, InvalidRecord):
                 self.reject(rec, verdict, work)
                 continue

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tokenpulse.schemas import UsageEvent, decode_dlq_record
+from tokenpulse.schemas import UsageEvent, decode_dlq_record, usage
 from tokenpulse.schemas.usage import encode_usage_event
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.processor import InRecord, UsageProcessor
@@ -214,3 +214,30 @@ async def test_an_insert_that_landed_in_part_is_completed_after_a_restart() -> N
     # The re-write did not reuse the partly landed insert's token (a server
     # would have skipped it as a retry of that insert).
     assert any("@r" in t for t in sink.tokens)
+
+
+async def test_envelopes_single_events_and_bad_records_mixed_and_each_envelope_read_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hot loop tries one event first; an envelope that fails that is
+    # handed on with its error and must not be decoded as an event again.
+
+    decoded: list[int] = []
+    real = usage._decode_envelope
+
+    def counting(data: bytes) -> Any:
+        decoded.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(usage, "_decode_envelope", counting)
+    envelope = usage.join_batch([_ev(10), _ev(11), b'{"event_id":"bad"}'])
+    too_large = b" " * (usage.MAX_RECORD_BYTES + 1)
+    sink, sent, commits = MemorySink(), Sent(), []
+    p = _proc(sink, sent, commits)
+    await p.process(_recs([_ev(1), envelope, b"[1]", too_large, _ev(2)]))
+    assert sorted(r.event.event_id for r in sink.rows) == ["e1", "e10", "e11", "e2"]
+    assert decoded == [len(envelope)]
+    reasons = sorted(decode_dlq_record(v).reason for t, _, v in sent.messages if t == "dlq")
+    assert reasons == ["missing_field", "not_an_object", "record_too_large"]
+    assert p.counters.records == 5
+    assert p.counters.rejected == 3
