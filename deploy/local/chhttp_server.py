@@ -310,7 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.engine.lease(
             params.session_id, timeout_s=params.session_timeout_s, check=params.session_check
         ) as handle:
-            if params.session_id is None and is_stateful(sql):
+            stateful = is_stateful(sql)
+            if params.session_id is None and stateful:
                 handle.discard = True  # USE/SET without a session must not outlive the request
             handle.prepare(params.database, {} if keyword == "SET" else params.settings)
             # chdb streams only SELECTs; DESCRIBE, SHOW ... come back whole.
@@ -320,6 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
                 data, summary = handle.query(sql, fmt, params.params)
                 if keyword == "USE" and params.session_id is not None:
                     handle.after_use()
+                if stateful:
+                    handle.forget_originals()  # its SET changed what the overlay restores
                 self._send_result(
                     fmt if produces_result or data else None, data, summary, compressor
                 )

@@ -234,6 +234,39 @@ def test_session_keeps_use_and_set(endpoint: Endpoint, unique_name: str) -> None
     assert other.command("SELECT currentDatabase()") == "default"
 
 
+def test_request_settings_come_and_go_around_the_sessions_own(endpoint: Endpoint) -> None:
+    # Each request's settings are applied over the session's and taken back
+    # after; the endpoint only re-applies what changed between requests, and
+    # re-reads the session's own values once a SET of the session moved them.
+    client = endpoint.client()
+    query = (
+        "SELECT name, value, changed FROM system.settings"
+        " WHERE name IN ('max_threads', 'max_block_size') ORDER BY name"
+    )
+
+    def seen(**settings: Any) -> list[tuple[str, str, int]]:
+        return [tuple(r) for r in client.query(query, settings=settings).result_rows]
+
+    client.command("SET max_block_size = 777")
+    default_threads = client.command("SELECT value FROM system.settings WHERE name = 'max_threads'")
+    assert seen(max_threads=3) == [("max_block_size", "777", 1), ("max_threads", "3", 1)]
+    assert seen(max_threads=3, max_block_size=5) == [
+        ("max_block_size", "5", 1),
+        ("max_threads", "3", 1),
+    ]
+    assert seen(max_threads=2) == [("max_block_size", "777", 1), ("max_threads", "2", 1)]
+    assert seen() == [("max_block_size", "777", 1), ("max_threads", default_threads, 0)]
+    client.command("SET max_block_size = 888")  # the session's own value moves
+    assert seen(max_block_size=9) == [
+        ("max_block_size", "9", 1),
+        ("max_threads", default_threads, 0),
+    ]
+    assert seen() == [("max_block_size", "888", 1), ("max_threads", default_threads, 0)]
+    with pytest.raises(DatabaseError):
+        seen(max_threads=2, no_such_setting_at_all=1)
+    assert seen() == [("max_block_size", "888", 1), ("max_threads", default_threads, 0)]
+
+
 def test_streamed_result_and_midstream_error(endpoint: Endpoint) -> None:
     client = endpoint.client()
     with client.query_row_block_stream("SELECT number FROM numbers(300000)") as stream:
