@@ -154,7 +154,8 @@ class TimeBucketedBloom:
         for filters in self._buckets.values():
             for f in filters:
                 seen |= f.has_many(positions)
-        return [bool(x) for x in seen]
+        out: list[bool] = seen.tolist()
+        return out
 
     def add(self, event_id: str, now_s: float) -> None:
         self.add_many([event_id], now_s)

@@ -10,6 +10,7 @@ batch that were seen before (`dedup`).
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -169,21 +170,19 @@ class PartitionTable:
         for sl in slices:
             in_batch: set[str] = set()
             unique: list[AcceptedEvent] = []
+            ids: list[str] = []
             pending = sl.state.pending_ids
             for acc in sl.work.accepted:
                 eid = acc.event.event_id
                 if eid in in_batch or eid in pending:
-                    self.counters.duplicates += 1
-                    continue
+                    continue  # counted below, with the store's
                 in_batch.add(eid)
                 unique.append(acc)
-            maybe = sl.state.dedup.needs_confirmation_many(
-                [a.event.event_id for a in unique], now_s
-            )
+                ids.append(eid)
+            maybe = sl.state.dedup.needs_confirmation_many(ids, now_s)
             confirm += [
                 (a.event.tenant_id, a.event.event_id, a.event.occurred_at)
-                for a, m in zip(unique, maybe, strict=True)
-                if m
+                for a in itertools.compress(unique, maybe)
             ]
             uniques.append(unique)
         known: set[tuple[str, str]] = set()
@@ -197,7 +196,7 @@ class PartitionTable:
                 "existing_events", functools.partial(self.sink.existing_events, confirm, since)
             )
         for sl, unique in zip(slices, uniques, strict=True):
-            sl.work.accepted = [
-                a for a in unique if (a.event.tenant_id, a.event.event_id) not in known
-            ]
-            self.counters.duplicates += len(unique) - len(sl.work.accepted)
+            if known:
+                unique = [a for a in unique if (a.event.tenant_id, a.event.event_id) not in known]
+            self.counters.duplicates += len(sl.work.accepted) - len(unique)
+            sl.work.accepted = unique
