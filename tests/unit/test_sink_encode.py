@@ -207,10 +207,21 @@ class _FakeClient:
         self.calls.append({"table": table, "columns": tuple(column_names), **kw})
 
 
+@pytest.mark.parametrize(
+    ("host", "compressed"),
+    [("127.0.0.1", False), ("localhost", False), ("[::1]", False), ("10.0.0.7", True),
+     ("ch.example.com", True)],
+)  # fmt: skip
+def test_inserts_are_compressed_unless_the_server_is_on_this_machine(
+    host: str, compressed: bool
+) -> None:
+    assert ClickHouseSink(f"http://default:@{host}:8123/db").compress_inserts is compressed
+
+
 async def test_clickhouse_write_many_is_one_insert_of_every_non_empty_batch() -> None:
     import lz4.frame
 
-    sink = ClickHouseSink("http://default:@127.0.0.1:9/db")
+    sink = ClickHouseSink("http://default:@ch.example.com:9/db")
     fake = sink._client = _FakeClient()
     a, b = _batch(0, 0, 2, "t"), _batch(1, 5, 6, "t")
     await sink.write_many([a, SinkBatch("t", 2, 0, 9, ()), b])
@@ -226,6 +237,12 @@ async def test_clickhouse_write_many_is_one_insert_of_every_non_empty_batch() ->
     assert settings["date_time_input_format"] == "best_effort"
     body = lz4.frame.decompress(call["insert_block"])
     assert body == encode_events([*a.events, *b.events])
+    loopback = ClickHouseSink("http://default:@127.0.0.1:9/db")
+    near = loopback._client = _FakeClient()
+    await loopback.write_many([a, b])
+    assert near.calls[0]["compression"] is None
+    assert near.calls[0]["insert_block"] == body
+    assert near.calls[0]["settings"] == settings
     # write(batch) is the same insert as a group of that one batch.
     await sink.write(a)
     await sink.write_many([a, SinkBatch("t", 2, 0, 9, ())])
