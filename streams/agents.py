@@ -64,6 +64,7 @@ def build_worker(
         flush_interval_s=settings.flush_interval_ms / 1000.0,
         max_group_records=settings.write_max_records,
         max_group_bytes=settings.write_max_bytes,
+        min_write_interval_s=settings.write_min_interval_ms / 1000.0,
     )
     transport = app.transport
     assert isinstance(transport, BatchTransport), "create_faust_app installs BatchTransport"

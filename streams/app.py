@@ -75,7 +75,9 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     )
     # Before anything asks for the transport: the usage topic is consumed in
     # whole fetches, not through Faust's per-record streams (transport.py).
-    app.transport = BatchTransport(app.conf.broker_consumer, app)
+    app.transport = transport = BatchTransport(app.conf.broker_consumer, app)
+    transport.fetch_min_bytes = settings.fetch_min_bytes
+    transport.fetch_max_wait_ms = settings.fetch_max_wait_ms
     return app
 
 

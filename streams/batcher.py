@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,7 @@ class RecordBatcher(Generic[_P]):
         max_pending: int | None = None,
         max_group_records: int | None = None,
         max_group_bytes: int | None = None,
+        min_write_interval_s: float = 0.0,
     ) -> None:
         if max_records <= 0 or max_bytes <= 0 or flush_interval_s < 0:
             raise ValueError("max_records and max_bytes must be > 0, flush_interval_s >= 0")
@@ -46,6 +48,8 @@ class RecordBatcher(Generic[_P]):
             max_group_bytes is not None and max_group_bytes <= 0
         ):
             raise ValueError("max_group_records and max_group_bytes must be > 0")
+        if min_write_interval_s < 0:
+            raise ValueError("min_write_interval_s must be >= 0")
         self.prepare = prepare
         self.complete = complete
         self.max_records = max_records
@@ -69,6 +73,12 @@ class RecordBatcher(Generic[_P]):
         self._queued_bytes = 0
         self._group_space = asyncio.Event()  # the queued group is below its limits
         self._group_space.set()
+        # A group that is not full starts at least this long after the one
+        # before it started: the store's fixed cost per insert (and the parts
+        # it then merges) is paid a bounded number of times a second.
+        self.min_write_interval_s = min_write_interval_s
+        self._last_start = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
@@ -185,14 +195,32 @@ class RecordBatcher(Generic[_P]):
                     self._group_space.clear()
                     self._start_completion()
         finally:
+            self._cancel_timer()  # queued groups stay uncommitted, as on any stop
             inflight = self._inflight
             if inflight is not None and inflight.done() and not inflight.cancelled():
                 inflight.exception()  # retrieved: no "never retrieved" warning
 
     def _start_completion(self) -> None:
-        """Complete everything queued, unless a completion is in flight (it chains)."""
+        """Complete everything queued, unless a completion is in flight (it chains).
+
+        A group below its limits waits until `min_write_interval_s` has passed
+        since the previous group started (a timer starts it then); a full one
+        never waits.
+        """
         if self._inflight is not None or not self._queued or self._failure is not None:
             return
+        loop = asyncio.get_running_loop()
+        full = (
+            self._queued_records >= self.max_group_records
+            or self._queued_bytes >= self.max_group_bytes
+        )
+        wait_s = self._last_start + self.min_write_interval_s - loop.time()
+        if not full and wait_s > 0:
+            if self._timer is None:
+                self._timer = loop.call_later(wait_s, self._interval_over)
+            return
+        self._cancel_timer()
+        self._last_start = loop.time()
         group, self._queued = self._queued, []
         self._queued_records = self._queued_bytes = 0
         self._group_space.set()
@@ -201,6 +229,15 @@ class RecordBatcher(Generic[_P]):
         task = asyncio.create_task(self.complete(group))
         self._inflight = task
         task.add_done_callback(self._completed)
+
+    def _interval_over(self) -> None:
+        self._timer = None
+        self._start_completion()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _completed(self, task: asyncio.Task[None]) -> None:
         self._inflight = None

@@ -132,9 +132,19 @@ class WorkerSettings:
     partition_fetch_bytes: TOKENPULSE_PARTITION_FETCH_BYTES; the most one fetch returns of one
         partition (4 MiB; Faust's 1 MiB starved the worker). The prefetch holds at most one fetch
         per assigned partition: at most partitions x this in memory during a backlog.
+    fetch_min_bytes / fetch_max_wait_ms: TOKENPULSE_FETCH_MIN_BYTES (256 KiB) /
+        TOKENPULSE_FETCH_MAX_WAIT_MS (100 ms); the broker answers a fetch once it has this
+        much, or after this long. aiokafka's 1 byte made a caught-up worker fetch a few
+        records at a time: at 18k events/s the broker spent 0.4-0.5 of a core answering
+        it. The wait bounds what this adds to an event's latency when traffic is light.
     write_max_records / write_max_bytes: TOKENPULSE_WRITE_MAX_RECORDS (50,000) /
         TOKENPULSE_WRITE_MAX_BYTES (32 MiB); batches prepared while a write is in flight are
         written together by the next one (one insert, one commit), up to about these limits.
+    write_min_interval_ms: TOKENPULSE_WRITE_MIN_INTERVAL_MS (200); a write that is not full
+        starts at least this long after the previous one started. ClickHouse pays a fixed
+        cost per insert (~30 ms of CPU with the three materialized views) and merges every
+        part it writes: at moderate load, writes as fast as they return cost the embedded
+        endpoint more CPU than the rows. 0 writes each group as soon as the last returns.
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
@@ -174,8 +184,11 @@ class WorkerSettings:
     batch_max_bytes: int = 8 * 1024 * 1024
     flush_interval_ms: int = 500
     partition_fetch_bytes: int = 4 * 1024 * 1024
+    fetch_min_bytes: int = 256 * 1024
+    fetch_max_wait_ms: int = 100
     write_max_records: int = 50_000
     write_max_bytes: int = 32 * 1024 * 1024
+    write_min_interval_ms: int = 200
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
@@ -201,6 +214,23 @@ class WorkerSettings:
             raise ConfigError(
                 f"TOKENPULSE_MAX_POLL_INTERVAL_S must be > 0, got {self.max_poll_interval_s}",
                 details={"setting": "TOKENPULSE_MAX_POLL_INTERVAL_S"},
+            )
+        if self.fetch_min_bytes < 1:
+            raise ConfigError(
+                f"TOKENPULSE_FETCH_MIN_BYTES must be >= 1, got {self.fetch_min_bytes}",
+                details={"setting": "TOKENPULSE_FETCH_MIN_BYTES"},
+            )
+        if not 0 <= self.fetch_max_wait_ms <= 30_000:
+            raise ConfigError(
+                f"TOKENPULSE_FETCH_MAX_WAIT_MS must be within 0..30000 (it bounds the latency "
+                f"it adds), got {self.fetch_max_wait_ms}",
+                details={"setting": "TOKENPULSE_FETCH_MAX_WAIT_MS"},
+            )
+        if not 0 <= self.write_min_interval_ms <= 60_000:
+            raise ConfigError(
+                f"TOKENPULSE_WRITE_MIN_INTERVAL_MS must be within 0..60000, "
+                f"got {self.write_min_interval_ms}",
+                details={"setting": "TOKENPULSE_WRITE_MIN_INTERVAL_MS"},
             )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
@@ -253,8 +283,11 @@ class WorkerSettings:
             partition_fetch_bytes=int(
                 _num(env, "TOKENPULSE_PARTITION_FETCH_BYTES", 4 * 1024 * 1024)
             ),
+            fetch_min_bytes=int(_num(env, "TOKENPULSE_FETCH_MIN_BYTES", 256 * 1024)),
+            fetch_max_wait_ms=int(_num(env, "TOKENPULSE_FETCH_MAX_WAIT_MS", 100)),
             write_max_records=int(_num(env, "TOKENPULSE_WRITE_MAX_RECORDS", 50_000)),
             write_max_bytes=int(_num(env, "TOKENPULSE_WRITE_MAX_BYTES", 32 * 1024 * 1024)),
+            write_min_interval_ms=int(_num(env, "TOKENPULSE_WRITE_MIN_INTERVAL_MS", 200)),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),

@@ -124,8 +124,11 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: Any) -> Any:  # pragma: no cover - on Kafka
         consumer = super()._create_worker_consumer(transport)
-        # Read by aiokafka only when start() builds the fetcher, after this.
+        # Read by aiokafka only when start() builds the fetcher, after this
+        # (Faust passes neither, and hard-codes the fetch wait).
         consumer._value_deserializer = HandOver(transport.batch_handlers, self.app)
+        consumer._fetch_min_bytes = transport.fetch_min_bytes
+        consumer._fetch_max_wait_ms = transport.fetch_max_wait_ms
         return consumer
 
 
@@ -257,4 +260,8 @@ class BatchTransport(faust_aiokafka.Transport):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_handlers: dict[str, BatchHandler] = {}
+        # The broker answers a fetch once it holds this much, or after this
+        # long (aiokafka's 1 byte and Faust's 1,500 ms unless the app sets them).
+        self.fetch_min_bytes = 1
+        self.fetch_max_wait_ms = 1500
         install_hand_over()

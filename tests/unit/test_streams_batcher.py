@@ -305,3 +305,79 @@ def test_a_write_in_flight_is_not_cancelled_with_the_loop() -> None:
         await asyncio.wait_for(finished.wait(), 1.0)
 
     asyncio.run(main())
+
+
+def test_a_group_starts_no_sooner_than_the_write_interval_after_the_last_unless_full() -> None:
+    # Writes at most every min_write_interval_s while groups are partial
+    # (the store's fixed cost per insert); a full group does not wait.
+    starts: list[tuple[float, list[int]]] = []
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        return records[0].offset
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        started = [asyncio.Event() for _ in range(3)]
+
+        async def complete(group: list[int]) -> None:
+            starts.append((loop.time(), group))
+            started[len(starts) - 1].set()
+
+        b = RecordBatcher(
+            prepare,
+            complete,
+            max_records=2,
+            flush_interval_s=0.0,
+            max_group_records=6,
+            min_write_interval_s=0.6,
+        )
+        runner = asyncio.create_task(b.run())
+        t0 = loop.time()
+        await b.offer(_recs(0, 2))  # written at once: no write before it
+        await asyncio.sleep(0.05)
+        await b.offer(_recs(2, 2))  # waits for the interval, and batch 4 joins it
+        await asyncio.sleep(0.05)
+        await b.offer(_recs(4, 2))
+        await asyncio.wait_for(started[1].wait(), 5)
+        for start in (6, 8, 10):  # full (6 records) within the next interval: no wait
+            await b.offer(_recs(start, 2))
+        await asyncio.wait_for(started[2].wait(), 5)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert [g for _, g in starts] == [[0], [2, 4], [6, 8, 10]]
+        assert starts[0][0] - t0 < 0.3
+        assert starts[1][0] - starts[0][0] >= 0.59
+        assert starts[2][0] - starts[1][0] < 0.5
+
+    asyncio.run(main())
+
+
+def test_a_stopped_loop_leaves_a_group_waiting_for_its_interval_unwritten() -> None:
+    written: list[list[int]] = []
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        return records[0].offset
+
+    async def complete(group: list[int]) -> None:
+        written.append(group)
+
+    async def main() -> None:
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0,
+                          max_group_records=6, min_write_interval_s=0.2)  # fmt: skip
+        runner = asyncio.create_task(b.run())
+        await b.offer(_recs(0, 2))
+        await asyncio.sleep(0.02)
+        await b.offer(_recs(2, 2))
+        await asyncio.sleep(0.02)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        await asyncio.sleep(0.3)  # its timer was cancelled: never written, never committed
+        assert written == [[0]]
+        with pytest.raises(ValueError, match="min_write_interval_s"):
+            RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0,
+                          min_write_interval_s=-1)  # fmt: skip
+
+    asyncio.run(main())

@@ -1,0 +1,52 @@
+"""How the worker fetches and how often it writes: settings, and where they land."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tokenpulse.errors import ConfigError
+from tokenpulse.streams.app import create_faust_app
+from tokenpulse.streams.settings import WorkerSettings
+from tokenpulse.streams.transport import BatchTransport
+
+ENV = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "CLICKHOUSE_URL": "http://h:8123/db"}
+
+
+def test_defaults_and_environment() -> None:
+    s = WorkerSettings.from_env(ENV)
+    assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (262144, 100, 200)
+    s = WorkerSettings.from_env(
+        {
+            **ENV,
+            "TOKENPULSE_FETCH_MIN_BYTES": "1",
+            "TOKENPULSE_FETCH_MAX_WAIT_MS": "0",
+            "TOKENPULSE_WRITE_MIN_INTERVAL_MS": "0",
+        }
+    )
+    assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TOKENPULSE_FETCH_MIN_BYTES", "0"),
+        ("TOKENPULSE_FETCH_MAX_WAIT_MS", "-1"),
+        ("TOKENPULSE_FETCH_MAX_WAIT_MS", "60000"),
+        ("TOKENPULSE_WRITE_MIN_INTERVAL_MS", "-5"),
+    ],
+)
+def test_out_of_range_is_refused_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name) as err:
+        WorkerSettings.from_env({**ENV, name: value})
+    assert err.value.details["setting"] == name
+
+
+def test_the_app_hands_the_fetch_settings_to_its_consumer_transport(tmp_path: Path) -> None:
+    settings = WorkerSettings.from_env(
+        {**ENV, "TOKENPULSE_FETCH_MIN_BYTES": "4096", "TOKENPULSE_FETCH_MAX_WAIT_MS": "25"}
+    ).with_(data_dir=tmp_path)
+    transport = create_faust_app(settings).transport
+    assert isinstance(transport, BatchTransport)
+    assert (transport.fetch_min_bytes, transport.fetch_max_wait_ms) == (4096, 25)
