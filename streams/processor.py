@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from tokenpulse.schemas.signing import Keyring
+from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.partitions import PartitionState, PartitionTable, Slice
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
@@ -50,6 +51,7 @@ class Prepared:
 
     records: int
     generations: set[int | None]
+    seq: int = 0  # order of preparation: the quota engine's lower bounds count by it
     slices: list[tuple[PartitionState, SinkBatch]] = field(default_factory=list)
     pending: list[Awaitable[Any]] = field(default_factory=list)  # DLQ acknowledgements
     touches: list[Touch] = field(default_factory=list)  # replayed records' quota checks
@@ -111,6 +113,8 @@ class UsageProcessor:
         # Called with each alert after the broker acknowledged it (webhooks, metrics).
         self.on_alert = on_alert
         self.observe_write: Callable[[float], None] | None = None  # sink latency histogram
+        self._seq = 0  # Prepared.seq of the last batch with early quota checks
+        self._announcing: set[asyncio.Task[None]] = set()  # early alerts awaiting their acks
         # Set when a batch failed in a way retrying cannot fix: no later batch
         # may run (its commit would move past the failed batch's offsets).
         self.failed: BaseException | None = None
@@ -151,6 +155,11 @@ class UsageProcessor:
         try:
             async with self.prepare_lock, self.lock:
                 self.partitions.retire(partitions)
+                if self.quotas is not None:
+                    # Prepared batches still queued may be dropped, and their
+                    # events written by the new owner: then a read would count
+                    # them twice. Their tokens leave the lower bounds now.
+                    self.quotas.pending.settle(self._seq)
         finally:
             self._abandon = False
 
@@ -237,10 +246,15 @@ class UsageProcessor:
         (idempotent per group), one quota check, one commit per topic.
         """
         async with self.lock:
-            self._refuse_if_failed()
-            owned = [p for p in group if self._still_owned(p)]
-            if owned:
-                await self._guarded(self._complete_locked(owned))
+            try:
+                self._refuse_if_failed()
+                owned = [p for p in group if self._still_owned(p)]
+                if owned:
+                    await self._guarded(self._complete_locked(owned))
+            finally:
+                if self.quotas is not None and group:
+                    # Durable, dropped or failed: the group leaves the lower bounds.
+                    self.quotas.pending.settle(max(p.seq for p in group))
 
     async def _guarded(self, stage: Awaitable[_R]) -> _R | None:
         try:
@@ -318,7 +332,37 @@ class UsageProcessor:
             tag = sl.state.replay_tag if first <= sl.state.verify_upto else ""
             batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
             out.slices.append((sl.state, batch))
+        if self.quotas is not None and self.quotas.definitions:
+            events = [a.event for sl in slices for a in sl.work.accepted]
+            await self._early_quotas(out, events, ingested_at)
         return out
+
+    async def _early_quotas(self, out: Prepared, events: list[UsageEvent], now: datetime) -> None:
+        """Alerts the batch owes before it is written (token quotas, lower bounds).
+
+        Sent now; the commit waits for their acknowledgement like for the DLQ
+        records'. Webhooks and counters follow each acknowledgement.
+        """
+        assert self.quotas is not None
+        self._seq += 1
+        out.seq = self._seq
+        outs = self.quotas.early(out.seq, events, now)
+        if not outs:
+            return
+        futures = [await self.producer.send(o.topic, o.key, o.value) for o in outs]
+        out.pending += futures
+        task = asyncio.ensure_future(self._announce_when_acked(futures, outs))
+        self._announcing.add(task)
+        task.add_done_callback(self._announcing.discard)
+
+    async def _announce_when_acked(
+        self, futures: Sequence[Awaitable[Any]], outs: Sequence[Outgoing]
+    ) -> None:
+        # A failed send fails the batch in complete(), which awaits the same futures.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        self._alerts_durable(
+            [o for o, r in zip(outs, results, strict=True) if not isinstance(r, BaseException)]
+        )
 
     async def _complete_locked(self, group: Sequence[Prepared]) -> None:
         slices = [s for p in group for s in p.slices]  # each partition's in offset order
@@ -345,7 +389,7 @@ class UsageProcessor:
         pending = [a for p in group for a in p.pending]
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
-            quota_outs = await self.quotas.check(touches)
+            quota_outs = await self.quotas.check(touches, settle_upto=max(p.seq for p in group))
             for out in quota_outs:
                 # Alerts before states (the engine orders them): a crash in
                 # between repeats an alert (same alert_id), never loses one.

@@ -1,4 +1,4 @@
-"""The quota engine: definitions and states in memory, checks after each write.
+"""The quota engine: definitions and states in memory, checks before and after each write.
 
 Definitions come from tokenpulse.quotas.v1 and the last known state of every
 quota from tokenpulse.quota.state.v1 (both compacted, read whole by every
@@ -7,17 +7,19 @@ every touched (quota, period) in one batched read, and announces each newly
 crossed threshold once. "Already announced" is derived from the last
 published state (the thresholds its `used` had crossed at its limit), so a
 replay after a crash announces nothing twice.
+
+Token quotas are also checked when a batch is prepared (`early`), against a
+lower bound of their usage (quota_pending.py): a threshold crossed by the
+bound is announced then, without waiting for the write and the read.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import NamedTuple
 
 from tokenpulse.schemas.quota import (
@@ -29,9 +31,8 @@ from tokenpulse.schemas.quota import (
     quota_alert_id,
     quota_state_key,
 )
-from tokenpulse.schemas.usage import tenant_lineage
-from tokenpulse.sinks.billing import PriceBook, PriceBookError
-from tokenpulse.streams.cost import ModelUsage, PeriodCost, billing_month, period_cost
+from tokenpulse.schemas.usage import UsageEvent, tenant_lineage
+from tokenpulse.sinks.billing import PriceBook
 from tokenpulse.streams.quota_logic import (
     Amount,
     Usage,
@@ -39,12 +40,9 @@ from tokenpulse.streams.quota_logic import (
     evaluate,
     period_bounds,
 )
-from tokenpulse.streams.usage_query import (
-    ModelUsageRequest,
-    UsageReader,
-    UsageRequest,
-    gather_or_cancel,
-)
+from tokenpulse.streams.quota_pending import PendingUsage
+from tokenpulse.streams.quota_usage import QuotaUsage, Reading
+from tokenpulse.streams.usage_query import UsageReader
 
 log = logging.getLogger("tokenpulse.streams.quotas")
 
@@ -61,9 +59,6 @@ class Touch(NamedTuple):
 
 
 Todo = dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]]
-# What the store said about one (quota, period): tokens, or rows to price; None
-# for a cost quota without a price book (nothing to read).
-Reading = Usage | list[ModelUsage] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +78,7 @@ class QuotaEngine:
         pricebook: PriceBook | None = None,
     ) -> None:
         self.reader = reader
-        self.pricebook = pricebook  # prices metric=cost quotas; None: they stay unknown
-        self._reported: dict[bytes, str] = {}  # last pricing problem logged per quota
+        self.usage = QuotaUsage(reader, pricebook)
         self.alerts_topic = alerts_topic
         self.state_topic = state_topic
         self.definitions: dict[bytes, QuotaDefinition] = {}
@@ -92,11 +86,14 @@ class QuotaEngine:
         self._by_tenant: dict[str, list[QuotaDefinition]] = defaultdict(list)
         self._watched: dict[str, bool] = {}  # watches() cache; cleared on definition changes
         self._recheck: set[bytes] = set()  # changed definitions: re-evaluate now
+        self.pending = PendingUsage()  # lower bounds of token usage for `early`
         self.alerts_sent = 0
 
     # -- topic readers feed these -------------------------------------------------
     def apply_definition(self, key: bytes, value: QuotaDefinition | None) -> None:
         old = self.definitions.pop(key, None)
+        if old is None or value is None or _scope(old) != _scope(value):
+            self.pending.forget_quota(key)  # its numbers measured something else
         if value is not None:
             self.definitions[key] = value
             if (
@@ -133,23 +130,33 @@ class QuotaEngine:
             self.states.pop(key, None)
             return
         current = self.states.get(key)
-        # Keep the newest period's state: a late read of an older one never rolls back.
-        if current is None or value.period_start >= current.period_start:
+        if current is None or _supersedes(value, current, self.definitions.get(key)):
             self.states[key] = value
 
     # -- checks ---------------------------------------------------------------------
-    def _matching(self, touch: Touch) -> Iterable[QuotaDefinition]:
-        for level in tenant_lineage(touch.tenant_id):
+    def _matching(self, tenant_id: str, model: str) -> Iterable[QuotaDefinition]:
+        for level in tenant_lineage(tenant_id):
             for d in self._by_tenant.get(level, ()):
-                if d.model is None or d.model == touch.model:
+                if d.model is None or d.model == model:
                     yield d
 
-    async def check(self, touches: Iterable[Touch], now: datetime | None = None) -> list[Outgoing]:
-        """Alerts and states owed for these events (alerts first, then states)."""
+    async def check(
+        self,
+        touches: Iterable[Touch],
+        now: datetime | None = None,
+        *,
+        settle_upto: int | None = None,
+    ) -> list[Outgoing]:
+        """Alerts and states owed for these events (alerts first, then states).
+
+        `settle_upto`: the batches up to this `early` seq are durable now (or
+        were dropped); the read that follows their write takes them over
+        from the lower bounds.
+        """
         now = now or datetime.now(UTC)
         todo: Todo = {}
         for touch in touches:
-            for d in self._matching(touch):
+            for d in self._matching(touch.tenant_id, touch.model):
                 start, end = period_bounds(d.period, touch.occurred_at, d.timezone)
                 todo[(quota_state_key(d.tenant_id, d.quota_id), start)] = (d, end, touch.event_id)
         for key in sorted(self._recheck):
@@ -158,7 +165,7 @@ class QuotaEngine:
                 start, end = period_bounds(d_opt.period, now, d_opt.timezone)
                 todo.setdefault((key, start), (d_opt, end, ""))
         self._recheck.clear()
-        return await self._run(todo, now)
+        return await self._run(todo, now, settle_upto)
 
     async def roll_periods(self, now: datetime | None = None) -> list[Outgoing]:
         """A period that ended resolves: publish the new period's (usually ok) state."""
@@ -169,6 +176,7 @@ class QuotaEngine:
             if d is not None and state.period_end <= now:
                 start, end = period_bounds(d.period, now, d.timezone)
                 todo[(key, start)] = (d, end, "")
+        self.pending.forget_ended(now)
         return await self._run(todo, now)
 
     def _closed(self, key: bytes, start: datetime) -> bool:
@@ -176,155 +184,173 @@ class QuotaEngine:
         state = self.states.get(key)
         return state is not None and start < state.period_start
 
-    async def _run(self, todo: Todo, now: datetime) -> list[Outgoing]:
+    def early(
+        self, seq: int, events: Iterable[UsageEvent], now: datetime | None = None
+    ) -> list[Outgoing]:
+        """Alerts and states owed by accepted, not yet durable events of batch `seq`.
+
+        Their tokens join the lower bound of every token quota they count
+        toward (until `check(..., settle_upto >= seq)`); a quota whose bound
+        crosses a threshold announces it now. A quota the store was not read
+        for yet in this period waits for the durable check.
+        """
+        now = now or datetime.now(UTC)
+        watches = self.watches
+        todo: Todo = {}
+        for ev in events:
+            if not watches(ev.tenant_id):
+                continue
+            for d in self._matching(ev.tenant_id, ev.model):
+                if d.metric == "cost":
+                    continue
+                start, end = period_bounds(d.period, ev.occurred_at, d.timezone)
+                at = (quota_state_key(d.tenant_id, d.quota_id), start)
+                if self._closed(*at):
+                    continue
+                self.pending.add(seq, at, ev.input_tokens, ev.output_tokens)
+                todo[at] = (d, end, ev.event_id)
+        alerts: list[Outgoing] = []
+        states: list[Outgoing] = []
+        for at, (d, end, event_id) in sorted(todo.items(), key=lambda kv: kv[0]):
+            bound = self.pending.lower_bound(at)
+            if bound is not None:
+                self._evaluate_one(
+                    at, d, end, event_id, bound.metric(d.metric), None, None, now, alerts, states
+                )
+        return alerts + states
+
+    def _lower_bounds(self, readings: dict[tuple[bytes, datetime], Reading], todo: Todo) -> None:
+        """Durable readings become the bounds' bases, and count what is on its way."""
+        for at, reading in readings.items():
+            if isinstance(reading, Usage):
+                self.pending.observe(at, reading, todo[at][1])
+                readings[at] = self.pending.with_outstanding(at, reading)
+
+    async def _run(
+        self, todo: Todo, now: datetime, settle_upto: int | None = None
+    ) -> list[Outgoing]:
         ordered = sorted(todo.items(), key=lambda kv: kv[0])
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
         # period it visits, in ascending order, so it skips what is skipped
         # here; the quota feed may still change states during the read.
-        readings = await self._read(
-            [
-                (key, start, d, end)
-                for (key, start), (d, end, _) in ordered
-                if not self._closed(key, start)
-            ]
-        )
+        try:
+            readings = await self.usage.read(
+                [
+                    (key, start, d, end)
+                    for (key, start), (d, end, _) in ordered
+                    if not self._closed(key, start)
+                ]
+            )
+        finally:
+            if settle_upto is not None:
+                # The batches written before this read are in it (or dropped);
+                # with no await from here on, `early` cannot run in between.
+                self.pending.settle(settle_upto)
+        self._lower_bounds(readings, todo)
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
         for (key, start), (d, end, event_id) in ordered:
             if (key, start) not in readings or self._closed(key, start):
                 continue
-            state = self.states.get(key)
-            used, pricing, reason = self._measure(key, d, start, readings[(key, start)])
-            announced: frozenset[int] = frozenset()
-            if state is not None and state.period_start == start and state.limit == d.limit:
-                announced = crossed_thresholds(state.used, d.limit, d.thresholds_pct)
-            result = evaluate(
-                used=used, limit=d.limit, thresholds=d.thresholds_pct, announced=announced
+            used, pricing, reason = self.usage.measure(key, d, start, readings[(key, start)])
+            self._evaluate_one(
+                (key, start), d, end, event_id, used, pricing, reason, now, alerts, states
             )
-            status = result.status
-            if pricing == "unknown" or (pricing == "priced_partial" and status != "exceeded"):
-                # A lower bound that is already over the limit is exceeded for
-                # sure; anything less is not known to be ok.
-                status = pricing
-            for pct in result.newly_crossed:
-                alert = QuotaAlert(
-                    alert_id=quota_alert_id(d.tenant_id, d.quota_id, start, pct, d.limit),
-                    tenant_id=d.tenant_id,
-                    quota_id=d.quota_id,
-                    period_start=start,
-                    threshold_pct=pct,
-                    used=used,
-                    limit=d.limit,
-                    crossed_at=now,
-                    event_id=event_id,
-                    hard=d.hard,
-                )
-                alerts.append(
-                    Outgoing(self.alerts_topic, d.tenant_id.encode(), encode_quota_alert(alert))
-                )
-                self.alerts_sent += 1
-                log.info(
-                    "quota %s of %s crossed %d%% (%s/%s)",
-                    d.quota_id,
-                    d.tenant_id,
-                    pct,
-                    used,
-                    d.limit,
-                )
-            changed = (
-                state is None
-                or state.period_start != start
-                or state.limit != d.limit
-                or state.status != status
-                or state.reason != reason
-                or bool(result.newly_crossed)
-                or announced != result.crossed
-            )
-            if changed:
-                new_state = QuotaState(
-                    tenant_id=d.tenant_id,
-                    quota_id=d.quota_id,
-                    status=status,  # type: ignore[arg-type]
-                    used=used,
-                    limit=d.limit,
-                    period_start=start,
-                    period_end=end,
-                    updated_at=now,
-                    hard=d.hard,
-                    model=d.model,
-                    reason=reason,
-                )
-                self.states[key] = new_state
-                states.append(Outgoing(self.state_topic, key, encode_quota_state(new_state)))
         return alerts + states
 
-    async def _read(
-        self, due: list[tuple[bytes, datetime, QuotaDefinition, datetime]]
-    ) -> dict[tuple[bytes, datetime], Reading]:
-        """The store's answer for each due (quota, period): one batched read per kind."""
-        readings: dict[tuple[bytes, datetime], Reading] = {}
-        plain: list[tuple[tuple[bytes, datetime], UsageRequest]] = []
-        priced: list[tuple[tuple[bytes, datetime], ModelUsageRequest]] = []
-        for key, start, d, end in due:
-            if d.metric != "cost":
-                plain.append(((key, start), UsageRequest(d.tenant_id, d.model, start, end)))
-            elif self.pricebook is None:
-                readings[(key, start)] = None
-            else:
-                # Tiers are monthly: the month's usage before the period sets its margin.
-                month = billing_month(start)
-                since = datetime(month.year, month.month, 1, tzinfo=UTC)
-                priced.append(
-                    ((key, start), ModelUsageRequest(d.tenant_id, d.model, since, start, end))
-                )
-        reads: list[Callable[[], Awaitable[Sequence[Reading]]]] = []
-        if plain:
-            reads.append(functools.partial(self.reader.usage_many, [r for _, r in plain]))
-        if priced:
-            reads.append(functools.partial(self.reader.usage_by_model_many, [r for _, r in priced]))
-        # A failure propagates unchanged and before any state moved (the
-        # ClickHouse reader itself waits out retriable ones, query by query).
-        results = iter(await gather_or_cancel(reads))
-        for batch in (plain, priced):
-            if batch:
-                readings.update(zip((at for at, _ in batch), next(results), strict=True))
-        return readings
-
-    def _measure(
-        self, key: bytes, d: QuotaDefinition, start: datetime, reading: Reading
-    ) -> tuple[Amount, str | None, str | None]:
-        """(used, pricing status or None, reason) of one quota in one period."""
-        if isinstance(reading, Usage):
-            return reading.metric(d.metric), None, None
-        if self.pricebook is None or reading is None:
-            reason = "no price book: start the worker with --pricebook or TOKENPULSE_PRICEBOOK"
-            self._report(key, d, reason)
-            return Decimal(0), "unknown", reason
-        rows = reading
-        month = billing_month(start)
-        assert d.currency is not None  # QuotaDefinition requires it for metric=cost
-        try:
-            cost = period_cost(self.pricebook, d.currency, month, rows)
-        except PriceBookError as exc:
-            cost = PeriodCost(Decimal(0), (), False, exc.message)
-        if cost.reason is not None:
-            self._report(key, d, cost.reason)
-            return cost.amount, "unknown", cost.reason
-        if cost.unpriced_models:
-            reason = (
-                f"no price for model(s) {', '.join(cost.unpriced_models)} in "
-                f"{self.pricebook.source}; used counts only priced usage"
+    def _evaluate_one(
+        self,
+        at: tuple[bytes, datetime],
+        d: QuotaDefinition,
+        end: datetime,
+        event_id: str,
+        used: Amount,
+        pricing: str | None,
+        reason: str | None,
+        now: datetime,
+        alerts: list[Outgoing],
+        states: list[Outgoing],
+    ) -> None:
+        """Evaluate one quota in one period at `used`; owed alerts and state join the lists."""
+        key, start = at
+        state = self.states.get(key)
+        announced: frozenset[int] = frozenset()
+        if state is not None and state.period_start == start and state.limit == d.limit:
+            announced = crossed_thresholds(state.used, d.limit, d.thresholds_pct)
+        result = evaluate(
+            used=used, limit=d.limit, thresholds=d.thresholds_pct, announced=announced
+        )
+        status = result.status
+        if pricing == "unknown" or (pricing == "priced_partial" and status != "exceeded"):
+            # A lower bound that is already over the limit is exceeded for
+            # sure; anything less is not known to be ok.
+            status = pricing
+        for pct in result.newly_crossed:
+            alert = QuotaAlert(
+                alert_id=quota_alert_id(d.tenant_id, d.quota_id, start, pct, d.limit),
+                tenant_id=d.tenant_id,
+                quota_id=d.quota_id,
+                period_start=start,
+                threshold_pct=pct,
+                used=used,
+                limit=d.limit,
+                crossed_at=now,
+                event_id=event_id,
+                hard=d.hard,
             )
-            self._report(key, d, reason)
-            return cost.amount, ("priced_partial" if cost.priced_any else "unknown"), reason
-        self._reported.pop(key, None)
-        return cost.amount, None, None
-
-    def _report(self, key: bytes, d: QuotaDefinition, reason: str) -> None:
-        # Once per quota and problem, not once per batch.
-        if self._reported.get(key) != reason:
-            self._reported[key] = reason
-            log.error(
-                "cost quota %s of %s cannot be priced fully: %s", d.quota_id, d.tenant_id, reason
+            alerts.append(
+                Outgoing(self.alerts_topic, d.tenant_id.encode(), encode_quota_alert(alert))
             )
+            self.alerts_sent += 1
+            log.info(
+                "quota %s of %s crossed %d%% (%s/%s)", d.quota_id, d.tenant_id, pct, used, d.limit
+            )
+        changed = (
+            state is None
+            or state.period_start != start
+            or state.limit != d.limit
+            or state.status != status
+            or state.reason != reason
+            or bool(result.newly_crossed)
+            or announced != result.crossed
+        )
+        if changed:
+            new_state = QuotaState(
+                tenant_id=d.tenant_id,
+                quota_id=d.quota_id,
+                status=status,  # type: ignore[arg-type]
+                used=used,
+                limit=d.limit,
+                period_start=start,
+                period_end=end,
+                updated_at=now,
+                hard=d.hard,
+                model=d.model,
+                reason=reason,
+            )
+            self.states[key] = new_state
+            states.append(Outgoing(self.state_topic, key, encode_quota_state(new_state)))
+
+
+def _scope(d: QuotaDefinition) -> tuple[object, ...]:
+    """What a quota measures (its limit, thresholds and hardness are not part of it)."""
+    return (d.tenant_id, d.model, d.metric, d.period, d.timezone, d.currency)
+
+
+def _supersedes(new: QuotaState, current: QuotaState, d: QuotaDefinition | None) -> bool:
+    """Whether `new` replaces `current` as the last known state of one quota.
+
+    A newer period's state does; an older one, read late, never rolls back.
+    Within one period the state at the current limit stands, then the one
+    with the higher `used`. States come back from the compacted topic late and out of order (this
+    worker's early state and the durable one after it, another worker's of a
+    prefix quota). Usage within a period only grows, so the higher `used` is
+    the later truth; taking a lower one back would forget a threshold already
+    announced and announce it again (same alert_id, but a needless repeat).
+    """
+    if new.period_start != current.period_start:
+        return new.period_start > current.period_start
+    if d is not None and (new.limit == d.limit) != (current.limit == d.limit):
+        return new.limit == d.limit
+    return new.used >= current.used
