@@ -1,0 +1,87 @@
+"""Freshness and alert latency at one fixed paced rate, without the rest of the bench.
+
+`tokenpulse bench` measures latency at half and quarter of the drain rate it
+measured minutes before, so its latency rows move with that rate and with
+the VM. This runs only the latency phase, at the rate given, on a fresh
+pipeline: a worker with its alert quotas loaded (and read once by its quota
+timer), then the paced generator in its own process for `--duration-s`,
+with `--alert-quotas` tenants each crossing its quota once. One line of
+table per run; bench/ab.sh pairs it with an older commit.
+
+    .venv/bin/python bench/latency_bench.py 40000
+    bench/ab.sh 1d57c71 3 latency_bench.py 40000
+
+Without KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack
+is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+
+from tokenpulse.bench import load
+from tokenpulse.bench.run import (
+    BenchConfig,
+    Latency,
+    _fresh_and_alerts,
+    _put_alert_quotas,
+    alert_tenants,
+)
+from tokenpulse.bench.services import Pipeline, machine_busy_s, obtain_services, proc_cpu_s
+from tokenpulse.cli.bench import sigterm_unwinds
+
+# The worker's quota timer ticks every 5 s; its first tick reads every new
+# quota's usage, which is what an early (pre-write) check compares against.
+_QUOTA_TIMER_S = 6.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rate_eps", type=float)
+    parser.add_argument("--duration-s", type=float, default=30.0)
+    parser.add_argument("--alert-quotas", type=int, default=50)
+    args = parser.parse_args()
+    config = BenchConfig(fresh_duration_s=args.duration_s, alert_quotas=args.alert_quotas)
+    res = Latency("half")  # the tenants whose quotas the "half" phase crosses
+
+    def say(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    with sigterm_unwinds(), obtain_services() as services:
+        pipe = Pipeline(services, "lat" + uuid.uuid4().hex[:8], "l")
+        try:
+            pipe.setup()
+            _put_alert_quotas(pipe, alert_tenants(config, res.load), limit=10_000)
+            warmup = load.fleet(2_000, 50, seed=7)
+            backlog = asyncio.run(
+                load.produce_backlog(services.bootstrap, pipe.topics.usage, warmup, envelope=False)
+            )
+            worker = pipe.start_worker()
+            pipe.wait_rows(backlog.expected_events, 300)
+            time.sleep(_QUOTA_TIMER_S)
+            rows0, cpu0, busy0, t0 = pipe.rows(), proc_cpu_s(worker), machine_busy_s(), time.time()
+            _fresh_and_alerts(config, pipe, res, 1.0, args.rate_eps, say)
+            rows1, cpu1, busy1, t1 = pipe.rows(), proc_cpu_s(worker), machine_busy_s(), time.time()
+        finally:
+            pipe.teardown()
+    # CPU over the whole phase, including the tail after the generator stopped.
+    worker_us = (cpu1 - cpu0) / max(rows1 - rows0, 1) * 1e6
+    busy_pct = (busy1 - busy0) / max(t1 - t0, 1e-9) * 100
+    print(
+        "| rate events/s | freshness p50 | freshness p99 | alert p99 | alerts "
+        "| worker us/event | machine busy |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        f"| {res.rate_eps:,.0f} | {res.p50_s:.2f} s | {res.p99_s:.2f} s "
+        f"| {res.alert_p99_s:.2f} s | {res.alerts} | {worker_us:.1f} | {busy_pct:.0f} % |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
