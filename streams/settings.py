@@ -128,7 +128,11 @@ class WorkerSettings:
     batch_max_events: TOKENPULSE_BATCH_MAX_EVENTS; records per processing batch.
     batch_max_bytes: TOKENPULSE_BATCH_MAX_BYTES; record bytes per processing batch (8 MiB; an
         SDK envelope holds many events, so bytes bound a batch of envelopes).
-    flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS; max wait before a partial batch is written.
+    flush_interval_ms: TOKENPULSE_FLUSH_INTERVAL_MS (0); how long a batch that is not full waits
+        for more records before it is prepared. 0: what has arrived is prepared at once. Fetches
+        (fetch_min_bytes) and writes (write groups, write_min_interval_ms) are already coalesced,
+        so waiting here only delayed the early quota check: at 5,000 events/s alert p99 was
+        0.48-0.54 s with 500 ms and 0.19-0.23 s with 0, with the same worker CPU per event.
     partition_fetch_bytes: TOKENPULSE_PARTITION_FETCH_BYTES; the most one fetch returns of one
         partition (4 MiB; Faust's 1 MiB starved the worker). The prefetch holds at most one fetch
         per assigned partition: at most partitions x this in memory during a backlog.
@@ -182,7 +186,7 @@ class WorkerSettings:
     data_dir: Path = field(default_factory=lambda: tokenpulse_home() / "worker")
     batch_max_events: int = 2000
     batch_max_bytes: int = 8 * 1024 * 1024
-    flush_interval_ms: int = 500
+    flush_interval_ms: int = 0
     partition_fetch_bytes: int = 4 * 1024 * 1024
     fetch_min_bytes: int = 256 * 1024
     fetch_max_wait_ms: int = 100
@@ -279,7 +283,7 @@ class WorkerSettings:
             data_dir=Path(data_dir) if data_dir else tokenpulse_home(env) / "worker" / app_id,
             batch_max_events=int(_num(env, "TOKENPULSE_BATCH_MAX_EVENTS", 2000)),
             batch_max_bytes=int(_num(env, "TOKENPULSE_BATCH_MAX_BYTES", 8 * 1024 * 1024)),
-            flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 500)),
+            flush_interval_ms=int(_num(env, "TOKENPULSE_FLUSH_INTERVAL_MS", 0)),
             partition_fetch_bytes=int(
                 _num(env, "TOKENPULSE_PARTITION_FETCH_BYTES", 4 * 1024 * 1024)
             ),

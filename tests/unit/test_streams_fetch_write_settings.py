@@ -17,15 +17,18 @@ ENV = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "CLICKHOUSE_URL": "http://h:8123/db"
 def test_defaults_and_environment() -> None:
     s = WorkerSettings.from_env(ENV)
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (262144, 100, 200)
+    assert s.flush_interval_ms == 0  # what arrived is prepared at once (early quota checks)
     s = WorkerSettings.from_env(
         {
             **ENV,
             "TOKENPULSE_FETCH_MIN_BYTES": "1",
             "TOKENPULSE_FETCH_MAX_WAIT_MS": "0",
             "TOKENPULSE_WRITE_MIN_INTERVAL_MS": "0",
+            "TOKENPULSE_FLUSH_INTERVAL_MS": "500",
         }
     )
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (1, 0, 0)
+    assert s.flush_interval_ms == 500
 
 
 @pytest.mark.parametrize(
