@@ -475,3 +475,68 @@ def test_quota_crossings_alert_once_and_raised_limit_resolves(
         workers,
     )
     assert workers[0].terminate() == 0
+
+
+def test_a_token_quota_alerts_before_its_crossing_event_is_written(
+    env: Env, workers: list[Worker]
+) -> None:
+    """The early check: the alert goes out while the event's write still waits.
+
+    A 25 s write interval holds the crossing event's write back; the alert
+    must not wait for it (the lower bound: the store's reading + the
+    accepted, unwritten event), and the write then confirms it once.
+    """
+    put_quota(
+        env,
+        QuotaDefinition(
+            quota_id="q-early",
+            tenant_id="early",
+            metric="input",
+            period="day",
+            limit=1000,
+            thresholds_pct=(50, 100),
+        ),
+    )
+    workers.append(Worker(env, "w1", TOKENPULSE_WRITE_MIN_INTERVAL_MS="25000"))
+
+    def rows() -> int:
+        return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
+
+    def last_used() -> int | None:
+        msgs = read_all(env.bootstrap, env.topics.state, 1, timeout_s=5)
+        return int(decode_quota_state(msgs[-1].value).used) if msgs else None
+
+    now = datetime.now(UTC)
+    produce(
+        env.bootstrap,
+        env.topics.usage,
+        [record(event("early/a", 0, occurred_at=now, input_tokens=100))],
+    )
+    # The first write goes at once (no write before it); its quota check reads
+    # the store: 100 tokens, the bound's base.
+    wait_until(
+        lambda: rows() == 1 and last_used() == 100, 120, "the first event and its state", workers
+    )
+    produce(
+        env.bootstrap,
+        env.topics.usage,
+        [record(event("early/b", 0, occurred_at=now, input_tokens=900))],
+    )
+    alerts = [
+        decode_quota_alert(m.value)
+        for m in read_all(env.bootstrap, env.topics.alerts, 2, timeout_s=20)
+    ]
+    assert rows() == 1, (
+        "the alerts were meant to come before the write; raise the interval if CI is this slow"
+    )
+    assert sorted(a.threshold_pct for a in alerts) == [50, 100]
+    assert {int(a.used) for a in alerts} == {1000}
+    wait_until(lambda: rows() == 2, 60, "the crossing event's write", workers)
+    time.sleep(2)  # the durable check after that write: it must announce nothing again
+    alerts = [
+        decode_quota_alert(m.value)
+        for m in read_all(env.bootstrap, env.topics.alerts, 2, timeout_s=10)
+    ]
+    assert sorted(a.threshold_pct for a in alerts) == [50, 100]
+    assert last_used() == 1000
+    assert workers[0].terminate() == 0
