@@ -1,6 +1,6 @@
 """aiokafka specifics under the pipeline: building a client, handing it
-record batches, reading a send's outcome, and abandoning a client whose broker
-is away; plus the report types.
+record batches, reading a send's outcome, asking the topic's size limit, and
+abandoning a client whose broker is away; plus the report types.
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.codec import has_lz4, has_zstd
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
+from aiokafka.protocol.admin import DescribeConfigsRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from tokenpulse.errors import InvalidRecord
 from tokenpulse.sdk._config import ProducerConfig
 
 T = TypeVar("T")
@@ -22,6 +26,12 @@ T = TypeVar("T")
 # (key, value, what the record carries): one Kafka record to send.
 Unit = tuple[bytes, bytes, Sequence[T]]
 Headers = list[tuple[str, bytes]] | None
+
+# The broker's answers to a record batch above the topic's max.message.bytes
+# (or, rarely, above its segment size). aiokafka does not retry them, and the
+# same batch sent again gets the same answer: only a smaller batch can pass.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+_TOPIC_RESOURCE = 2  # ConfigResourceType.TOPIC in DescribeConfigs
 
 
 class Unacknowledged(Exception):
@@ -57,15 +67,23 @@ class ProducerStats:
     failed: int  # send attempts that failed and were re-queued (each retry counts)
     dropped: int  # refused by overflow_policy="drop"
     queue_depth: int
+    rejected: int = 0  # refused by the broker for good (too large): never re-sent
 
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    """What flush()/close() could not confirm as delivered within the timeout."""
+    """What flush()/close() could not confirm as delivered within the timeout.
+
+    Undelivered are the events still waiting or in flight plus, since start,
+    those the broker refused for good; `errors` holds one error per refused
+    event (InvalidRecord, code "invalid_record.record_too_large", its details
+    naming the event, the size and the topic's limit).
+    """
 
     undelivered_count: int
     undelivered_event_ids: tuple[str, ...]
     sent: int
+    errors: tuple[InvalidRecord, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -82,8 +100,12 @@ def compression_type(config: ProducerConfig) -> str | None:
     return choice
 
 
-def new_producer(c: ProducerConfig) -> AIOKafkaProducer:
-    """An idempotent aiokafka producer (acks=all) configured from c."""
+def new_producer(c: ProducerConfig, max_batch_bytes: int) -> AIOKafkaProducer:
+    """An idempotent aiokafka producer (acks=all) configured from c.
+
+    max_batch_bytes bounds a record batch before compression: c.max_batch_bytes
+    or less, once the topic's limit is known (Pipeline).
+    """
     return AIOKafkaProducer(
         bootstrap_servers=c.bootstrap_servers,
         client_id=c.client_id,
@@ -91,11 +113,44 @@ def new_producer(c: ProducerConfig) -> AIOKafkaProducer:
         enable_idempotence=True,
         compression_type=compression_type(c),
         linger_ms=c.linger_ms,
-        max_batch_size=c.max_batch_bytes,
+        max_batch_size=max_batch_bytes,
         request_timeout_ms=c.request_timeout_ms,
         retry_backoff_ms=c.retry_backoff_ms,
         **c.kafka_security_kwargs(),
     )
+
+
+async def topic_max_message_bytes(
+    producer: AIOKafkaProducer, topic: str, timeout_s: float
+) -> int | None:
+    """The topic's max.message.bytes as its broker applies it, or None if it cannot say.
+
+    One DescribeConfigs request on the producer's own connection (no admin
+    client, no extra login). None when the principal may not describe the
+    topic, the topic does not exist yet, the broker is too old or slow: the
+    caller then meets the limit as rejected batches instead.
+    """
+    client = producer.client
+    request = DescribeConfigsRequest([(_TOPIC_RESOURCE, topic, ["max.message.bytes"])])
+    try:
+        node = client.get_random_node()
+        if node is None:
+            return None
+        response = await asyncio.wait_for(client.send(node, request), timeout_s)
+        for error_code, _, _, name, entries in response.resources:
+            if error_code or name != topic:
+                continue
+            for entry in entries:
+                if entry[0] == "max.message.bytes":
+                    return int(entry[1])
+    except Exception:  # any failure only means "not known": never stop the drain
+        return None
+    return None
+
+
+def one_record_batch_bytes(key: bytes, value: bytes, headers: Headers) -> int:
+    """Bytes of a record batch holding just this record, before compression."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers or []))
 
 
 class KeyHashCache:

@@ -12,6 +12,12 @@ stays bounded however long Kafka is away (several threads calling record()
 at once can overshoot it by at most one event each). Re-sending after a
 lost acknowledgement can duplicate a record at the Kafka level; consumers
 de-duplicate by event_id (DESIGN §5).
+
+A batch the broker refuses as too large (above the topic's max.message.bytes)
+is never re-sent as it was: the batch size is halved and its events re-queued,
+down to batches of one event; an event alone still too large is given up with
+an InvalidRecord in the DeliveryReport (_limit.py). The topic's limit, when
+the broker tells it, caps the batch size before the first send.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from tokenpulse.errors import InvalidRecord
 from tokenpulse.schemas.signing import sign_record
 from tokenpulse.schemas.usage import join_batch
 from tokenpulse.sdk._config import ProducerConfig
 from tokenpulse.sdk._kafka import (
+    TOO_LARGE,
     DeliveryReport,
     Headers,
     KeyHashCache,
@@ -38,7 +46,9 @@ from tokenpulse.sdk._kafka import (
     new_producer,
     outcome,
     send_batched,
+    topic_max_message_bytes,
 )
+from tokenpulse.sdk._limit import BatchLimit
 
 __all__ = ["DeliveryReport", "Item", "Pipeline", "ProducerStats"]
 
@@ -75,6 +85,7 @@ class Pipeline:
         # replaced client must not reset its healthy successor.
         self._reset_for: AIOKafkaProducer | None = None
         self._stopping: AIOKafkaProducer | None = None
+        self._limit = BatchLimit(config)
 
     # -- caller side (any thread) -------------------------------------------
 
@@ -93,7 +104,8 @@ class Pipeline:
 
     def stats(self) -> ProducerStats:
         depth = len(self._queue) + self._inflight_count
-        return ProducerStats(self.sent, self.failed, self.dropped, depth)
+        rejected = self._limit.rejected
+        return ProducerStats(self.sent, self.failed, self.dropped, depth, rejected)
 
     def pending(self) -> int:
         return len(self._queue) + self._inflight_count
@@ -101,6 +113,13 @@ class Pipeline:
     def pending_ids(self) -> tuple[str, ...]:
         ids = [it[2] for items in list(self._inflight.values()) for it in items]
         return tuple(ids + [it[2] for it in list(self._queue)])
+
+    def report(self) -> DeliveryReport:
+        """Pending events plus those refused for good since start."""
+        errors = tuple(self._limit.errors)
+        pending = self.pending_ids()
+        ids = tuple(e.details["event_id"] for e in errors) + pending
+        return DeliveryReport(self._limit.rejected + len(pending), ids, self.sent, errors)
 
     # -- loop side -------------------------------------------------------------
 
@@ -123,7 +142,7 @@ class Pipeline:
         """Start aiokafka, retrying with backoff until it connects or we close."""
         delay_s = self.config.retry_backoff_ms / 1000
         while self._producer is None:
-            producer = new_producer(self.config)
+            producer = new_producer(self.config, self._limit.batch_bytes)
             try:
                 await producer.start()
             except Exception as exc:  # broker down: keep buffering, try again
@@ -136,6 +155,25 @@ class Pipeline:
                 delay_s = min(delay_s * 2, self.config.retry_backoff_max_ms / 1000)
             else:
                 self._producer = producer
+                if self._limit.ask:
+                    self._limit.ask = False
+                    await self._learn_limit(producer)
+
+    async def _learn_limit(self, producer: AIOKafkaProducer) -> None:
+        """Cap the batch size at the topic's max.message.bytes, if the broker tells it."""
+        was = self._limit.batch_bytes
+        timeout_s = min(self.config.request_timeout_ms / 1000, 5.0)
+        if self._limit.learn(await topic_max_message_bytes(producer, self.config.topic, timeout_s)):
+            log.warning(
+                "max_batch_bytes=%d is above topic %s's max.message.bytes=%d: "
+                "record batches are capped at %d bytes",
+                was,
+                self.config.topic,
+                self._limit.topic_limit,
+                self._limit.batch_bytes,
+            )
+            # Its batch builder has the old size: the loop replaces it before a send.
+            self._reset_for = producer
 
     async def _sleep_or_wake(self, delay_s: float) -> None:
         assert self._wake is not None
@@ -187,7 +225,7 @@ class Pipeline:
         for it in chunk:
             by_key.setdefault(it[0], []).append(it)
         units = []
-        budget = self.config.max_batch_bytes // 2
+        budget = self._limit.batch_bytes // 2
         for key, items in by_key.items():
             start, size = 0, 0
             for i, it in enumerate(items):
@@ -273,33 +311,61 @@ class Pipeline:
             return  # already accounted for (close() gave up on it)
         failed: list[Item] = []
         error: BaseException | None = None
+        too_large = False
+        rejected: list[InvalidRecord] = []
         for result, items in zip(results, units, strict=True):
-            if isinstance(result, BaseException):
-                failed.extend(items)
-                error = result
-            else:
+            if not isinstance(result, BaseException):
                 self.sent += len(items)
                 self._inflight_count -= len(items)
-        if failed:
+                continue
+            if isinstance(result, TOO_LARGE):
+                too_large = True
+                if len(items) == 1:  # nothing left to split: give it up, say why
+                    key, value, event_id = items[0]
+                    self._inflight_count -= 1
+                    headers = self._headers(value)
+                    rejected.append(self._limit.reject(key, value, event_id, headers, result))
+                    continue
+                self._limit.halve(items)
+            failed.extend(items)
+            error = result
+        if rejected:  # one line per send, however many (a tiny limit refuses them all)
+            more = f" (and {len(rejected) - 1} more events)" if len(rejected) > 1 else ""
+            log.error("%s%s", rejected[0].message, more)
+        if (failed or too_large) and reset is not None:
             # An expired or rejected batch may leave the idempotent producer's
-            # sequence numbers out of step with the broker: start a fresh one.
-            if reset is not None:
-                self._reset_for = reset
-            self._requeue(failed, error)
+            # sequence numbers out of step with the broker: start a fresh one
+            # (with the smaller batch size, after a refusal).
+            self._reset_for = reset
+        if failed:
+            # After a refusal the broker is healthy and the next batches are
+            # smaller: no back-off (the refused batch's successors on its
+            # partitions fail out of sequence; they are re-sent with it).
+            self._requeue(failed, error, backoff=not too_large)
         else:
             self._fail_streak = 0
 
-    def _requeue(self, items: list[Item], error: BaseException | None) -> None:
-        """Put items back at the front, in order, and slow the drain down."""
+    def _requeue(
+        self, items: list[Item], error: BaseException | None, *, backoff: bool = True
+    ) -> None:
+        """Put items back at the front, in order, and (with backoff) slow the drain down."""
         self._inflight_count -= len(items)
         self._queue.extendleft(reversed(items))
         self.failed += len(items)
-        self._fail_streak += 1
-        streak = self._fail_streak
-        base = self.config.retry_backoff_ms / 1000 * (2 ** min(streak, 10))
-        self._backoff_s = min(base, self.config.retry_backoff_max_ms / 1000)
-        self._backoff_s *= 0.5 + random.random() / 2  # noqa: S311 - jitter
-        log.warning("re-queued %d events after send failure: %r", len(items), error)
+        if backoff:
+            self._fail_streak += 1
+            streak = self._fail_streak
+            base = self.config.retry_backoff_ms / 1000 * (2 ** min(streak, 10))
+            self._backoff_s = min(base, self.config.retry_backoff_max_ms / 1000)
+            self._backoff_s *= 0.5 + random.random() / 2  # noqa: S311 - jitter
+            log.warning("re-queued %d events after send failure: %r", len(items), error)
+        else:
+            log.warning(
+                "re-queued %d events to re-send in batches of at most %d bytes: %r",
+                len(items),
+                self._limit.batch_bytes,
+                error,
+            )
         if self._wake is not None:
             self._wake.set()
 
@@ -336,11 +402,11 @@ class Pipeline:
         self._stopping = self._producer = None
         if self._settlers:  # of clients replaced earlier and still stopping
             await self._release_settlers(set(self._settlers), grace_s=1.0)
-        undelivered = self.pending_ids()
+        report = self.report()
         self._queue.clear()
         self._inflight.clear()
         self._inflight_count = 0
-        return DeliveryReport(len(undelivered), undelivered, self.sent)
+        return report
 
     async def _stop_producer(self, producer: AIOKafkaProducer, timeout_s: float) -> None:
         """Stop one Kafka client; what it never acknowledged goes back to the buffer."""

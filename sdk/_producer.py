@@ -175,8 +175,7 @@ class UsageProducer:
     async def flush(self, timeout_s: float = 30.0) -> DeliveryReport:
         """Wait until everything recorded so far is acknowledged (or timeout)."""
         await self._pipe.drain(timeout_s)
-        ids = self._pipe.pending_ids()
-        return DeliveryReport(len(ids), ids, self._pipe.sent)
+        return self._pipe.report()
 
     async def close(self, timeout_s: float = 30.0) -> DeliveryReport:
         """Deliver what can be delivered within timeout_s, stop, and report the rest."""

@@ -198,8 +198,7 @@ class SyncUsageProducer:
 
     def flush(self, timeout_s: float = 30.0) -> DeliveryReport:
         self._call(self._pipe.drain(timeout_s))
-        ids = self._pipe.pending_ids()
-        return DeliveryReport(len(ids), ids, self._pipe.sent)
+        return self._pipe.report()
 
     def close(self, timeout_s: float = 30.0) -> DeliveryReport:
         """Deliver what can be delivered within timeout_s, stop the thread, report the rest."""
