@@ -9,8 +9,9 @@ Reading guide:
                                       token counts from provider responses
   uuid7                               the event_id generator
 
-Errors come from tokenpulse.errors: InvalidRecord (bad event, nothing sent),
-ServiceUnavailable (buffer full under overflow_policy="block"), QuotaExceeded.
+Errors come from tokenpulse.errors: InvalidRecord (bad event, nothing sent; or,
+in DeliveryReport.errors, an event too large for the topic), ServiceUnavailable
+(buffer full under overflow_policy="block"), QuotaExceeded.
 This package imports tokenpulse.schemas and aiokafka only.
 """
 

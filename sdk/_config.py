@@ -43,6 +43,8 @@ class ProducerConfig:
     client_id: str = "tokenpulse-sdk"
     # Batching: aiokafka waits up to linger_ms to fill a batch of up to
     # max_batch_bytes per partition; the SDK hands it batch_size events at a time.
+    # max_batch_bytes counts before compression and is capped at the topic's
+    # max.message.bytes (sdk/_limit.py), which the broker enforces per batch.
     linger_ms: int = 5
     batch_size: int = 1000
     max_batch_bytes: int = 256 * 1024
