@@ -36,7 +36,7 @@ run() {  # label, then the environment prefix (if any) of the run
   shift
   out=$(env "$@" "$py" "$repo/bench/$script" "${script_args[@]}" 2>/dev/null)
   if [ -z "${header_done:-}" ]; then
-    echo "$out" | grep '^|' | head -2 | sed 's/^| /| side | /; 2s/^|/| --- |/'
+    echo "$out" | grep '^|' | head -2 | sed '1s/^| /| side | /; 2s/^|/| --- |/'
     header_done=1
   fi
   echo "$out" | tail -1 | sed "s/^/| $label /"

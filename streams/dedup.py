@@ -95,6 +95,15 @@ class TimeBucketedBloom:
     full, so the false-positive rate stays at `fp_rate` per filter however
     many ids arrive, and memory grows with the ids actually seen within the
     horizon, never beyond it.
+
+    The filters are stored bit-sliced: one array of m rows (a row per bit
+    position, shared by all filters of one size) with a bit per filter
+    slot, 8 slots a byte. A lookup reads the k rows of an id once, whatever
+    the number of filters: with one array per filter it read k bytes from
+    each, one numpy call per filter, and a partition at the sizing rate
+    holds ~100 filters after 48 h (2 an hour): 12.4 us an id against 0.34
+    with one filter. Slots are taken and freed as filters come and expire;
+    the array grows a byte of slots (8 filters) at a time.
     """
 
     def __init__(
@@ -103,9 +112,13 @@ class TimeBucketedBloom:
         self.horizon_s = horizon_s
         self.capacity_per_filter = capacity_per_filter
         self.fp_rate = fp_rate
-        self._buckets: OrderedDict[int, list[BloomFilter]] = OrderedDict()
         # Every filter has this size, so one positions matrix serves them all.
         self._shape = BloomFilter(capacity_per_filter, fp_rate)
+        self._m = self._shape._m
+        self._slices = np.zeros((self._m, 0), dtype=np.uint8)  # (bit position, slot byte)
+        self._free: list[int] = []  # slots of expired filters, reused first
+        self._counts: dict[int, int] = {}  # live slot -> ids added
+        self._buckets: OrderedDict[int, list[int]] = OrderedDict()  # hour -> slots, oldest first
 
     def expire(self, now_s: float) -> None:
         """Drop buckets whose newest possible arrival is older than the horizon."""
@@ -113,48 +126,69 @@ class TimeBucketedBloom:
             hour = next(iter(self._buckets))
             if (hour + 1) * _HOUR_S + self.horizon_s > now_s:
                 break
-            self._buckets.popitem(last=False)
+            for slot in self._buckets.popitem(last=False)[1]:
+                self._release(slot)
 
-    def _bucket(self, now_s: float) -> list[BloomFilter]:
+    def _release(self, slot: int) -> None:
+        # Cleared, so a lookup can keep reading every slot of the array.
+        self._slices[:, slot >> 3] &= np.uint8(~(1 << (slot & 7)) & 0xFF)
+        del self._counts[slot]
+        self._free.append(slot)
+
+    def _take_slot(self) -> int:
+        if not self._free:
+            lanes = self._slices.shape[1]
+            grown = np.zeros((self._m, lanes + 1), dtype=np.uint8)
+            grown[:, :lanes] = self._slices
+            self._slices = grown
+            self._free = list(range(lanes * 8 + 7, lanes * 8 - 1, -1))  # lowest first
+        slot = self._free.pop()
+        self._counts[slot] = 0
+        return slot
+
+    def _bucket(self, now_s: float) -> list[int]:
         hour = int(now_s // _HOUR_S)
-        filters = self._buckets.get(hour)
-        if filters is None:
+        slots = self._buckets.get(hour)
+        if slots is None:
             older = bool(self._buckets) and hour < next(reversed(self._buckets))
-            filters = self._buckets[hour] = []
+            slots = self._buckets[hour] = []
             if older:
                 # An older hour (warming from the store): keep oldest first,
                 # which expire() relies on.
                 self._buckets = OrderedDict(sorted(self._buckets.items()))
             self.expire(now_s)
-        return filters
+        return slots
 
     def add_many(self, event_ids: Sequence[str], now_s: float) -> None:
         """Remember ids that arrived at `now_s` (one hour bucket)."""
         if not event_ids:
             return
-        filters = self._bucket(now_s)
+        slots = self._bucket(now_s)
+        capacity = self.capacity_per_filter
         for chunk in range(0, len(event_ids), _CHUNK):
             # Chunked: warming loads up to 500,000 ids; a chunk's positions
             # matrix stays a few MB.
             positions = self._shape.positions_many(event_ids[chunk : chunk + _CHUNK])
             start = 0
             while start < len(positions):
-                if not filters or filters[-1].count >= filters[-1].capacity:
-                    filters.append(BloomFilter(self.capacity_per_filter, self.fp_rate))
-                room = filters[-1].capacity - filters[-1].count
-                filters[-1].add_many(positions[start : start + room])
+                if not slots or self._counts[slots[-1]] >= capacity:
+                    slots.append(self._take_slot())
+                slot = slots[-1]
+                room = capacity - self._counts[slot]
+                part = positions[start : start + room]
+                # Repeated positions all set the same bit: plain fancy |= is exact.
+                self._slices[part.ravel(), slot >> 3] |= np.uint8(1 << (slot & 7))
+                self._counts[slot] += len(part)
                 start += room
 
     def might_contain_many(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
         self.expire(now_s)
-        if not event_ids or not self._buckets:
+        if not event_ids or not self._counts:
             return [False] * len(event_ids)
         positions = self._shape.positions_many(event_ids)
-        seen = np.zeros(len(event_ids), dtype=np.bool_)
-        for filters in self._buckets.values():
-            for f in filters:
-                seen |= f.has_many(positions)
-        out: list[bool] = seen.tolist()
+        # (ids, k, slot bytes): a slot whose k bits are all set has maybe seen the id.
+        rows = self._slices[positions]
+        out: list[bool] = np.bitwise_and.reduce(rows, axis=1).any(axis=1).tolist()
         return out
 
     def add(self, event_id: str, now_s: float) -> None:
@@ -165,7 +199,11 @@ class TimeBucketedBloom:
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.size_bytes for filters in self._buckets.values() for f in filters)
+        return int(self._slices.nbytes)
+
+    @property
+    def filter_count(self) -> int:
+        return len(self._counts)
 
     @property
     def bucket_count(self) -> int:

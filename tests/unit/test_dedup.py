@@ -33,13 +33,32 @@ def test_memory_is_bounded_by_the_horizon() -> None:
             bloom.add(f"{hour}-{i}", hour * HOUR + i)
     # at most the buckets of one horizon (+ the current hour), each two filters
     assert bloom.bucket_count <= 3
+    assert bloom.filter_count <= 6
+    # Expired filters' slots are reused: the slices never grew past one byte
+    # of slots (8 filters' worth of bits).
     one_filter = BloomFilter(100, 0.01).size_bytes
-    assert bloom.size_bytes <= 3 * 2 * one_filter
+    assert bloom.size_bytes <= 8 * one_filter
 
 
-def test_cold_partition_confirms_everything_until_one_horizon_passed() -> None:
-    d = PartitionDedup(TimeBucketedBloom(horizon_s=HOUR), cold_until_s=HOUR)
-    assert d.needs_confirmation("never-seen", 10.0)
-    assert not d.needs_confirmation("never-seen", HOUR + 1)
-    d.remember("x", HOUR + 2)
-    assert d.needs_confirmation("x", HOUR + 3)
+def test_many_filters_answer_like_one_and_expired_slots_are_reused() -> None:
+    """Bit-sliced filters: each keeps its own ids, expiry forgets exactly its bucket."""
+    bloom = TimeBucketedBloom(horizon_s=10 * HOUR, capacity_per_filter=50, fp_rate=0.001)
+    for hour in range(10):
+        bloom.add_many([f"h{hour}-{i}" for i in range(120)], hour * HOUR)  # 3 filters an hour
+    assert bloom.filter_count == 30
+    now = 10 * HOUR - 1
+    assert all(bloom.might_contain_many([f"h{h}-{i}" for i in range(120)], now) for h in range(10))
+    strangers = bloom.might_contain_many([f"x-{i}" for i in range(5000)], now)
+    assert sum(strangers) < 5000 * 30 * 0.001 * 3  # the union of 30 filters at 0.1 % each
+    size = bloom.size_bytes
+    # Hour 0 expires at 11 h: its three slots are freed, cleared and taken again.
+    bloom.add_many([f"n-{i}" for i in range(120)], 11 * HOUR)
+    assert bloom.filter_count == 30
+    assert bloom.size_bytes == size
+    # Exactly what a filter that never saw hour 0 answers: no bit of it is left.
+    fresh = TimeBucketedBloom(horizon_s=10 * HOUR, capacity_per_filter=50, fp_rate=0.001)
+    for hour in range(1, 10):
+        fresh.add_many([f"h{hour}-{i}" for i in range(120)], hour * HOUR)
+    fresh.add_many([f"n-{i}" for i in range(120)], 11 * HOUR)
+    probe = [f"h{h}-{i}" for h in range(10) for i in range(120)] + [f"y-{i}" for i in range(3000)]
+    assert bloom.might_contain_many(probe, 11 * HOUR) == fresh.might_contain_many(probe, 11 * HOUR)
