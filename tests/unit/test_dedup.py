@@ -62,3 +62,11 @@ def test_many_filters_answer_like_one_and_expired_slots_are_reused() -> None:
     fresh.add_many([f"n-{i}" for i in range(120)], 11 * HOUR)
     probe = [f"h{h}-{i}" for h in range(10) for i in range(120)] + [f"y-{i}" for i in range(3000)]
     assert bloom.might_contain_many(probe, 11 * HOUR) == fresh.might_contain_many(probe, 11 * HOUR)
+
+
+def test_cold_partition_confirms_everything_until_one_horizon_passed() -> None:
+    d = PartitionDedup(TimeBucketedBloom(horizon_s=HOUR), cold_until_s=HOUR)
+    assert d.needs_confirmation("never-seen", 10.0)
+    assert not d.needs_confirmation("never-seen", HOUR + 1)
+    d.remember("x", HOUR + 2)
+    assert d.needs_confirmation("x", HOUR + 3)
