@@ -338,7 +338,7 @@ class UsageProcessor:
         return out
 
     async def _early_quotas(self, out: Prepared, events: list[UsageEvent], now: datetime) -> None:
-        """Alerts the batch owes before it is written (token quotas, lower bounds).
+        """Alerts the batch owes before it is written (lower bounds of quota usage).
 
         Sent now; the commit waits for their acknowledgement like for the DLQ
         records'. Webhooks and counters follow each acknowledgement.

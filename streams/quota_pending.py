@@ -19,39 +19,53 @@ can go out as soon as the batch is prepared. What is only a bound is never
 harmful: dropping entries (a revoked batch, a failed read, a changed
 definition) makes the bound lower and the alert waits for the durable check.
 
-Token metrics only: a cost quota is priced from the month's rows per model
-(tiers), which the store read provides; its alerts stay with the durable
-check.
+Tokens are kept per (tenant, model) and kind (input, cached input, output,
+reasoning), raw as the events carry them, so the bound serves both kinds of
+reading: token totals (`Usage`) and the rows a cost quota prices
+(`ModelUsage`: the pending tokens join the period's `within` of their row,
+priced at the month's margin like the rest).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from tokenpulse.streams.cost import ModelUsage
 from tokenpulse.streams.quota_logic import Usage
 
 At = tuple[bytes, datetime]  # (quota state key, period start)
+Bound = Usage | list[ModelUsage]  # what a store reading and a lower bound are made of
+# (tenant_id, model) -> [input, cached_input, output, reasoning] tokens as in
+# the events (cached within input, reasoning within output: the contract's rule).
+Split = dict[tuple[str, str], list[int]]
 
 
-def _plus(a: Usage, b: Usage) -> Usage:
-    return Usage(a.input_tokens + b.input_tokens, a.output_tokens + b.output_tokens)
+def _add(split: Split, key: tuple[str, str], tokens: tuple[int, int, int, int]) -> None:
+    acc = split.get(key)
+    if acc is None:
+        split[key] = list(tokens)
+    else:
+        for i, n in enumerate(tokens):
+            acc[i] += n
 
 
 class PendingUsage:
     def __init__(self) -> None:
-        self._base: dict[At, tuple[Usage, datetime]] = {}  # reading, period end
-        # Per prepared batch (seq, ascending): [input, output] per (quota, period).
-        self._batches: dict[int, dict[At, list[int]]] = {}
-        self._outstanding: dict[At, list[int]] = {}
+        self._base: dict[At, tuple[Bound, datetime]] = {}  # reading, period end
+        # Per prepared batch (seq, ascending) and (quota, period): its tokens.
+        self._batches: dict[int, dict[At, Split]] = {}
+        self._outstanding: dict[At, Split] = {}
 
-    def add(self, seq: int, at: At, input_tokens: int, output_tokens: int) -> None:
-        """An accepted, not yet durable event of batch `seq` counts toward `at`."""
-        mine = self._batches.setdefault(seq, {}).setdefault(at, [0, 0])
-        mine[0] += input_tokens
-        mine[1] += output_tokens
-        total = self._outstanding.setdefault(at, [0, 0])
-        total[0] += input_tokens
-        total[1] += output_tokens
+    def add(
+        self, seq: int, at: At, tenant_id: str, model: str, tokens: tuple[int, int, int, int]
+    ) -> None:
+        """An accepted, not yet durable event of batch `seq` counts toward `at`.
+
+        `tokens`: input, cached input, output and reasoning tokens of the event.
+        """
+        key = (tenant_id, model)
+        _add(self._batches.setdefault(seq, {}).setdefault(at, {}), key, tokens)
+        _add(self._outstanding.setdefault(at, {}), key, tokens)
 
     def settle(self, upto_seq: int) -> None:
         """Batches up to `upto_seq` are durable (their read returned) or dropped.
@@ -61,28 +75,56 @@ class PendingUsage:
         leaves the bound.
         """
         for seq in [s for s in self._batches if s <= upto_seq]:
-            for at, (inp, out) in self._batches.pop(seq).items():
-                self._subtract(at, inp, out)
+            for at, split in self._batches.pop(seq).items():
+                self._subtract(at, split)
 
-    def _subtract(self, at: At, input_tokens: int, output_tokens: int) -> None:
+    def _subtract(self, at: At, split: Split) -> None:
         total = self._outstanding.get(at)
-        if total is None:  # only zeros were added (a total of 0 is dropped)
+        if total is None:
             return
-        total[0] -= input_tokens
-        total[1] -= output_tokens
-        if total == [0, 0]:
+        for key, tokens in split.items():
+            acc = total.get(key)
+            if acc is None:
+                continue
+            for i, n in enumerate(tokens):
+                acc[i] -= n
+            if not any(acc):
+                del total[key]
+        if not total:
             del self._outstanding[at]
 
-    def observe(self, at: At, durable: Usage, end: datetime) -> None:
+    def observe(self, at: At, durable: Bound, end: datetime) -> None:
         """What the store returned for `at` (a period ending at `end`): durable events only."""
         self._base[at] = (durable, end)
 
-    def with_outstanding(self, at: At, durable: Usage) -> Usage:
+    def with_outstanding(self, at: At, durable: Bound) -> Bound:
         """A store reading plus what is still on its way there."""
-        total = self._outstanding.get(at)
-        return durable if total is None else _plus(durable, Usage(total[0], total[1]))
+        split = self._outstanding.get(at)
+        if not split:
+            return durable
+        if isinstance(durable, Usage):
+            return Usage(
+                durable.input_tokens + sum(t[0] for t in split.values()),
+                durable.output_tokens + sum(t[2] for t in split.values()),
+            )
+        rows = {(r.tenant_id, r.model): r for r in durable}
+        for (tenant_id, model), (inp, cached, out, reasoning) in split.items():
+            row = rows.get((tenant_id, model))
+            # The priced kinds, as the store's query splits them (usage_query).
+            more = {
+                "input": inp - cached,
+                "cached_input": cached,
+                "output": out - reasoning,
+                "reasoning": reasoning,
+            }
+            within = dict(row.within) if row is not None else {}
+            for kind, n in more.items():
+                within[kind] = within.get(kind, 0) + n
+            before = row.before if row is not None else {}
+            rows[(tenant_id, model)] = ModelUsage(tenant_id, model, before, within)
+        return list(rows.values())
 
-    def lower_bound(self, at: At) -> Usage | None:
+    def lower_bound(self, at: At) -> Bound | None:
         """base + outstanding; None before the store was read for `at`."""
         base = self._base.get(at)
         return None if base is None else self.with_outstanding(at, base[0])
@@ -93,14 +135,9 @@ class PendingUsage:
             del self._base[at]
         for batch in self._batches.values():
             for at in [at for at in batch if at[0] == key]:
-                self._subtract(at, *batch.pop(at))
+                self._subtract(at, batch.pop(at))
 
     def forget_ended(self, now: datetime) -> None:
         """Drop the bases of periods that ended (bounded memory across periods)."""
         for at in [at for at, (_, end) in self._base.items() if end <= now]:
             del self._base[at]
-
-    def clear(self) -> None:
-        self._base.clear()
-        self._batches.clear()
-        self._outstanding.clear()

@@ -8,7 +8,7 @@ crossed threshold once. "Already announced" is derived from the last
 published state (the thresholds its `used` had crossed at its limit), so a
 replay after a crash announces nothing twice.
 
-Token quotas are also checked when a batch is prepared (`early`), against a
+Quotas are also checked when a batch is prepared (`early`), against a
 lower bound of their usage (quota_pending.py): a threshold crossed by the
 bound is announced then, without waiting for the write and the read.
 """
@@ -35,7 +35,6 @@ from tokenpulse.schemas.usage import UsageEvent, tenant_lineage
 from tokenpulse.sinks.billing import PriceBook
 from tokenpulse.streams.quota_logic import (
     Amount,
-    Usage,
     crossed_thresholds,
     evaluate,
     period_bounds,
@@ -189,40 +188,47 @@ class QuotaEngine:
     ) -> list[Outgoing]:
         """Alerts and states owed by accepted, not yet durable events of batch `seq`.
 
-        Their tokens join the lower bound of every token quota they count
-        toward (until `check(..., settle_upto >= seq)`); a quota whose bound
-        crosses a threshold announces it now. A quota the store was not read
-        for yet in this period waits for the durable check.
+        Their tokens join the lower bound of every quota they count toward
+        (until `check(..., settle_upto >= seq)`); a quota whose bound crosses
+        a threshold announces it now. A quota the store was not read for yet
+        in this period waits for the durable check, and so does a cost quota
+        without a price book (its state is unknown either way).
         """
         now = now or datetime.now(UTC)
         watches = self.watches
+        priced = self.usage.pricebook is not None
         todo: Todo = {}
         for ev in events:
             if not watches(ev.tenant_id):
                 continue
+            tokens = (
+                ev.input_tokens,
+                ev.cached_input_tokens,
+                ev.output_tokens,
+                ev.reasoning_tokens,
+            )
             for d in self._matching(ev.tenant_id, ev.model):
-                if d.metric == "cost":
+                if d.metric == "cost" and not priced:
                     continue
                 start, end = period_bounds(d.period, ev.occurred_at, d.timezone)
                 at = (quota_state_key(d.tenant_id, d.quota_id), start)
                 if self._closed(*at):
                     continue
-                self.pending.add(seq, at, ev.input_tokens, ev.output_tokens)
+                self.pending.add(seq, at, ev.tenant_id, ev.model, tokens)
                 todo[at] = (d, end, ev.event_id)
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
         for at, (d, end, event_id) in sorted(todo.items(), key=lambda kv: kv[0]):
             bound = self.pending.lower_bound(at)
             if bound is not None:
-                self._evaluate_one(
-                    at, d, end, event_id, bound.metric(d.metric), None, None, now, alerts, states
-                )
+                used, pricing, reason = self.usage.measure(at[0], d, at[1], bound)
+                self._evaluate_one(at, d, end, event_id, used, pricing, reason, now, alerts, states)
         return alerts + states
 
     def _lower_bounds(self, readings: dict[tuple[bytes, datetime], Reading], todo: Todo) -> None:
         """Durable readings become the bounds' bases, and count what is on its way."""
         for at, reading in readings.items():
-            if isinstance(reading, Usage):
+            if reading is not None:
                 self.pending.observe(at, reading, todo[at][1])
                 readings[at] = self.pending.with_outstanding(at, reading)
 

@@ -13,6 +13,7 @@ from tokenpulse.schemas import (
     QuotaAlert,
     QuotaDefinition,
     QuotaState,
+    UsageEvent,
     decode_quota_alert,
     decode_quota_state,
 )
@@ -170,3 +171,26 @@ async def test_only_unpriced_usage_or_no_pricebook_is_unknown() -> None:
     assert states[-1].status == "unknown"
     assert states[-1].reason is not None
     assert "TOKENPULSE_PRICEBOOK" in states[-1].reason
+
+
+async def test_a_cost_quota_alerts_early_on_its_priced_lower_bound() -> None:
+    """Pending tokens are priced with the rows the store returned: the alert precedes the write."""
+    engine = QuotaEngine(Reader(ROWS), alerts_topic="a", state_topic="s", pricebook=PRICEBOOK)
+    engine.apply_definition(KEY, QUOTA)
+    outs = await engine.check([TOUCH], NOW, settle_upto=0)  # 5.45 of 10.00: 50 %, and the base
+    assert [decode_quota_alert(o.value).threshold_pct for o in outs if o.topic == "a"] == [50]
+    # 10M input tokens of m-flat not yet written: + 5.00 at 0.50 per million.
+    big = UsageEvent(
+        event_id="e-big",
+        tenant_id="acme/b",
+        occurred_at=NOW,
+        model="m-flat",
+        input_tokens=10_000_000,
+        output_tokens=0,
+    )
+    outs = engine.early(1, [big], NOW)
+    alerts = [decode_quota_alert(o.value) for o in outs if o.topic == "a"]
+    assert [(a.threshold_pct, a.used, a.event_id) for a in alerts] == [
+        (100, Decimal("10.45"), "e-big")
+    ]
+    assert engine.states[KEY].status == "exceeded"

@@ -23,6 +23,7 @@ from tokenpulse.schemas import (
     encode_usage_event,
 )
 from tokenpulse.schemas.quota import QuotaState, quota_state_key
+from tokenpulse.streams.cost import ModelUsage
 from tokenpulse.streams.processor import InRecord, UsageProcessor
 from tokenpulse.streams.quota_logic import Usage, period_bounds
 from tokenpulse.streams.quota_pending import PendingUsage
@@ -101,13 +102,17 @@ def _touch(i: int) -> Touch:
 
 
 # -- the bound itself ------------------------------------------------------------------
+def _t(inp: int, out: int, cached: int = 0, reasoning: int = 0) -> tuple[int, int, int, int]:
+    return (inp, cached, out, reasoning)
+
+
 def test_a_batch_leaves_the_bound_when_settled_and_only_then() -> None:
     p = PendingUsage()
     assert p.lower_bound(AT) is None  # never read: no bound at all
     p.observe(AT, Usage(100, 5), END)
-    p.add(1, AT, 10, 1)
-    p.add(2, AT, 20, 2)
-    p.add(2, AT, 0, 0)
+    p.add(1, AT, "acme/a", "m", _t(10, 1))
+    p.add(2, AT, "acme/b", "m", _t(20, 2))
+    p.add(2, AT, "acme/a", "m", _t(0, 0))
     assert p.lower_bound(AT) == Usage(130, 8)
     p.settle(1)
     assert p.lower_bound(AT) == Usage(120, 7)
@@ -119,8 +124,8 @@ def test_a_batch_leaves_the_bound_when_settled_and_only_then() -> None:
 
 def test_zero_batches_settle_after_the_total_is_gone() -> None:
     p = PendingUsage()
-    p.add(1, AT, 0, 0)
-    p.add(2, AT, 0, 0)
+    p.add(1, AT, "acme/a", "m", _t(0, 0))
+    p.add(2, AT, "acme/a", "m", _t(0, 0))
     p.settle(1)
     p.settle(2)
     assert p.with_outstanding(AT, Usage(1, 1)) == Usage(1, 1)
@@ -131,7 +136,7 @@ def test_forgetting_a_quota_or_an_ended_period_drops_its_numbers() -> None:
     other = (quota_state_key("acme", "other"), START)
     for at in (AT, other):
         p.observe(at, Usage(1, 0), END)
-        p.add(1, at, 10, 0)
+        p.add(1, at, "acme/a", "m", _t(10, 0))
     p.forget_quota(KEY)
     assert p.lower_bound(AT) is None
     assert p.with_outstanding(AT, Usage()) == Usage()
@@ -140,6 +145,33 @@ def test_forgetting_a_quota_or_an_ended_period_drops_its_numbers() -> None:
     assert p.lower_bound(other) == Usage(11, 0)
     p.forget_ended(END)
     assert p.lower_bound(other) is None
+
+
+def test_pending_tokens_join_the_priced_rows_in_their_kinds() -> None:
+    """A cost quota's rows: pending tokens go to `within`, split as the store splits them."""
+    p = PendingUsage()
+    kinds = ("input", "cached_input", "output", "reasoning")
+    row = ModelUsage("acme/a", "m", before=dict.fromkeys(kinds, 7), within=dict.fromkeys(kinds, 1))
+    p.observe(AT, [row], END)
+    p.add(1, AT, "acme/a", "m", _t(100, 50, cached=40, reasoning=10))
+    p.add(1, AT, "acme/b", "m2", _t(5, 0))
+    bound = p.lower_bound(AT)
+    assert isinstance(bound, list)
+    rows = {(r.tenant_id, r.model): r for r in bound}
+    assert rows[("acme/a", "m")] == ModelUsage(
+        "acme/a",
+        "m",
+        before=dict.fromkeys(kinds, 7),  # the month before the period: untouched
+        within={"input": 61, "cached_input": 41, "output": 41, "reasoning": 11},
+    )
+    assert rows[("acme/b", "m2")] == ModelUsage(
+        "acme/b",
+        "m2",
+        before={},
+        within={"input": 5, "cached_input": 0, "output": 0, "reasoning": 0},
+    )
+    p.settle(1)
+    assert p.lower_bound(AT) == [row]
 
 
 # -- the engine ----------------------------------------------------------------------
@@ -194,10 +226,11 @@ async def test_a_dropped_batch_no_longer_counts() -> None:
     assert _alerts(await engine.check([_touch(2)], NOW, settle_upto=2)) == [50]
 
 
-async def test_cost_quotas_and_closed_periods_wait_for_the_durable_check() -> None:
+async def test_cost_quotas_without_a_price_book_and_closed_periods_wait() -> None:
     reader = StoreReader()
     engine = _engine(reader, _quota(metric="cost"))
     assert engine.early(1, [_event(1, 10**9)], NOW) == []
+    assert engine.pending.with_outstanding(AT, Usage()) == Usage()  # nothing even counted
     engine = _engine(reader, _quota())
     await engine.check([_touch(0)], NOW, settle_upto=0)
     yesterday = NOW - timedelta(days=1)
