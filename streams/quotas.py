@@ -228,9 +228,15 @@ class QuotaEngine:
     def _lower_bounds(self, readings: dict[tuple[bytes, datetime], Reading], todo: Todo) -> None:
         """Durable readings become the bounds' bases, and count what is on its way."""
         for at, reading in readings.items():
-            if reading is not None:
-                self.pending.observe(at, reading, todo[at][1])
-                readings[at] = self.pending.with_outstanding(at, reading)
+            if reading is None:
+                continue
+            d, end, _ = todo[at]
+            current = self.definitions.get(at[0])
+            # A definition that changed what it measures during the read made
+            # this reading another quota's: it must not become the base.
+            if current is not None and _scope(current) == _scope(d):
+                self.pending.observe(at, reading, end)
+            readings[at] = self.pending.with_outstanding(at, reading)
 
     async def _run(
         self, todo: Todo, now: datetime, settle_upto: int | None = None

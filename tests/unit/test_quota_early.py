@@ -347,3 +347,18 @@ async def test_a_revocation_takes_the_prepared_batches_out_of_the_bounds() -> No
     assert engine.pending.lower_bound(at) == Usage(30, 1)  # the reader counts input only
     await p.on_revoked([("usage", 0)])
     assert engine.pending.lower_bound(at) == Usage(10, 0)
+
+
+async def test_a_reading_of_a_definition_changed_during_the_read_is_no_base() -> None:
+    """The read measured the old scope (all models); the new one counts model "other" only."""
+    reader = StoreReader()
+    engine = _engine(reader)
+    reader.input_tokens = 45
+
+    async def read_then_change(requests: Sequence[UsageRequest]) -> list[Usage]:
+        engine.apply_definition(KEY, _quota(model="other"))
+        return [Usage(input_tokens=45) for _ in requests]
+
+    reader.usage_many = read_then_change  # type: ignore[method-assign]
+    await engine.check([_touch(0)], NOW, settle_upto=0)
+    assert engine.pending.lower_bound(AT) is None
