@@ -85,7 +85,7 @@ class QuotaEngine:
         self._by_tenant: dict[str, list[QuotaDefinition]] = defaultdict(list)
         self._watched: dict[str, bool] = {}  # watches() cache; cleared on definition changes
         self._recheck: set[bytes] = set()  # changed definitions: re-evaluate now
-        self.pending = PendingUsage()  # lower bounds of token usage for `early`
+        self.pending = PendingUsage()  # lower bounds of usage (tokens and cost) for `early`
         self.alerts_sent = 0
 
     # -- topic readers feed these -------------------------------------------------
