@@ -63,13 +63,20 @@ def main() -> int:
             worker = pipe.start_worker()
             pipe.wait_rows(backlog.expected_events, 300)
             time.sleep(_QUOTA_TIMER_S)
-            rows0, cpu0, busy0, t0 = pipe.rows(), proc_cpu_s(worker), machine_busy_s(), time.time()
+            pids = {"worker": worker, "broker": services.broker_pid, "endpoint": services.store_pid}
+            rows0, busy0, t0 = pipe.rows(), machine_busy_s(), time.time()
+            cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items() if pid}
+            req0 = _endpoint_requests(services.clickhouse_url)
             _fresh_and_alerts(config, pipe, res, 1.0, args.rate_eps, say)
-            rows1, cpu1, busy1, t1 = pipe.rows(), proc_cpu_s(worker), machine_busy_s(), time.time()
+            rows1, busy1, t1 = pipe.rows(), machine_busy_s(), time.time()
+            cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items() if pid}
+            req1 = _endpoint_requests(services.clickhouse_url)
         finally:
             pipe.teardown()
     # CPU over the whole phase, including the tail after the generator stopped.
-    worker_us = (cpu1 - cpu0) / max(rows1 - rows0, 1) * 1e6
+    per_event = {name: (cpu1[name] - cpu0[name]) / max(rows1 - rows0, 1) * 1e6 for name in cpu1}
+    per_event["generator"] = res.generator_cpu_s / max(res.sent, 1) * 1e6
+    worker_us = per_event["worker"]
     busy_pct = (busy1 - busy0) / max(t1 - t0, 1e-9) * 100
     print(
         "| rate events/s | freshness p50 | freshness p99 | alert p99 | alerts "
@@ -80,7 +87,32 @@ def main() -> int:
         f"| {res.rate_eps:,.0f} | {res.p50_s:.2f} s | {res.p99_s:.2f} s "
         f"| {res.alert_p99_s:.2f} s | {res.alerts} | {worker_us:.1f} | {busy_pct:.0f} % |"
     )
+    # Who spent the two cores: CPU us an event, per process of the run.
+    say("CPU us/event: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per_event.items())))
+    rates = {k: (req1[k] - req0.get(k, 0.0)) / max(t1 - t0, 1e-9) for k in req1}
+    say("endpoint requests/s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items())))
     return 0
+
+
+def _endpoint_requests(url: str) -> dict[str, float]:
+    """Requests the embedded endpoint answered so far, by kind (empty for another server)."""
+    import re
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    # /metrics needs no credentials; urllib cannot take them in the URL.
+    parts = urlsplit(url)
+    metrics = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], "/metrics", "", ""))
+    try:
+        # http(s): the URL of the stack the bench started or was given.
+        with urllib.request.urlopen(metrics, timeout=5) as reply:  # noqa: S310
+            text = reply.read().decode()
+    except OSError:
+        return {}
+    found = re.findall(
+        r'^tokenpulse_clickhouse_http_requests_total{kind="(\w+)"} (\S+)$', text, re.M
+    )
+    return {kind: float(n) for kind, n in found}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 runs `load.produce_paced` and prints one JSON line per sampled event
 (`{"fresh": event_id, "at": wall time}`) and per quota crossing
 (`{"cross": tenant, "at": wall time}`) as it sends them, then
-`{"sent": n}`. In the bench's own process the generator shared one GIL
+`{"sent": n, "cpu_s": its CPU seconds}`. In the bench's own process the generator shared one GIL
 (and the collector passes over the backlog's records) with the freshness
 poll and the alert watcher: at 22k events/s its events waited seconds in
 the SDK's buffer, and that wait was measured as pipeline latency.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             id_prefix=args.id_prefix,
         )
     )
-    sys.stdout.write(json.dumps({"sent": result.sent}) + "\n")
+    # Its own CPU (user + system), which the bench cannot read once it exited.
+    cpu_s = sum(os.times()[:2])
+    sys.stdout.write(json.dumps({"sent": result.sent, "cpu_s": cpu_s}) + "\n")
     return 0
 
 
@@ -102,6 +105,7 @@ class PacedProcess:
                 self.result.crossing_sent_at[item["cross"]] = float(item["at"])
             elif "sent" in item:
                 self.result.sent = int(item["sent"])
+                self.result.cpu_s = float(item.get("cpu_s", 0.0))
 
     def is_alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
