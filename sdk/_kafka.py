@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, codec
 from aiokafka.codec import has_lz4, has_zstd
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
@@ -100,18 +100,41 @@ def compression_type(config: ProducerConfig) -> str | None:
     return choice
 
 
+# aiokafka >= 0.11 compresses lz4 at level 9 (LZ4 HC) and has no setting for it
+# (aio-libs/aiokafka#1028; #1121 proposes level 1). On a batch of our events
+# level 9 costs 1.2 us of CPU an event, level 1 0.11 us, for batches 20 %
+# larger (14.9x against 12.5x smaller than the JSON); at 43k events/s HC was a
+# tenth of the generating process's CPU. Decompression costs the same.
+_LZ4_LEVEL = 1
+
+
+def fast_lz4() -> None:
+    """Make aiokafka's lz4 compress at _LZ4_LEVEL in this process (idempotent).
+
+    The one function aiokafka compresses lz4 with takes its level as a
+    default argument; that default is changed, only while it is still
+    aiokafka's 9, so a later aiokafka with another choice is left alone.
+    """
+    encode = codec.lz4_encode
+    if encode.__defaults__ == (9,):
+        encode.__defaults__ = (_LZ4_LEVEL,)
+
+
 def new_producer(c: ProducerConfig, max_batch_bytes: int) -> AIOKafkaProducer:
     """An idempotent aiokafka producer (acks=all) configured from c.
 
     max_batch_bytes bounds a record batch before compression: c.max_batch_bytes
     or less, once the topic's limit is known (Pipeline).
     """
+    compression = compression_type(c)
+    if compression == "lz4":
+        fast_lz4()
     return AIOKafkaProducer(
         bootstrap_servers=c.bootstrap_servers,
         client_id=c.client_id,
         acks="all",
         enable_idempotence=True,
-        compression_type=compression_type(c),
+        compression_type=compression,
         linger_ms=c.linger_ms,
         max_batch_size=max_batch_bytes,
         request_timeout_ms=c.request_timeout_ms,

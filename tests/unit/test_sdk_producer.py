@@ -18,7 +18,7 @@ from tokenpulse.schemas import decode_usage_event
 from tokenpulse.sdk import ProducerConfig, SyncUsageProducer, UsageProducer
 from tokenpulse.sdk._config import TOPIC_QUOTA_STATE as SDK_QUOTA_TOPIC
 from tokenpulse.sdk._config import TOPIC_USAGE as SDK_TOPIC
-from tokenpulse.sdk._kafka import compression_type
+from tokenpulse.sdk._kafka import compression_type, fast_lz4
 from tokenpulse.sdk._pipeline import Pipeline
 
 
@@ -100,6 +100,33 @@ def test_config_rejects(kwargs: dict[str, Any]) -> None:
 def test_compression_falls_back_to_what_aiokafka_has() -> None:
     assert compression_type(ProducerConfig(compression="none")) is None
     assert compression_type(ProducerConfig()) in ("lz4", "zstd", "gzip")
+
+
+def test_lz4_batches_are_compressed_fast_not_at_aiokafkas_hc_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The record batch builder (aiokafka's C extension) is what the producer
+    # runs: its lz4 output must be level 1's, and still read back by Kafka's codec.
+    from aiokafka import codec
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    # aiokafka's own default, whatever producers earlier tests started.
+    monkeypatch.setattr(codec.lz4_encode, "__defaults__", (9,))
+
+    def batch() -> bytes:
+        builder = DefaultRecordBatchBuilder(2, 3, 0, -1, -1, 0, 1 << 20)  # 3: lz4
+        for n in range(2_000):
+            value = f'{{"event_id":"e-{n}","tenant_id":"t/{n % 100}","input_tokens":{n}}}'
+            builder.append(n, timestamp=0, key=None, value=value.encode(), headers=[])
+        return bytes(builder.build())
+
+    hc = batch()
+    fast_lz4()
+    fast_lz4()  # idempotent
+    fast = batch()
+    assert len(fast) > len(hc)  # level 1: a little larger than HC
+    header = 61  # a v2 record batch header; the records follow, compressed
+    assert codec.lz4_decode(fast[header:]) == codec.lz4_decode(hc[header:])
 
 
 @pytest.mark.parametrize(
