@@ -140,37 +140,32 @@ async def produce_paced(
     pending_alerts = list(alert_tenants)
     started = time.perf_counter()
     config = ProducerConfig(bootstrap_servers=bootstrap, topic=topic)  # the SDK defaults
+    teams = [f"{FRESH_ORG}/team-{t}" for t in range(100)]
+    probes = [f"{PROBE_PREFIX}{t}" for t in range(100)]  # spread over every partition
+    # record() with keywords, as an agent runtime calls it: the SDK's own
+    # fast path (occurred_at is now), no UsageEvent built per event.
     async with UsageProducer(config) as producer:
+        record = producer.record
         for n in range(total):
             sampled = n % sample_every == 0
-            # Probes spread over 100 tenants, so over every partition.
-            tenant = (
-                f"{PROBE_PREFIX}{n // sample_every % 100}"
-                if sampled
-                else f"{FRESH_ORG}/team-{n % 100}"
-            )
-            ev = UsageEvent(
-                event_id=f"{id_prefix}-{n}",
-                tenant_id=tenant,
-                occurred_at=datetime.now(UTC),
+            event_id = await record(
+                tenant_id=probes[n // sample_every % 100] if sampled else teams[n % 100],
                 model="frontier-large",
                 input_tokens=1000 + n % 500,
                 output_tokens=200,
+                event_id=f"{id_prefix}-{n}",
             )
-            await producer.record_event(ev)
             if sampled:
-                result.fresh_sent_at[ev.event_id] = time.time()
+                result.fresh_sent_at[event_id] = time.time()
             if cross_every and n % cross_every == cross_every - 1 and pending_alerts:
                 who = pending_alerts.pop(0)
-                crossing = UsageEvent(
-                    event_id=f"cross-{who}",
+                await record(
                     tenant_id=who,
-                    occurred_at=datetime.now(UTC),
                     model="frontier-large",
                     input_tokens=alert_limit,  # 100 % of the quota in one event
                     output_tokens=1,
+                    event_id=f"cross-{who}",
                 )
-                await producer.record_event(crossing)
                 result.crossing_sent_at[who] = time.time()
             result.sent = n + 1
             ahead = (n + 1) / rate_eps - (time.perf_counter() - started)
