@@ -22,8 +22,10 @@ import asyncio
 import sys
 import time
 import uuid
+from collections.abc import Callable
 
 from tokenpulse.bench import load
+from tokenpulse.bench.paced import PacedProcess
 from tokenpulse.bench.run import (
     BenchConfig,
     Latency,
@@ -31,7 +33,13 @@ from tokenpulse.bench.run import (
     _put_alert_quotas,
     alert_tenants,
 )
-from tokenpulse.bench.services import Pipeline, machine_busy_s, obtain_services, proc_cpu_s
+from tokenpulse.bench.services import (
+    Pipeline,
+    jit_cpu_s,
+    machine_busy_s,
+    obtain_services,
+    proc_cpu_s,
+)
 from tokenpulse.cli.bench import sigterm_unwinds
 
 # The worker's quota timer ticks every 5 s; its first tick reads every new
@@ -44,6 +52,9 @@ def main() -> int:
     parser.add_argument("rate_eps", type=float)
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--alert-quotas", type=int, default=50)
+    # A fresh broker spends much of its first minute compiling (C2): without a
+    # warm-up, that JIT time is measured as the pipeline's (see jit_cpu_s).
+    parser.add_argument("--warmup-s", type=float, default=20.0)
     args = parser.parse_args()
     config = BenchConfig(fresh_duration_s=args.duration_s, alert_quotas=args.alert_quotas)
     res = Latency("half")  # the tenants whose quotas the "half" phase crosses
@@ -62,14 +73,32 @@ def main() -> int:
             )
             worker = pipe.start_worker()
             pipe.wait_rows(backlog.expected_events, 300)
+            named = {
+                "worker": worker,
+                "broker": services.broker_pid,
+                "endpoint": services.store_pid,
+            }
+            pids = {name: pid for name, pid in named.items() if pid is not None}
+            if args.warmup_s > 0:
+                _warm_up(pipe, args.rate_eps, args.warmup_s, say)
+            # What each process costs with no traffic (the worker caught up).
+            idle0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
             time.sleep(_QUOTA_TIMER_S)
-            pids = {"worker": worker, "broker": services.broker_pid, "endpoint": services.store_pid}
+            idle = {k: (proc_cpu_s(pids[k]) - v) / _QUOTA_TIMER_S * 100 for k, v in idle0.items()}
+            say(
+                "idle CPU % of a core: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in sorted(idle.items()))
+            )
             rows0, busy0, t0 = pipe.rows(), machine_busy_s(), time.time()
-            cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items() if pid}
+            cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+            if services.broker_pid:
+                cpu0["broker JIT"] = jit_cpu_s(services.broker_pid)
             req0 = _endpoint_requests(services.clickhouse_url)
             _fresh_and_alerts(config, pipe, res, 1.0, args.rate_eps, say)
             rows1, busy1, t1 = pipe.rows(), machine_busy_s(), time.time()
-            cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items() if pid}
+            cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+            if services.broker_pid:
+                cpu1["broker JIT"] = jit_cpu_s(services.broker_pid)
             req1 = _endpoint_requests(services.clickhouse_url)
         finally:
             pipe.teardown()
@@ -92,6 +121,27 @@ def main() -> int:
     rates = {k: (req1[k] - req0.get(k, 0.0)) / max(t1 - t0, 1e-9) for k in req1}
     say("endpoint requests/s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items())))
     return 0
+
+
+def _warm_up(
+    pipe: Pipeline, rate_eps: float, duration_s: float, say: Callable[[str], None]
+) -> None:
+    """The paced load for duration_s through the whole pipeline, then caught up."""
+    say(f"warm-up: {rate_eps:,.0f} events/s for {duration_s:.0f} s")
+    before = pipe.rows()
+    warm = PacedProcess(
+        [
+            "--bootstrap", pipe.services.bootstrap, "--topic", pipe.topics.usage,
+            "--rate-eps", str(rate_eps), "--duration-s", str(duration_s),
+            "--sample-every", str(1 << 40), "--id-prefix", "warm",
+        ]
+    )  # fmt: skip
+    warm.start()
+    while warm.is_alive():
+        pipe.check_worker()
+        time.sleep(0.5)
+    warm.stop()
+    pipe.wait_rows(before + warm.result.sent, 300)
 
 
 def _endpoint_requests(url: str) -> dict[str, float]:
