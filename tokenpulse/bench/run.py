@@ -457,6 +457,7 @@ def _fresh_and_alerts(
     # Where an alert's time went: up to the worker's prepare (the SDK's buffer,
     # Kafka, the fetch: the crossing row's ingested_at), up to its produce.
     made = [made_at[t] - s for t, s in paced.crossing_sent_at.items() if t in made_at]
+    first_sent = min(paced.fresh_sent_at.values(), default=0.0)
     prepared_at = _ingested_at(pipe, [f"cross-{t}" for t in paced.crossing_sent_at])
     prepared = [
         prepared_at[f"cross-{t}"] - s
@@ -470,6 +471,20 @@ def _fresh_and_alerts(
         f"(crossing sent -> prepared by the worker: p50 {_median(prepared):.2f} s "
         f"p99 {_pct(prepared, 0.99):.2f} s; -> alert produced: p50 {_median(made):.2f} s "
         f"p99 {_pct(made, 0.99):.2f} s)"
+    )
+    # The slowest alerts, each with its split: a slow prepare is the way in
+    # (generator, Kafka, fetch); a slow produce after it is the worker's.
+    slowest = sorted(
+        ((alerts_at[t] - s, t, s) for t, s in paced.crossing_sent_at.items() if t in alerts_at),
+        reverse=True,
+    )[:3]
+    say(
+        "  slowest alerts (sent -> prepared / produced / seen): "
+        + "; ".join(
+            f"{prepared_at.get(f'cross-{t}', float('nan')) - s:.2f} / "
+            f"{made_at.get(t, float('nan')) - s:.2f} / {late:.2f} s at +{s - first_sent:.1f} s"
+            for late, t, s in slowest
+        )
     )
 
 
