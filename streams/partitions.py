@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import AcceptedEvent, UsageSink
 from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
 from tokenpulse.streams.records import Counters, InRecord, Work
@@ -162,10 +163,21 @@ class PartitionTable:
             self.parts[(topic, partition)].dedup.warm(ids)
             log.info("partition %s/%d: dedup filter warmed with %d ids", topic, partition, len(ids))
 
-    async def dedup(self, slices: Sequence[Slice]) -> None:
-        """Drop ids seen before: in the same slice, in flight, or durable in the store."""
+    async def dedup(
+        self,
+        slices: Sequence[Slice],
+        certain: Callable[[list[UsageEvent]], Awaitable[None]] | None = None,
+    ) -> list[UsageEvent]:
+        """Drop ids seen before: in the same slice, in flight, or durable in the store.
+
+        `certain` is awaited once, before any confirmation query, with the
+        events the filters never saw (new for sure): what waits for them (the
+        early quota check) need not wait for the store. Returns the events
+        that were new only after a confirmation (empty without one).
+        """
         now_s = self.clock()
         uniques: list[list[AcceptedEvent]] = []
+        maybes: list[list[bool]] = []
         confirm: list[tuple[str, str, datetime]] = []
         for sl in slices:
             in_batch: set[str] = set()
@@ -185,6 +197,10 @@ class PartitionTable:
                 for a in itertools.compress(unique, maybe)
             ]
             uniques.append(unique)
+            maybes.append(maybe)
+        if certain is not None:
+            sure = [not m for ms in maybes for m in ms]
+            await certain([a.event for a in itertools.compress(itertools.chain(*uniques), sure)])
         known: set[tuple[str, str]] = set()
         if confirm:
             # Every tenant of every partition at once: the sink splits it into
@@ -195,8 +211,16 @@ class PartitionTable:
             known = await self.retrying(
                 "existing_events", functools.partial(self.sink.existing_events, confirm, since)
             )
-        for sl, unique in zip(slices, uniques, strict=True):
+        confirmed: list[UsageEvent] = []
+        for sl, unique, maybe in zip(slices, uniques, maybes, strict=True):
+            if confirm:
+                confirmed += [
+                    a.event
+                    for a in itertools.compress(unique, maybe)
+                    if (a.event.tenant_id, a.event.event_id) not in known
+                ]
             if known:
                 unique = [a for a in unique if (a.event.tenant_id, a.event.event_id) not in known]
             self.counters.duplicates += len(sl.work.accepted) - len(unique)
             sl.work.accepted = unique
+        return confirmed

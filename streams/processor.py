@@ -319,7 +319,14 @@ class UsageProcessor:
                 slices.append(Slice(topic, partition, state, fresh, work))
         # All partitions of the batch at once: one confirmation lookup and one
         # write, instead of a round trip of each per partition.
-        await self.partitions.dedup(slices)
+        early = self.quotas is not None and bool(self.quotas.definitions)
+
+        async def check_certain(events: list[UsageEvent]) -> None:
+            # Events no filter saw are new for sure: their quotas are checked
+            # before the confirmation query that others of the batch may need.
+            await self._early_quotas(out, events, ingested_at)
+
+        confirmed = await self.partitions.dedup(slices, check_certain if early else None)
         for sl in slices:
             accepted = sl.work.accepted
             windows_add = sl.state.windows.add
@@ -332,9 +339,8 @@ class UsageProcessor:
             tag = sl.state.replay_tag if first <= sl.state.verify_upto else ""
             batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
             out.slices.append((sl.state, batch))
-        if self.quotas is not None and self.quotas.definitions:
-            events = [a.event for sl in slices for a in sl.work.accepted]
-            await self._early_quotas(out, events, ingested_at)
+        if early and confirmed:
+            await self._early_quotas(out, confirmed, ingested_at)
         return out
 
     async def _early_quotas(self, out: Prepared, events: list[UsageEvent], now: datetime) -> None:

@@ -9,7 +9,7 @@ processor sends the alert while the batch's write is still waiting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -326,6 +326,63 @@ async def test_the_processor_sends_the_alert_while_the_write_still_waits() -> No
     states = [decode_quota_state(v) for t, _, v in sent.messages if t == "state"]
     assert [s.used for s in states] == sorted(s.used for s in states)
     assert p.counters.alerts == 1
+
+
+class ConfirmGatedSink(GatedSink):
+    """A store whose dedup confirmations wait for `confirm_gate`."""
+
+    def __init__(self, inner: MemorySink) -> None:
+        super().__init__(inner)
+        self.confirm_gate = asyncio.Event()
+        self.confirming = asyncio.Event()
+
+    async def recent_event_ids(
+        self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
+    ) -> Mapping[int, Sequence[tuple[str, float]]]:
+        # Warm filters: only an id a filter has seen needs a confirmation.
+        return {p: [] for p in partitions}
+
+    async def existing_event_ids(
+        self, tenant_id: str, event_ids: Collection[str], since: datetime
+    ) -> set[str]:
+        self.confirming.set()
+        await self.confirm_gate.wait()
+        return await super().existing_event_ids(tenant_id, event_ids, since)
+
+
+async def test_an_alert_does_not_wait_for_another_events_dedup_confirmation() -> None:
+    """Events no filter saw are checked before the store confirms the batch's others."""
+    store = MemorySink()
+    sink = ConfirmGatedSink(store)
+    sent = Sent()
+    engine = QuotaEngine(StoreReader(store), alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
+    engine.apply_definition(KEY, _quota())
+
+    async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
+        return True
+
+    p = UsageProcessor(
+        sink=sink, producer=sent, committer=commit, dlq_topic="dlq", keyring=None, quotas=engine
+    )
+    sink.confirm_gate.set()
+    await p.process([_record(0, 30)])  # durable: the store's 30 is the base
+    sink.confirm_gate.clear()
+    again = _record(0, 30)  # a redelivered duplicate: its filter says "maybe seen"
+    crossing = _record(1, 25)  # new for sure: 55 of 100 crosses 50 %
+    task = asyncio.create_task(
+        p.prepare([InRecord("usage", 0, 1, again.key, again.value), crossing._replace(offset=2)])
+    )
+    await sink.confirming.wait()
+    alerts = [decode_quota_alert(v) for t, _, v in sent.messages if t == "alerts"]
+    assert [a.threshold_pct for a in alerts] == [50]  # sent while the confirmation waits
+    sink.confirm_gate.set()
+    prepared = await task
+    assert prepared is not None
+    await p.complete([prepared])
+    assert sorted(r.event.event_id for r in store.rows) == ["e0", "e1"]  # the duplicate dropped
+    assert len([m for m in sent.messages if m[0] == "alerts"]) == 1
+    (at,) = [(KEY, s.period_start) for s in engine.states.values()]
+    assert engine.pending.lower_bound(at) == Usage(55, 0)  # nothing left outstanding
 
 
 async def test_a_revocation_takes_the_prepared_batches_out_of_the_bounds() -> None:
