@@ -90,16 +90,10 @@ def main() -> int:
                 + ", ".join(f"{k} {v:.0f}" for k, v in sorted(idle.items()))
             )
             rows0, busy0, t0 = pipe.rows(), machine_busy_s(), time.time()
-            cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-            if services.broker_pid:
-                cpu0["broker JIT"] = jit_cpu_s(services.broker_pid)
-            req0 = _endpoint_requests(services.clickhouse_url)
+            cpu0, req0 = _cpu_s(pids), _endpoint_requests(services.clickhouse_url)
             _fresh_and_alerts(config, pipe, res, 1.0, args.rate_eps, say)
             rows1, busy1, t1 = pipe.rows(), machine_busy_s(), time.time()
-            cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-            if services.broker_pid:
-                cpu1["broker JIT"] = jit_cpu_s(services.broker_pid)
-            req1 = _endpoint_requests(services.clickhouse_url)
+            cpu1, req1 = _cpu_s(pids), _endpoint_requests(services.clickhouse_url)
         finally:
             pipe.teardown()
     # CPU over the whole phase, including the tail after the generator stopped.
@@ -121,6 +115,14 @@ def main() -> int:
     rates = {k: (req1[k] - req0.get(k, 0.0)) / max(t1 - t0, 1e-9) for k in req1}
     say("endpoint requests/s: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(rates.items())))
     return 0
+
+
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process, and of the broker's JIT compiler threads."""
+    out = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+    if "broker" in pids:
+        out["broker JIT"] = jit_cpu_s(pids["broker"])
+    return out
 
 
 def _warm_up(

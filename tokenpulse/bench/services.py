@@ -70,7 +70,11 @@ def obtain_services(keep_dir: Path | None = None) -> Iterator[Services]:
 
 def proc_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a live process (from /proc)."""
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat").read_text(encoding="utf-8"))
+
+
+def _stat_cpu_s(stat: str) -> float:
+    """utime + stime of a /proc/.../stat line, in seconds (after the ")" of comm)."""
     fields = stat.rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
@@ -89,8 +93,7 @@ def jit_cpu_s(pid: int) -> float:
         except OSError:  # the thread ended
             continue
         if "CompilerThre" in stat[: stat.rfind(")")]:
-            fields = stat.rpartition(")")[2].split()
-            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            total += _stat_cpu_s(stat)
     return total
 
 
