@@ -214,13 +214,11 @@ class PartitionTable:
         confirmed: list[UsageEvent] = []
         for sl, unique, maybe in zip(slices, uniques, maybes, strict=True):
             if confirm:
+                new = [(a.event.tenant_id, a.event.event_id) not in known for a in unique]
                 confirmed += [
-                    a.event
-                    for a in itertools.compress(unique, maybe)
-                    if (a.event.tenant_id, a.event.event_id) not in known
+                    a.event for a, m, n in zip(unique, maybe, new, strict=True) if m and n
                 ]
-            if known:
-                unique = [a for a in unique if (a.event.tenant_id, a.event.event_id) not in known]
+                unique = list(itertools.compress(unique, new))
             self.counters.duplicates += len(sl.work.accepted) - len(unique)
             sl.work.accepted = unique
         return confirmed
