@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from tests.unit.test_streams_fencing import GatedSink
 from tests.unit.test_streams_processor import MemorySink, Sent
@@ -23,6 +24,7 @@ from tokenpulse.schemas import (
     encode_usage_event,
 )
 from tokenpulse.schemas.quota import QuotaState, quota_state_key
+from tokenpulse.sinks.base import UsageSink
 from tokenpulse.streams.cost import ModelUsage
 from tokenpulse.streams.processor import InRecord, UsageProcessor
 from tokenpulse.streams.quota_logic import Usage, period_bounds
@@ -284,28 +286,35 @@ def _record(offset: int, tokens: int) -> InRecord:
     return InRecord("usage", 0, offset, b"acme", encode_usage_event(ev))
 
 
+async def _always_commits(topic: str, offsets: Mapping[int, int]) -> bool:
+    return True
+
+
+def _with_quota(
+    store: MemorySink, sink: UsageSink, producer: Sent, **kwargs: Any
+) -> tuple[UsageProcessor, QuotaEngine]:
+    """A processor writing to `sink`, its quota engine reading `store`, holding _quota()."""
+    engine = QuotaEngine(StoreReader(store), alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
+    engine.apply_definition(KEY, _quota())
+    kwargs.setdefault("committer", _always_commits)
+    processor = UsageProcessor(
+        sink=sink, producer=producer, dlq_topic="dlq", keyring=None, quotas=engine, **kwargs
+    )
+    return processor, engine
+
+
 async def test_the_processor_sends_the_alert_while_the_write_still_waits() -> None:
     store = MemorySink()
     sink = GatedSink(store)
     sent = Sent()
     commits: list[Mapping[int, int]] = []
-    engine = QuotaEngine(StoreReader(store), alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
-    engine.apply_definition(KEY, _quota())
     acked: list[bytes] = []
 
     async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
         commits.append(dict(offsets))
         return True
 
-    p = UsageProcessor(
-        sink=sink,
-        producer=sent,
-        committer=commit,
-        dlq_topic="dlq",
-        keyring=None,
-        quotas=engine,
-        on_alert=acked.append,
-    )
+    p, _ = _with_quota(store, sink, sent, committer=commit, on_alert=acked.append)
     await p.process([_record(0, 30)])  # durable: the store's 30 is the base
     assert not [m for m in sent.messages if m[0] == "alerts"]
     sink.gate.clear()
@@ -355,15 +364,7 @@ async def test_an_alert_does_not_wait_for_another_events_dedup_confirmation() ->
     store = MemorySink()
     sink = ConfirmGatedSink(store)
     sent = Sent()
-    engine = QuotaEngine(StoreReader(store), alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
-    engine.apply_definition(KEY, _quota())
-
-    async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
-        return True
-
-    p = UsageProcessor(
-        sink=sink, producer=sent, committer=commit, dlq_topic="dlq", keyring=None, quotas=engine
-    )
+    p, engine = _with_quota(store, sink, sent)
     sink.confirm_gate.set()
     await p.process([_record(0, 30)])  # durable: the store's 30 is the base
     sink.confirm_gate.clear()
@@ -388,15 +389,7 @@ async def test_an_alert_does_not_wait_for_another_events_dedup_confirmation() ->
 async def test_a_revocation_takes_the_prepared_batches_out_of_the_bounds() -> None:
     """Queued batches of a revoked partition are written by the new owner: count them once."""
     store = MemorySink()
-    engine = QuotaEngine(StoreReader(store), alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
-    engine.apply_definition(KEY, _quota())
-
-    async def commit(topic: str, offsets: Mapping[int, int]) -> bool:
-        return True
-
-    p = UsageProcessor(
-        sink=store, producer=Sent(), committer=commit, dlq_topic="dlq", keyring=None, quotas=engine
-    )
+    p, engine = _with_quota(store, store, Sent())
     await p.process([_record(0, 10)])
     (at,) = [(KEY, s.period_start) for s in engine.states.values()]
     prepared = await p.prepare([_record(1, 20)])
