@@ -25,8 +25,6 @@ from tokenpulse.streams.transport import BatchTransport
 
 log = logging.getLogger("tokenpulse.streams.agents")
 
-TICK_INTERVAL_S = 5.0
-
 
 def build_worker(
     settings: WorkerSettings, sink: UsageSink | None = None
@@ -89,7 +87,13 @@ def build_worker(
             except Exception as exc:
                 runtime.fatal(exc, "the quota timer")
 
-    app.timer(TICK_INTERVAL_S)(tick)
+    # Once at start, then every quota_check_interval_s. The first run reads
+    # every quota's period from the store: the early check has no base before
+    # a quota was read, so without it a crossing in the first seconds after a
+    # start waited for its write and the durable check (Faust's timer first
+    # fires one interval after the start).
+    app.task(tick)
+    app.timer(settings.quota_check_interval_s)(tick)
 
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         # Awaited by Faust before the worker rejoins: the new owners of these

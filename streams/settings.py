@@ -149,6 +149,10 @@ class WorkerSettings:
         cost per insert (~30 ms of CPU with the three materialized views) and merges every
         part it writes: at moderate load, writes as fast as they return cost the embedded
         endpoint more CPU than the rows. 0 writes each group as soon as the last returns.
+    quota_check_interval_s: TOKENPULSE_QUOTA_CHECK_INTERVAL_S (5 s); how often the worker
+        checks quotas without traffic: changed definitions, periods that ended. It also checks
+        every quota once at start, which gives the early check its base (a quota that was never
+        read waits for its event's write before it can alert).
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
@@ -193,6 +197,7 @@ class WorkerSettings:
     write_max_records: int = 50_000
     write_max_bytes: int = 32 * 1024 * 1024
     write_min_interval_ms: int = 200
+    quota_check_interval_s: float = 5.0
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
@@ -235,6 +240,12 @@ class WorkerSettings:
                 f"TOKENPULSE_WRITE_MIN_INTERVAL_MS must be within 0..60000, "
                 f"got {self.write_min_interval_ms}",
                 details={"setting": "TOKENPULSE_WRITE_MIN_INTERVAL_MS"},
+            )
+        if not 0 < self.quota_check_interval_s <= 3600:
+            raise ConfigError(
+                f"TOKENPULSE_QUOTA_CHECK_INTERVAL_S must be within (0, 3600], "
+                f"got {self.quota_check_interval_s}",
+                details={"setting": "TOKENPULSE_QUOTA_CHECK_INTERVAL_S"},
             )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
@@ -292,6 +303,7 @@ class WorkerSettings:
             write_max_records=int(_num(env, "TOKENPULSE_WRITE_MAX_RECORDS", 50_000)),
             write_max_bytes=int(_num(env, "TOKENPULSE_WRITE_MAX_BYTES", 32 * 1024 * 1024)),
             write_min_interval_ms=int(_num(env, "TOKENPULSE_WRITE_MIN_INTERVAL_MS", 200)),
+            quota_check_interval_s=_num(env, "TOKENPULSE_QUOTA_CHECK_INTERVAL_S", 5.0),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),

@@ -512,10 +512,16 @@ def test_a_token_quota_alerts_before_its_crossing_event_is_written(
         env.topics.usage,
         [record(event("early/a", 0, occurred_at=now, input_tokens=100))],
     )
-    # The first write goes at once (no write before it); its quota check reads
-    # the store: 100 tokens, the bound's base.
+    # The first write goes at once (no write before it). The quota was read
+    # at the worker's start (a state of 0 tokens, the bound's base); the
+    # first event's 100 tokens count in the bound as outstanding until the
+    # check after their write reads them back (100 tokens, still "ok": the
+    # state is published only when it changes, so it may still say 0).
     wait_until(
-        lambda: rows() == 1 and last_used() == 100, 120, "the first event and its state", workers
+        lambda: rows() == 1 and last_used() in (0, 100),
+        120,
+        "the first event and the quota's state",
+        workers,
     )
     produce(
         env.bootstrap,
@@ -539,4 +545,52 @@ def test_a_token_quota_alerts_before_its_crossing_event_is_written(
     ]
     assert sorted(a.threshold_pct for a in alerts) == [50, 100]
     assert last_used() == 1000
+    assert workers[0].terminate() == 0
+
+
+def test_a_quota_read_at_start_alerts_early_on_its_first_event(
+    env: Env, workers: list[Worker]
+) -> None:
+    """The start read: a quota never touched before has its base from the start.
+
+    The quota timer is set to a minute, so only the worker's read at start
+    can have read this quota when its first event, which crosses it, is
+    prepared; the 25 s write interval holds that event's write back.
+    """
+    put_quota(
+        env,
+        QuotaDefinition(
+            quota_id="q-start", tenant_id="fresh", metric="input", period="day", limit=1000
+        ),
+    )
+    workers.append(
+        Worker(
+            env,
+            "w1",
+            TOKENPULSE_WRITE_MIN_INTERVAL_MS="25000",
+            TOKENPULSE_QUOTA_CHECK_INTERVAL_S="60",
+        )
+    )
+
+    def rows() -> int:
+        return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
+
+    now = datetime.now(UTC)
+    # Another tenant's event takes the first write, which goes at once.
+    produce(env.bootstrap, env.topics.usage, [record(event("other", 0, occurred_at=now))])
+    wait_until(lambda: rows() == 1, 120, "the first write", workers)
+    produce(
+        env.bootstrap,
+        env.topics.usage,
+        [record(event("fresh/a", 0, occurred_at=now, input_tokens=1000))],
+    )
+    alerts = [
+        decode_quota_alert(m.value)
+        for m in read_all(env.bootstrap, env.topics.alerts, 3, timeout_s=20)
+    ]
+    assert rows() == 1, (
+        "the alerts were meant to come before the write; raise the interval if CI is this slow"
+    )
+    assert sorted(a.threshold_pct for a in alerts) == [50, 80, 100]
+    assert {(a.tenant_id, int(a.used)) for a in alerts} == {("fresh", 1000)}
     assert workers[0].terminate() == 0

@@ -18,6 +18,7 @@ def test_defaults_and_environment() -> None:
     s = WorkerSettings.from_env(ENV)
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (262144, 100, 200)
     assert s.flush_interval_ms == 0  # what arrived is prepared at once (early quota checks)
+    assert s.quota_check_interval_s == 5.0
     s = WorkerSettings.from_env(
         {
             **ENV,
@@ -25,10 +26,12 @@ def test_defaults_and_environment() -> None:
             "TOKENPULSE_FETCH_MAX_WAIT_MS": "0",
             "TOKENPULSE_WRITE_MIN_INTERVAL_MS": "0",
             "TOKENPULSE_FLUSH_INTERVAL_MS": "500",
+            "TOKENPULSE_QUOTA_CHECK_INTERVAL_S": "0.5",
         }
     )
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (1, 0, 0)
     assert s.flush_interval_ms == 500
+    assert s.quota_check_interval_s == 0.5
 
 
 @pytest.mark.parametrize(
@@ -38,6 +41,7 @@ def test_defaults_and_environment() -> None:
         ("TOKENPULSE_FETCH_MAX_WAIT_MS", "-1"),
         ("TOKENPULSE_FETCH_MAX_WAIT_MS", "60000"),
         ("TOKENPULSE_WRITE_MIN_INTERVAL_MS", "-5"),
+        ("TOKENPULSE_QUOTA_CHECK_INTERVAL_S", "0"),
     ],
 )
 def test_out_of_range_is_refused_naming_the_setting(name: str, value: str) -> None:
