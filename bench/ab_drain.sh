@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A/B of the worker's drain rate: an older commit against the working tree, alternating.
+# A/B of the worker's drain rate: an older commit against the working tree, in ABBA order.
 #
 #   bench/ab_drain.sh REV [PAIRS]      e.g. bench/ab_drain.sh 1e399ef 3
 #
