@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests.faults.harness import group_size
 from tokenpulse.schemas import (
+    QuotaAlert,
     QuotaDefinition,
     UsageEvent,
     decode_dlq_record,
@@ -251,6 +252,22 @@ def put_quota(env: Env, q: QuotaDefinition | None, *, tenant: str = "", quota_id
     key = quota_state_key(q.tenant_id, q.quota_id) if q else quota_state_key(tenant, quota_id)
     value = encode_quota_definition(q) if q else None
     produce(env.bootstrap, env.topics.quotas, [(key, value, [])])
+
+
+def alerts_before_the_write(env: Env, expect: int, rows: Callable[[], int]) -> list[QuotaAlert]:
+    """The alerts of a crossing whose write a long write interval holds back.
+
+    Still one row in the store when they arrive: they came from the early
+    check, not from the durable one after the write.
+    """
+    alerts = [
+        decode_quota_alert(m.value)
+        for m in read_all(env.bootstrap, env.topics.alerts, expect, timeout_s=20)
+    ]
+    assert rows() == 1, (
+        "the alerts were meant to come before the write; raise the interval if CI is this slow"
+    )
+    return alerts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,13 +545,7 @@ def test_a_token_quota_alerts_before_its_crossing_event_is_written(
         env.topics.usage,
         [record(event("early/b", 0, occurred_at=now, input_tokens=900))],
     )
-    alerts = [
-        decode_quota_alert(m.value)
-        for m in read_all(env.bootstrap, env.topics.alerts, 2, timeout_s=20)
-    ]
-    assert rows() == 1, (
-        "the alerts were meant to come before the write; raise the interval if CI is this slow"
-    )
+    alerts = alerts_before_the_write(env, 2, rows)
     assert sorted(a.threshold_pct for a in alerts) == [50, 100]
     assert {int(a.used) for a in alerts} == {1000}
     wait_until(lambda: rows() == 2, 60, "the crossing event's write", workers)
@@ -584,13 +595,7 @@ def test_a_quota_read_at_start_alerts_early_on_its_first_event(
         env.topics.usage,
         [record(event("fresh/a", 0, occurred_at=now, input_tokens=1000))],
     )
-    alerts = [
-        decode_quota_alert(m.value)
-        for m in read_all(env.bootstrap, env.topics.alerts, 3, timeout_s=20)
-    ]
-    assert rows() == 1, (
-        "the alerts were meant to come before the write; raise the interval if CI is this slow"
-    )
+    alerts = alerts_before_the_write(env, 3, rows)
     assert sorted(a.threshold_pct for a in alerts) == [50, 80, 100]
     assert {(a.tenant_id, int(a.used)) for a in alerts} == {("fresh", 1000)}
     assert workers[0].terminate() == 0
