@@ -76,6 +76,10 @@ class Env:
     def scalar(self, sql: str) -> Any:
         return self.client.query(sql).result_rows[0][0]
 
+    def rows(self) -> int:
+        """Rows in usage_events."""
+        return int(self.scalar(f"SELECT count() FROM {self.database}.usage_events"))
+
     def totals(self) -> tuple[int, int, int, int]:
         row = self.client.query(
             f"SELECT count(), uniqExact(event_id), sum(input_tokens), sum(output_tokens)"
@@ -254,7 +258,7 @@ def put_quota(env: Env, q: QuotaDefinition | None, *, tenant: str = "", quota_id
     produce(env.bootstrap, env.topics.quotas, [(key, value, [])])
 
 
-def alerts_before_the_write(env: Env, expect: int, rows: Callable[[], int]) -> list[QuotaAlert]:
+def alerts_before_the_write(env: Env, expect: int) -> list[QuotaAlert]:
     """The alerts of a crossing whose write a long write interval holds back.
 
     Still one row in the store when they arrive: they came from the early
@@ -264,7 +268,7 @@ def alerts_before_the_write(env: Env, expect: int, rows: Callable[[], int]) -> l
         decode_quota_alert(m.value)
         for m in read_all(env.bootstrap, env.topics.alerts, expect, timeout_s=20)
     ]
-    assert rows() == 1, (
+    assert env.rows() == 1, (
         "the alerts were meant to come before the write; raise the interval if CI is this slow"
     )
     return alerts
@@ -379,10 +383,7 @@ def test_kill9_then_restart_counts_each_event_once(env: Env, workers: list[Worke
     workers.append(Worker(env, "w1"))
     produce(env.bootstrap, env.topics.usage, records[: len(records) // 3])
 
-    def rows() -> int:
-        return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
-
-    wait_until(lambda: rows() > 1000, 120, "first rows", workers)
+    wait_until(lambda: env.rows() > 1000, 120, "first rows", workers)
     producer_thread_records = records[len(records) // 3 :]
     # Crash mid-load: produce the rest while the worker is being killed.
     import threading
@@ -391,7 +392,7 @@ def test_kill9_then_restart_counts_each_event_once(env: Env, workers: list[Worke
         target=produce, args=(env.bootstrap, env.topics.usage, producer_thread_records, 500)
     )
     t.start()
-    wait_until(lambda: rows() > len(events) // 2, 120, "half the rows", workers)
+    wait_until(lambda: env.rows() > len(events) // 2, 120, "half the rows", workers)
     workers[0].kill9()
     t.join(120)
     workers.append(Worker(env, "w2"))
@@ -416,10 +417,7 @@ def test_two_workers_rebalance_under_load_exact(env: Env, workers: list[Worker])
     )
     first.start()
 
-    def rows() -> int:
-        return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
-
-    wait_until(lambda: rows() > 500, 120, "first rows", workers)
+    wait_until(lambda: env.rows() > 500, 120, "first rows", workers)
     workers.append(Worker(env, "b"))  # joins: rebalance under load
     wait_until(lambda: group_size(env.bootstrap, env.group) == 2, 120, "b to join", workers)
     first.join(120)
@@ -427,7 +425,9 @@ def test_two_workers_rebalance_under_load_exact(env: Env, workers: list[Worker])
         target=produce, args=(env.bootstrap, env.topics.usage, records[half:], 50)
     )
     second.start()
-    wait_until(lambda: rows() > len(events) * 3 // 4, 120, "three quarters of the rows", workers)
+    wait_until(
+        lambda: env.rows() > len(events) * 3 // 4, 120, "three quarters of the rows", workers
+    )
     assert workers[0].terminate() == 0  # leaves: another rebalance under load
     second.join(120)
     want = (
@@ -516,9 +516,6 @@ def test_a_token_quota_alerts_before_its_crossing_event_is_written(
     )
     workers.append(Worker(env, "w1", TOKENPULSE_WRITE_MIN_INTERVAL_MS="25000"))
 
-    def rows() -> int:
-        return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
-
     def last_used() -> int | None:
         msgs = read_all(env.bootstrap, env.topics.state, 1, timeout_s=5)
         return int(decode_quota_state(msgs[-1].value).used) if msgs else None
@@ -535,7 +532,7 @@ def test_a_token_quota_alerts_before_its_crossing_event_is_written(
     # check after their write reads them back (100 tokens, still "ok": the
     # state is published only when it changes, so it may still say 0).
     wait_until(
-        lambda: rows() == 1 and last_used() in (0, 100),
+        lambda: env.rows() == 1 and last_used() in (0, 100),
         120,
         "the first event and the quota's state",
         workers,
@@ -545,10 +542,10 @@ def test_a_token_quota_alerts_before_its_crossing_event_is_written(
         env.topics.usage,
         [record(event("early/b", 0, occurred_at=now, input_tokens=900))],
     )
-    alerts = alerts_before_the_write(env, 2, rows)
+    alerts = alerts_before_the_write(env, 2)
     assert sorted(a.threshold_pct for a in alerts) == [50, 100]
     assert {int(a.used) for a in alerts} == {1000}
-    wait_until(lambda: rows() == 2, 60, "the crossing event's write", workers)
+    wait_until(lambda: env.rows() == 2, 60, "the crossing event's write", workers)
     time.sleep(2)  # the durable check after that write: it must announce nothing again
     alerts = [
         decode_quota_alert(m.value)
@@ -583,19 +580,16 @@ def test_a_quota_read_at_start_alerts_early_on_its_first_event(
         )
     )
 
-    def rows() -> int:
-        return int(env.scalar(f"SELECT count() FROM {env.database}.usage_events"))
-
     now = datetime.now(UTC)
     # Another tenant's event takes the first write, which goes at once.
     produce(env.bootstrap, env.topics.usage, [record(event("other", 0, occurred_at=now))])
-    wait_until(lambda: rows() == 1, 120, "the first write", workers)
+    wait_until(lambda: env.rows() == 1, 120, "the first write", workers)
     produce(
         env.bootstrap,
         env.topics.usage,
         [record(event("fresh/a", 0, occurred_at=now, input_tokens=1000))],
     )
-    alerts = alerts_before_the_write(env, 3, rows)
+    alerts = alerts_before_the_write(env, 3)
     assert sorted(a.threshold_pct for a in alerts) == [50, 80, 100]
     assert {(a.tenant_id, int(a.used)) for a in alerts} == {("fresh", 1000)}
     assert workers[0].terminate() == 0
