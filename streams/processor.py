@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeVar
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import SinkBatch, UsageSink
+from tokenpulse.streams.dedup import Positions
 from tokenpulse.streams.partitions import PartitionState, PartitionTable, Slice
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
 from tokenpulse.streams.records import Counters, InRecord, RecordDecoder, Work, touch
@@ -52,7 +53,8 @@ class Prepared:
     records: int
     generations: set[int | None]
     seq: int = 0  # order of preparation: the quota engine's lower bounds count by it
-    slices: list[tuple[PartitionState, SinkBatch]] = field(default_factory=list)
+    # With each batch, the Bloom positions of its events, for the add once durable.
+    slices: list[tuple[PartitionState, SinkBatch, Positions]] = field(default_factory=list)
     pending: list[Awaitable[Any]] = field(default_factory=list)  # DLQ acknowledgements
     touches: list[Touch] = field(default_factory=list)  # replayed records' quota checks
 
@@ -338,7 +340,8 @@ class UsageProcessor:
             first = sl.fresh[0].offset
             tag = sl.state.replay_tag if first <= sl.state.verify_upto else ""
             batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
-            out.slices.append((sl.state, batch))
+            assert sl.positions is not None  # set by dedup, row for row with `accepted`
+            out.slices.append((sl.state, batch, sl.positions))
         if early and confirmed:
             await self._early_quotas(out, confirmed, ingested_at)
         return out
@@ -372,19 +375,19 @@ class UsageProcessor:
 
     async def _complete_locked(self, group: Sequence[Prepared]) -> None:
         slices = [s for p in group for s in p.slices]  # each partition's in offset order
-        to_write = [b for _, b in slices if b.events]
+        to_write = [b for _, b, _ in slices if b.events]
         if to_write:
             await self._write(to_write)
         now_s = self.clock()
         commits: dict[str, dict[int, int]] = {}
         touches = [t for p in group for t in p.touches]
         quotas = self.quotas
-        for state, batch in slices:
+        for state, batch, positions in slices:
             if batch.events:
                 state.last_written = batch.last_offset
             # Durable now: from here on the filter (and the store) know them.
             ids = [acc.event.event_id for acc in batch.events]
-            state.dedup.remember_many(ids, now_s)
+            state.dedup.remember_positions(positions, now_s)
             state.pending_ids.difference_update(ids)
             self.counters.accepted += len(batch.events)
             state.processed_upto = batch.last_offset
