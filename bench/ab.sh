@@ -5,15 +5,15 @@
 #   bench/ab.sh 1e399ef 3 drain_bench.py ""        (bench/ab_drain.sh REV PAIRS)
 #   bench/ab.sh 1d57c71 3 latency_bench.py 40000
 #
-# SCRIPT is a file of bench/ that prints a markdown table whose last line is
-# its result. The VM's speed moves between runs by more than most changes,
-# so a change is measured by pairs run back to back, one fresh local stack per
-# run. The old side runs the working tree's SCRIPT but imports tokenpulse
-# from a worktree of REV: a sitecustomize on PYTHONPATH drops the editable
-# install's finder and puts the worktree first; the worker subprocess
-# inherits it. Runs from a scratch directory, because `python -m` (how the
-# bench starts the worker) would otherwise import the checkout in the
-# current directory.
+# SCRIPT is a file of bench/ that prints markdown tables; the last line of
+# the last one is its result. The VM's speed moves between runs by more than
+# most changes, so a change is measured by pairs run back to back, one fresh
+# local stack per run. The old side runs the working tree's SCRIPT but
+# imports tokenpulse from a worktree of REV: a sitecustomize on PYTHONPATH
+# drops the editable install's finder and puts the worktree first; the
+# worker subprocess inherits it. Runs from a scratch directory, because
+# `python -m` (how the bench starts the worker) would otherwise import the
+# checkout in the current directory.
 set -euo pipefail
 rev=${1:?usage: bench/ab.sh REV PAIRS SCRIPT [ARGS...]}
 pairs=${2:?usage: bench/ab.sh REV PAIRS SCRIPT [ARGS...]}
@@ -36,7 +36,9 @@ run() {  # label, then the environment prefix (if any) of the run
   shift
   out=$(env "$@" "$py" "$repo/bench/$script" "${script_args[@]}" 2>/dev/null)
   if [ -z "${header_done:-}" ]; then
-    echo "$out" | grep '^|' | head -2 | sed '1s/^| /| side | /; 2s/^|/| --- |/'
+    # The header of the last table (the one the result line ends).
+    echo "$out" | tac | awk '/^\|/ { print; n++; next } n { exit }' | tac | head -2 |
+      sed '1s/^| /| side | /; 2s/^|/| --- |/'
     header_done=1
   fi
   echo "$out" | tail -1 | sed "s/^/| $label /"
