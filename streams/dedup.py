@@ -1,10 +1,10 @@
-"""Bounded-memory event_id dedup: hourly Bloom filters as a pre-filter.
+"""Bounded-memory event_id dedup: Bloom filters over spans of arrival time as a pre-filter.
 
 A Bloom filter never forgets an id it saw (no false negatives), so a
 "not seen" answer is final and a "maybe seen" answer is confirmed exactly
-against the sink. Filters are kept per hour bucket and dropped once the
-whole bucket is older than the horizon, which bounds memory by the ids of
-one horizon. See docs/streams.md for the memory math.
+against the sink. A filter is dropped once its newest id is older than the
+horizon, which bounds memory by the ids of about one horizon. See
+docs/streams.md for the memory math.
 
 The worker asks about a whole batch of ids at once (`*_many`): positions are
 computed and tested with numpy, ~20x cheaper per id than a Python loop over
@@ -14,13 +14,13 @@ k positions (the loop was ~15 % of the worker's CPU).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 _HOUR_S = 3600
+_SPANS_PER_HORIZON = 6  # a filter takes at most this fraction of the horizon's arrivals
 _CHUNK = 50_000
 _U32 = np.uint64(0xFFFF_FFFF)
 
@@ -88,13 +88,33 @@ class BloomFilter:
         return bool(self.has_many(self.positions_many([item]))[0])
 
 
-class TimeBucketedBloom:
-    """Bloom filters per hour bucket of arrival time, expired after `horizon_s`.
+class _Filter:
+    """One live filter of a TimeBucketedBloom: its slot and the arrivals it holds."""
 
-    Each bucket grows by chaining another filter when the current one is
-    full, so the false-positive rate stays at `fp_rate` per filter however
-    many ids arrive, and memory grows with the ids actually seen within the
-    horizon, never beyond it.
+    __slots__ = ("count", "first_s", "newest_s", "slot")
+
+    def __init__(self, slot: int, now_s: float) -> None:
+        self.slot = slot
+        self.first_s = now_s  # the arrival that opened it
+        self.newest_s = now_s  # its newest arrival: it expires a horizon after
+        self.count = 0
+
+
+class TimeBucketedBloom:
+    """Bloom filters over spans of arrival time, each expired a horizon after its newest id.
+
+    A filter takes the ids that arrive within `span_s` of the one that
+    opened it (default: a sixth of the horizon, 8 h of 48 h) until it holds
+    `capacity_per_filter`; then the next one opens. So the false-positive
+    rate stays at `fp_rate` per filter however many ids arrive, memory
+    grows with the ids actually seen, and a filter is dropped once its
+    newest id is a horizon old: a full filter holds minutes of ids at the
+    sizing rate and goes a little after them, a slow partition's filter
+    holds up to a span of arrivals and keeps its oldest ids up to a span
+    longer than the horizon. Before round 9 a filter held one hour of
+    arrivals, so a partition with a trickle of events kept 49 nearly empty
+    filters (7 slot bytes, 27 MB at the defaults) where it now keeps at
+    most 7 (one slot byte, 3.8 MB).
 
     The filters are stored bit-sliced: one array of m rows (a row per bit
     position, shared by all filters of one size) with a bit per filter
@@ -113,32 +133,38 @@ class TimeBucketedBloom:
     # (endpoint queries 12.8 -> 23.9 a second, freshness p99 0.95 -> 2.97 s in
     # bench/latency_bench.py); 0.0001 costs 19.2 bits an id instead of 14.4.
     def __init__(
-        self, *, horizon_s: float, capacity_per_filter: int = 200_000, fp_rate: float = 0.0001
+        self,
+        *,
+        horizon_s: float,
+        capacity_per_filter: int = 200_000,
+        fp_rate: float = 0.0001,
+        span_s: float | None = None,
     ) -> None:
         self.horizon_s = horizon_s
         self.capacity_per_filter = capacity_per_filter
         self.fp_rate = fp_rate
+        self.span_s = span_s if span_s is not None else horizon_s / _SPANS_PER_HORIZON
+        if self.span_s <= 0:
+            raise ValueError("span_s must be > 0")
         # Every filter has this size, so one positions matrix serves them all.
         self._shape = BloomFilter(capacity_per_filter, fp_rate)
         self._m = self._shape._m
         self._slices = np.zeros((self._m, 0), dtype=np.uint8)  # (bit position, slot byte)
         self._free: list[int] = []  # slots of expired filters, reused first
-        self._counts: dict[int, int] = {}  # live slot -> ids added
-        self._buckets: OrderedDict[int, list[int]] = OrderedDict()  # hour -> slots, oldest first
+        self._filters: list[_Filter] = []  # live, in the order they opened
 
     def expire(self, now_s: float) -> None:
-        """Drop buckets whose newest possible arrival is older than the horizon."""
-        while self._buckets:
-            hour = next(iter(self._buckets))
-            if (hour + 1) * _HOUR_S + self.horizon_s > now_s:
-                break
-            for slot in self._buckets.popitem(last=False)[1]:
-                self._release(slot)
+        """Drop the filters whose newest id is older than the horizon."""
+        cutoff = now_s - self.horizon_s
+        if any(f.newest_s < cutoff for f in self._filters):
+            for f in self._filters:
+                if f.newest_s < cutoff:
+                    self._release(f.slot)
+            self._filters = [f for f in self._filters if f.newest_s >= cutoff]
 
     def _release(self, slot: int) -> None:
         # Cleared, so a lookup can keep reading every slot of the array.
         self._slices[:, slot >> 3] &= np.uint8(~(1 << (slot & 7)) & 0xFF)
-        del self._counts[slot]
         self._free.append(slot)
 
     def _take_slot(self) -> int:
@@ -148,22 +174,20 @@ class TimeBucketedBloom:
             grown[:, :lanes] = self._slices
             self._slices = grown
             self._free = list(range(lanes * 8 + 7, lanes * 8 - 1, -1))  # lowest first
-        slot = self._free.pop()
-        self._counts[slot] = 0
-        return slot
+        return self._free.pop()
 
-    def _bucket(self, now_s: float) -> list[int]:
-        hour = int(now_s // _HOUR_S)
-        slots = self._buckets.get(hour)
-        if slots is None:
-            older = bool(self._buckets) and hour < next(reversed(self._buckets))
-            slots = self._buckets[hour] = []
-            if older:
-                # An older hour (warming from the store): keep oldest first,
-                # which expire() relies on.
-                self._buckets = OrderedDict(sorted(self._buckets.items()))
-            self.expire(now_s)
-        return slots
+    def _open_filter(self, now_s: float) -> _Filter:
+        """The filter that takes an id arriving at `now_s`: one with room whose span holds it.
+
+        The newest filter, but for ids added out of order (warming from the
+        store loads older arrivals): those get a filter of their own span.
+        """
+        for f in reversed(self._filters):
+            if f.count < self.capacity_per_filter and f.first_s <= now_s < f.first_s + self.span_s:
+                return f
+        f = _Filter(self._take_slot(), now_s)
+        self._filters.append(f)
+        return f
 
     def positions_many(self, event_ids: Sequence[str]) -> Positions:
         """The bit positions of ids in every filter (all have one size).
@@ -185,19 +209,16 @@ class TimeBucketedBloom:
         """`add_many` of ids whose `positions_many` is already known."""
         if not len(positions):
             return
-        slots = self._bucket(now_s)
-        capacity = self.capacity_per_filter
+        self.expire(now_s)
         start = 0
         while start < len(positions):
-            if not slots or self._counts[slots[-1]] >= capacity:
-                slots.append(self._take_slot())
-            slot = slots[-1]
-            room = capacity - self._counts[slot]
-            part = positions[start : start + room]
+            f = self._open_filter(now_s)
+            part = positions[start : start + self.capacity_per_filter - f.count]
             # Repeated positions all set the same bit: plain fancy |= is exact.
-            self._slices[part.ravel(), slot >> 3] |= np.uint8(1 << (slot & 7))
-            self._counts[slot] += len(part)
-            start += room
+            self._slices[part.ravel(), f.slot >> 3] |= np.uint8(1 << (f.slot & 7))
+            f.count += len(part)
+            f.newest_s = max(f.newest_s, now_s)
+            start += len(part)
 
     def might_contain_many(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
         return self.might_contain_positions(self.positions_many(event_ids), now_s)
@@ -205,7 +226,7 @@ class TimeBucketedBloom:
     def might_contain_positions(self, positions: Positions, now_s: float) -> list[bool]:
         """`might_contain_many` of ids whose `positions_many` is already known."""
         self.expire(now_s)
-        if not len(positions) or not self._counts:
+        if not len(positions) or not self._filters:
             return [False] * len(positions)
         # (ids, k, slot bytes): a slot whose k bits are all set has maybe seen the id.
         rows = self._slices[positions]
@@ -224,11 +245,12 @@ class TimeBucketedBloom:
 
     @property
     def filter_count(self) -> int:
-        return len(self._counts)
+        return len(self._filters)
 
     @property
-    def bucket_count(self) -> int:
-        return len(self._buckets)
+    def id_count(self) -> int:
+        """Ids added to the live filters (a repeated id counts each time)."""
+        return sum(f.count for f in self._filters)
 
 
 class PartitionDedup:
@@ -252,11 +274,16 @@ class PartitionDedup:
         `known` is (event_id, ingested epoch seconds); afterwards only the
         filter's positives are confirmed, as if it had seen them arrive.
         """
-        by_hour: dict[int, list[str]] = {}
+        by_hour: dict[int, tuple[list[str], list[float]]] = {}
         for event_id, ingested_s in known:
-            by_hour.setdefault(int(ingested_s // _HOUR_S), []).append(event_id)
+            ids, times = by_hour.setdefault(int(ingested_s // _HOUR_S), ([], []))
+            ids.append(event_id)
+            times.append(ingested_s)
         for hour in sorted(by_hour):
-            self.bloom.add_many(by_hour[hour], hour * _HOUR_S)
+            ids, times = by_hour[hour]
+            # Added as of the hour's newest arrival: a filter expires a horizon
+            # after its newest id, so none of them is forgotten early.
+            self.bloom.add_many(ids, max(times))
         self.cold_until_s = 0.0
 
     def lookup_many(self, event_ids: Sequence[str], now_s: float) -> tuple[list[bool], Positions]:

@@ -81,7 +81,7 @@ def test_warming_with_older_hours_keeps_buckets_in_order_and_expiring() -> None:
     d.warm([("h9", 9 * HOUR + 5), ("h8", 8 * HOUR + 5), ("h9b", 9 * HOUR + 6)])
     assert not d.needs_confirmation("never", 10 * HOUR)  # warm: no longer cold
     assert all(d.needs_confirmation(i, 10 * HOUR) for i in ("now", "h9", "h8", "h9b"))
-    # Hour 8 expires first once its end is a horizon old; hour 9 later.
+    # Hour 8 expires first, once its newest arrival is a horizon old; hour 9 later.
     assert not bloom.might_contain("h8", 11 * HOUR)
     assert bloom.might_contain("h9", 11 * HOUR)
     assert bloom.might_contain("now", 12 * HOUR)
