@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from types import SimpleNamespace
 
+import pytest
+from aiokafka import errors as aiokafka_errors
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
@@ -60,6 +62,36 @@ def test_records_of_a_batch_topic_are_parsed_into_in_records_with_the_generation
     assert all(type(r) is InRecord for r in out)
     app.consumer_generation_id = 8  # stamped as parsed, not when the fetch arrived
     assert _parse("usage", _batch(42, RECORDS[:1]), hand_over)[0].generation == 8
+
+
+def _records(topic: str, data: bytes, deserializer: object, fetch_offset: int) -> object:
+    install_hand_over()
+    return aiokafka_fetcher.PartitionRecords(
+        TopicPartition(topic, 2), MemoryRecords(data), [], fetch_offset, None, deserializer, True, 0
+    )
+
+
+def test_the_fetch_position_follows_each_record_and_earlier_offsets_are_skipped() -> None:
+    hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
+    five = [(b"k", b"v%d" % i, []) for i in range(5)]
+    # Fetched from offset 12 while the batch starts at 10 (a compressed set).
+    records = _records("usage", _batch(10, five) + _batch(15, five), hand_over, 12)
+    taken = []
+    for rec in records:  # getall(max_records) stops mid-batch and resumes later
+        taken.append(rec.offset)
+        if len(taken) == 4:
+            break
+    assert (taken, records.next_fetch_offset) == ([12, 13, 14, 15], 16)
+    taken += [rec.offset for rec in records]
+    assert (taken, records.next_fetch_offset) == ([12, 13, 14, 15, 16, 17, 18, 19], 20)
+
+
+def test_a_corrupt_batch_raises_like_aiokafka_so_the_fetch_is_dropped() -> None:
+    hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
+    data = bytearray(_batch(40, RECORDS))
+    data[-1] ^= 0xFF  # a flipped bit of the last record
+    with pytest.raises(aiokafka_errors.CorruptRecordException, match="Invalid CRC"):
+        list(_records("usage", bytes(data), hand_over, 40))  # type: ignore[call-overload]
 
 
 def test_other_topics_and_other_consumers_still_get_aiokafka_consumer_records() -> None:
