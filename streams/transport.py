@@ -19,8 +19,8 @@ Those records are built as InRecords while aiokafka parses them, on the
 consumer thread (`HandOverRecords`), instead of as aiokafka ConsumerRecords
 that were then copied into InRecords: parsing a record cost 2.5 us that
 way and 1.6 us with a record built per `_consumer_record` call; built
-inline in the parse loop, about 0.15 us less (round 9), of the worker's
-~10 us of CPU per event.
+inline in the parse loop, 0.26-0.33 us less (round 9, bench/parse_bench.py:
+lz4 1.38 -> 1.12 us a record), of the worker's ~8-10 us of CPU per event.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class HandOverRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
             return
         # aiokafka's loop for READ_UNCOMMITTED (aiokafka 0.14.0, pinned) with
         # the record built inline: a method call per record
-        # (`_consumer_record`) cost about 0.15 us of a ~1 us parse.
+        # (`_consumer_record`) cost about a fifth of the parse.
         records = self._records
         topic, partition = tp.topic, tp.partition
         app = hand_over.app

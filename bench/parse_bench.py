@@ -1,0 +1,95 @@
+"""The worker's fetch parse: aiokafka record batches to InRecords, us per record.
+
+Runs aiokafka's fetch parser as the worker installs it (`HandOverRecords`)
+over 4,000 fleet-sized records (8 v2 batches of 500, about 400 B each, lz4
+and uncompressed), taken 2,000 at a time as Faust's getmany takes them. No
+broker: this is the parse alone, which runs on Faust's consumer thread and
+shares the GIL with the worker's event loop. Prints one row: the median of
+60 parses, us per record.
+
+    .venv/bin/python bench/parse_bench.py
+    bench/ab.sh 441c7cd 3 parse_bench.py        # against an older commit
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+import sys
+import time
+from types import SimpleNamespace
+
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import TopicPartition
+
+from tokenpulse.streams.transport import HandOver, install_hand_over
+
+RECORDS_PER_BATCH = 500
+BATCHES = 8
+POLL_RECORDS = 2000  # Faust's max_poll_records: the worker's batch size
+RUNS = 60
+CODECS = {"none": 0, "lz4": 3}
+
+
+def _batch(base_offset: int, compression: int) -> bytes:
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=compression,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 22,
+    )
+    for delta in range(RECORDS_PER_BATCH):
+        value = b'{"event_id":"%d","pad":"' % delta + b"y" * 350 + b'"}'
+        key = b"acme/agent-%d" % delta
+        builder.append(delta, timestamp=1_700_000_000_000, key=key, value=value, headers=[])
+    buf = builder.build()
+    struct.pack_into(">q", buf, 0, base_offset)  # the broker assigns the base offset
+    return bytes(buf)
+
+
+def parse_us_per_record(compression: int) -> float:
+    install_hand_over()
+    data = b"".join(_batch(i * RECORDS_PER_BATCH, compression) for i in range(BATCHES))
+    hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
+    total = BATCHES * RECORDS_PER_BATCH
+
+    def parse() -> int:
+        records = aiokafka_fetcher.PartitionRecords(
+            TopicPartition("usage", 0), MemoryRecords(data), [], 0, None, hand_over, True, 0
+        )
+        n = 0
+        while True:  # FetchResult.getall(max_records): stops and resumes
+            taken = 0
+            for _ in records:
+                taken += 1
+                if taken == POLL_RECORDS:
+                    break
+            n += taken
+            if taken < POLL_RECORDS:
+                return n
+
+    if parse() != total:
+        raise SystemExit("the parser did not return every record")
+    samples = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        parse()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) / total * 1e6
+
+
+def main() -> int:
+    results = {name: parse_us_per_record(code) for name, code in CODECS.items()}
+    print("| " + " | ".join(f"{name}, us/record" for name in results) + " |")
+    print("| " + " | ".join("---" for _ in results) + " |")
+    print("| " + " | ".join(f"{r:.3f}" for r in results.values()) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
