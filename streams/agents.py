@@ -81,13 +81,10 @@ def build_worker(
     app.task(usage)
 
     async def tick() -> None:
-        if runtime.processor is not None and runtime.exit_code is None:
-            try:
-                await runtime.processor.tick()
-            except Exception as exc:
-                runtime.fatal(exc, "the quota timer")
+        await runtime.quota_tick()
 
-    # Once at start, then every quota_check_interval_s. The first run reads
+    # Once at start, then every quota_check_interval_s (and at once after a
+    # definition changes: Runtime._definitions_changed). The first run reads
     # every quota's period from the store: the early check has no base before
     # a quota was read, so without it a crossing in the first seconds after a
     # start waited for its write and the durable check (Faust's timer first

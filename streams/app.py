@@ -9,6 +9,7 @@ batch's sink write and broker acknowledgements returned.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageReader
 from tokenpulse.streams.webhook import WebhookSender
 
 log = logging.getLogger("tokenpulse.streams.app")
+
+# How long a changed quota definition waits for others of the same burst.
+_DEFINITION_BURST_S = 0.05
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
@@ -156,6 +160,10 @@ class Runtime:
     webhook: WebhookSender | None = None
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # bound port, once serving
+    # A changed quota definition is checked by a task of its own (see
+    # _definitions_changed); set while one is due or running.
+    _definitions_dirty: bool = field(default=False, repr=False)
+    _definition_check: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def _on_alert(self, body: bytes) -> None:
         if self.webhook is not None:
@@ -235,6 +243,39 @@ class Runtime:
         if self.on_fatal is not None:
             self.on_fatal()
 
+    async def quota_tick(self) -> None:
+        """The quota timer's work: changed definitions, periods that ended."""
+        if self.processor is not None and self.exit_code is None:
+            try:
+                await self.processor.tick()
+            except Exception as exc:
+                self.fatal(exc, "the quota timer")
+
+    def _definitions_changed(self) -> None:
+        """A quota definition was set, changed or deleted: check it now.
+
+        Without this, a worker with no usage of that tenant arriving read the
+        new definition at the timer's next tick (up to
+        TOKENPULSE_QUOTA_CHECK_INTERVAL_S): a limit lowered below what was
+        already used alerted seconds late, and until the store was read for a
+        new quota its first crossing waited for the durable check.
+        """
+        self._definitions_dirty = True
+        if self._definition_check is None or self._definition_check.done():
+            self._definition_check = asyncio.get_running_loop().create_task(
+                self._check_definitions()
+            )
+
+    async def _check_definitions(self) -> None:
+        # A set of definitions (`tokenpulse quota set --file`) arrives as a
+        # burst: one check after it, and another for any that came during it.
+        while self._definitions_dirty:
+            await asyncio.sleep(_DEFINITION_BURST_S)
+            if self.stopping:
+                return
+            self._definitions_dirty = False
+            await self.quota_tick()
+
     async def start(self) -> UsageProcessor:
         s = self.settings
         keyring = self.keyring()
@@ -277,6 +318,9 @@ class Runtime:
             on_alert=self._on_alert,
         )
         self.processor.current_generation = lambda: self.app.consumer_generation_id
+        # From here on (the definitions read at start are checked by the
+        # timer's first run, once the worker runs).
+        self.feed.on_definition_change = self._definitions_changed
         if isinstance(self.reader, ClickHouseUsageReader):
             # A quota check waiting on a store outage gives way to a revocation
             # or a stop, like a sink write (the batch stays uncommitted).
@@ -317,6 +361,8 @@ class Runtime:
             self.metrics.close()
         if self.feed is not None:
             await self.feed.stop()
+        if self._definition_check is not None:
+            self._definition_check.cancel()
         if isinstance(self.reader, ClickHouseUsageReader):
             await self.reader.close()
         await self.sink.close()

@@ -593,3 +593,35 @@ def test_a_quota_read_at_start_alerts_early_on_its_first_event(
     assert sorted(a.threshold_pct for a in alerts) == [50, 80, 100]
     assert {(a.tenant_id, int(a.used)) for a in alerts} == {("fresh", 1000)}
     assert workers[0].terminate() == 0
+
+
+def test_a_changed_quota_definition_is_checked_at_once_not_at_the_next_tick(
+    env: Env, workers: list[Worker]
+) -> None:
+    """A limit set below what a tenant already used alerts within seconds.
+
+    Nothing of the tenant arrives after the definition, and the quota timer
+    is set to 10 minutes: only the check a definition change starts can
+    read the tenant's usage and alert.
+    """
+    workers.append(Worker(env, "w1", TOKENPULSE_QUOTA_CHECK_INTERVAL_S="600"))
+    now = datetime.now(UTC)
+    produce(
+        env.bootstrap,
+        env.topics.usage,
+        [record(event("spent/a", 0, occurred_at=now, input_tokens=900))],
+    )
+    wait_until(lambda: env.rows() == 1, 120, "the usage written", workers)
+    put_quota(
+        env,
+        QuotaDefinition(
+            quota_id="q-new", tenant_id="spent", metric="input", period="day", limit=1000
+        ),
+    )
+    alerts = [
+        decode_quota_alert(m.value)
+        for m in read_all(env.bootstrap, env.topics.alerts, 2, timeout_s=20)
+    ]
+    assert sorted(a.threshold_pct for a in alerts) == [50, 80]
+    assert {(a.tenant_id, a.quota_id, int(a.used)) for a in alerts} == {("spent", "q-new", 900)}
+    assert workers[0].terminate() == 0
