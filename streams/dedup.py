@@ -112,9 +112,9 @@ class TimeBucketedBloom:
     sizing rate and goes a little after them, a slow partition's filter
     holds up to a span of arrivals and keeps its oldest ids up to a span
     longer than the horizon. Before round 9 a filter held one hour of
-    arrivals, so a partition with a trickle of events kept 49 nearly empty
-    filters (7 slot bytes, 27 MB at the defaults) where it now keeps at
-    most 7 (one slot byte, 3.8 MB).
+    arrivals, so a partition with a trickle of events kept 48-49 nearly
+    empty filters (7 slot bytes, 26.8 MB at the defaults) where it now keeps
+    at most 7 (one slot byte, 3.8 MB; bench/dedup_bench.py).
 
     The filters are stored bit-sliced: one array of m rows (a row per bit
     position, shared by all filters of one size) with a bit per filter
@@ -199,7 +199,7 @@ class TimeBucketedBloom:
         return self._shape.positions_many(event_ids)
 
     def add_many(self, event_ids: Sequence[str], now_s: float) -> None:
-        """Remember ids that arrived at `now_s` (one hour bucket)."""
+        """Remember ids that arrived at `now_s`."""
         for chunk in range(0, len(event_ids), _CHUNK):
             # Chunked: warming loads up to 500,000 ids; a chunk's positions
             # matrix stays a few MB.
