@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from aiokafka import errors as aiokafka_errors
@@ -64,7 +65,7 @@ def test_records_of_a_batch_topic_are_parsed_into_in_records_with_the_generation
     assert _parse("usage", _batch(42, RECORDS[:1]), hand_over)[0].generation == 8
 
 
-def _records(topic: str, data: bytes, deserializer: object, fetch_offset: int) -> object:
+def _records(topic: str, data: bytes, deserializer: object, fetch_offset: int) -> Any:
     install_hand_over()
     return aiokafka_fetcher.PartitionRecords(
         TopicPartition(topic, 2), MemoryRecords(data), [], fetch_offset, None, deserializer, True, 0
@@ -89,9 +90,9 @@ def test_the_fetch_position_follows_each_record_and_earlier_offsets_are_skipped(
 def test_a_corrupt_batch_raises_like_aiokafka_so_the_fetch_is_dropped() -> None:
     hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
     data = bytearray(_batch(40, RECORDS))
-    data[-1] ^= 0xFF  # a flipped bit of the last record
+    data[-1] ^= 0xFF  # the last record's last byte, its bits flipped
     with pytest.raises(aiokafka_errors.CorruptRecordException, match="Invalid CRC"):
-        list(_records("usage", bytes(data), hand_over, 40))  # type: ignore[call-overload]
+        list(_records("usage", bytes(data), hand_over, 40))
 
 
 def test_other_topics_and_other_consumers_still_get_aiokafka_consumer_records() -> None:
