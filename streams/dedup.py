@@ -274,16 +274,16 @@ class PartitionDedup:
         `known` is (event_id, ingested epoch seconds); afterwards only the
         filter's positives are confirmed, as if it had seen them arrive.
         """
-        by_hour: dict[int, tuple[list[str], list[float]]] = {}
+        by_hour: dict[int, list[str]] = {}
+        newest: dict[int, float] = {}
         for event_id, ingested_s in known:
-            ids, times = by_hour.setdefault(int(ingested_s // _HOUR_S), ([], []))
-            ids.append(event_id)
-            times.append(ingested_s)
+            hour = int(ingested_s // _HOUR_S)
+            by_hour.setdefault(hour, []).append(event_id)
+            newest[hour] = max(newest.get(hour, ingested_s), ingested_s)
         for hour in sorted(by_hour):
-            ids, times = by_hour[hour]
             # Added as of the hour's newest arrival: a filter expires a horizon
             # after its newest id, so none of them is forgotten early.
-            self.bloom.add_many(ids, max(times))
+            self.bloom.add_many(by_hour[hour], newest[hour])
         self.cold_until_s = 0.0
 
     def lookup_many(self, event_ids: Sequence[str], now_s: float) -> tuple[list[bool], Positions]:
@@ -293,18 +293,12 @@ class PartitionDedup:
             return [True] * len(event_ids), positions
         return self.bloom.might_contain_positions(positions, now_s), positions
 
-    def needs_confirmation_many(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
-        return self.lookup_many(event_ids, now_s)[0]
-
     def needs_confirmation(self, event_id: str, now_s: float) -> bool:
-        return self.needs_confirmation_many([event_id], now_s)[0]
+        return self.lookup_many([event_id], now_s)[0][0]
 
     def remember_positions(self, positions: Positions, now_s: float) -> None:
         """Remember ids (durable now) by the positions `lookup_many` gave."""
         self.bloom.add_positions(positions, now_s)
 
-    def remember_many(self, event_ids: Sequence[str], now_s: float) -> None:
-        self.bloom.add_many(event_ids, now_s)
-
     def remember(self, event_id: str, now_s: float) -> None:
-        self.remember_many([event_id], now_s)
+        self.bloom.add(event_id, now_s)
