@@ -24,7 +24,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from tokenpulse.streams.transport import HandOver, install_hand_over
+from tokenpulse.streams.hand_over import HandOver, install_hand_over
 
 RECORDS_PER_BATCH = 500
 BATCHES = 8

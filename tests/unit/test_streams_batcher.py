@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from tokenpulse.streams.batcher import RecordBatcher
+from tokenpulse.streams.hand_over import in_records, record_headers
 from tokenpulse.streams.processor import InRecord
-from tokenpulse.streams.transport import in_records, record_headers
 
 
 def _recs(start: int, n: int, partition: int = 0) -> list[InRecord]:

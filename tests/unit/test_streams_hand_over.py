@@ -17,8 +17,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from tokenpulse.streams.hand_over import HandOver, HandOverRecords, install_hand_over
 from tokenpulse.streams.processor import InRecord
-from tokenpulse.streams.transport import HandOver, HandOverRecords, install_hand_over
 
 
 def _batch(base_offset: int, records: list[tuple[bytes | None, bytes | None, list]]) -> bytes:
