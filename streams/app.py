@@ -82,6 +82,7 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     app.transport = transport = BatchTransport(app.conf.broker_consumer, app)
     transport.fetch_min_bytes = settings.fetch_min_bytes
     transport.fetch_max_wait_ms = settings.fetch_max_wait_ms
+    transport.consumer_thread = settings.consumer_thread
     return app
 
 

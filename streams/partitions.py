@@ -9,6 +9,7 @@ batch that were seen before (`dedup`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -167,6 +168,9 @@ class PartitionTable:
                 continue
             self.parts[(topic, partition)].dedup.warm(ids)
             log.info("partition %s/%d: dedup filter warmed with %d ids", topic, partition, len(ids))
+            # Up to dedup_warm_max_ids adds each (~0.5 s at 500,000): let the
+            # Kafka consumer, which shares this loop, heartbeat in between.
+            await asyncio.sleep(0)
 
     async def dedup(
         self,
