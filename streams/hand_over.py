@@ -76,6 +76,13 @@ class HandOverRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
     a record is never stamped with a generation it was not fetched in.
     """
 
+    def __iter__(self) -> Iterator[Any]:
+        # FetchResult.getall takes records with `for msg in partition_records`:
+        # given the generator itself, each record is one generator step, not
+        # a PartitionRecords.__next__ call wrapped around one.
+        records = self._records_iterator
+        return iter(()) if records is None else records
+
     def _unpack_records(self) -> Iterator[Any]:
         hand_over = self._value_deserializer
         tp = self._tp

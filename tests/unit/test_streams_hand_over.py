@@ -87,6 +87,35 @@ def test_the_fetch_position_follows_each_record_and_earlier_offsets_are_skipped(
     assert (taken, records.next_fetch_offset) == ([12, 13, 14, 15, 16, 17, 18, 19], 20)
 
 
+class _PartitionState:
+    """What aiokafka's FetchResult reads of a partition's assignment state."""
+
+    def __init__(self, position: int) -> None:
+        self.paused = False
+        self.position = position
+
+    def consumed_to(self, offset: int) -> None:
+        self.position = offset
+
+
+def test_aiokafkas_getall_takes_the_records_in_runs_and_getone_between_them() -> None:
+    hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
+    five = [(b"k", b"v%d" % i, []) for i in range(5)]
+    records = _records("usage", _batch(10, five) + _batch(15, five), hand_over, 12)
+    state = _PartitionState(12)
+    assignment = SimpleNamespace(active=True, state_value=lambda tp: state)
+    fetched = aiokafka_fetcher.FetchResult(
+        TopicPartition("usage", 2), assignment=assignment, partition_records=records, backoff=0
+    )
+    assert [r.offset for r in fetched.getall(max_records=4)] == [12, 13, 14, 15]
+    assert state.position == 16
+    one = fetched.getone()
+    assert (one.offset, state.position) == (16, 17)
+    assert [r.offset for r in fetched.getall(max_records=2)] == [17, 18]
+    assert [r.offset for r in fetched.getall(max_records=5)] == [19]  # the rest, then done
+    assert (state.position, fetched.has_more()) == (20, False)
+
+
 def test_a_corrupt_batch_raises_like_aiokafka_so_the_fetch_is_dropped() -> None:
     hand_over = HandOver({"usage": object()}, SimpleNamespace(consumer_generation_id=1))
     data = bytearray(_batch(40, RECORDS))
