@@ -19,6 +19,7 @@ its partition (Faust's windowed tables could, after a recovery).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -95,3 +96,20 @@ class MinuteWindows:
             if occurred_at >= self._recut_at:
                 self._move_cut(occurred_at)
         return False
+
+    def add_many(self, times: Sequence[datetime]) -> list[int]:
+        """add() each time, in order; the indices of the late ones.
+
+        The common batch (nothing before the cut, the cut not due to move)
+        takes a min and a max in C, not an add() call per event: nothing in
+        it can be late, and the watermark ends at its newest time either way.
+        """
+        watermark = self.watermark
+        if times and watermark is not None:
+            newest = max(times)
+            if newest < self._recut_at and min(times) >= self._cut:
+                if newest > watermark:
+                    self.watermark = newest
+                return []
+        add = self.add
+        return [i for i, occurred_at in enumerate(times) if add(occurred_at)]

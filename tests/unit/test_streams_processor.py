@@ -121,6 +121,32 @@ async def test_duplicates_in_batch_across_batches_and_after_restart_count_once()
     assert p2.counters.duplicates == 6
 
 
+async def test_a_batch_of_two_fetches_interleaving_partitions_is_taken_per_partition() -> None:
+    sink, sent, commits = MemorySink(), Sent(), []
+    p = _proc(sink, sent, commits)
+    # Fetch 1: p0 0-1, p1 0-1; fetch 2 (same batch): p0 2, p1 2-3, then a
+    # re-fetch of p0 that came in ahead of its order.
+    batch = [
+        *_recs([_ev(1), _ev(2)], partition=0),
+        *_recs([_ev(10), _ev(11)], partition=1),
+        *_recs([_ev(4)], start=3, partition=0),
+        *_recs([_ev(12), _ev(13)], start=2, partition=1),
+        *_recs([_ev(3)], start=2, partition=0),
+    ]
+    await p.process(batch)
+    assert sorted((r.partition, r.offset, r.event.event_id) for r in sink.rows) == [
+        (0, 0, "e1"),
+        (0, 1, "e2"),
+        (0, 2, "e3"),
+        (0, 3, "e4"),
+        (1, 0, "e10"),
+        (1, 1, "e11"),
+        (1, 2, "e12"),
+        (1, 3, "e13"),
+    ]
+    assert commits == [{0: 4, 1: 4}]
+
+
 async def test_commit_only_after_the_write_succeeded() -> None:
     sink, sent, commits = MemorySink(), Sent(), []
     sink.fail_next = 3

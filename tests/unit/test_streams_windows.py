@@ -94,3 +94,32 @@ def test_extreme_lateness_and_times_do_not_overflow() -> None:
     end = MinuteWindows(allowed_lateness_s=0)
     assert not end.add(datetime(9999, 12, 31, 23, 59, 30, tzinfo=UTC))
     assert end.add(datetime(9999, 12, 31, 23, 58, tzinfo=UTC))
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 1_800_000), max_size=40), max_size=12),
+    st.integers(0, 600),
+)
+@settings(max_examples=300)
+def test_add_many_is_add_one_by_one(batches_ms: list[list[int]], lateness_s: int) -> None:
+    # Batches mostly within a minute or two of each other: the fast path
+    # (nothing late, the cut stays) and the fallback both get exercised.
+    one = MinuteWindows(allowed_lateness_s=lateness_s)
+    many = MinuteWindows(allowed_lateness_s=lateness_s)
+    for batch_ms in batches_ms:
+        times = [BASE + timedelta(milliseconds=ms) for ms in batch_ms]
+        expected = [i for i, at in enumerate(times) if one.add(at)]
+        assert many.add_many(times) == expected
+        assert (many.watermark, many.late_events) == (one.watermark, one.late_events)
+        assert many.is_late(BASE) is one.is_late(BASE)
+
+
+def test_add_many_of_an_on_time_batch_only_moves_the_watermark() -> None:
+    w = MinuteWindows(allowed_lateness_s=300)
+    w.add(BASE)
+    times = [BASE + timedelta(seconds=s) for s in (5, 1, 30, 12)]
+    assert w.add_many(times) == []
+    assert (w.watermark, w.late_events) == (BASE + timedelta(seconds=30), 0)
+    late = BASE - timedelta(minutes=10)
+    assert w.add_many([*times, late]) == [4]
+    assert w.late_events == 1
