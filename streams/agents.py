@@ -92,6 +92,11 @@ def build_worker(
     app.task(tick)
     app.timer(settings.quota_check_interval_s)(tick)
 
+    async def watch_loop() -> None:
+        await runtime.watch_loop()
+
+    app.task(watch_loop)
+
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         # Awaited by Faust before the worker rejoins: the new owners of these
         # partitions only start after the in-flight batch and the fence.

@@ -22,6 +22,7 @@ from tokenpulse.errors import ConfigError
 from tokenpulse.schemas.quota import decode_quota_alert
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.sinks.base import UsageSink
+from tokenpulse.streams.loop_lag import LoopLagWatch
 from tokenpulse.streams.metrics import WorkerMetrics
 from tokenpulse.streams.processor import UsageProcessor
 from tokenpulse.streams.quota_feed import QuotaFeed
@@ -161,6 +162,7 @@ class Runtime:
     webhook: WebhookSender | None = None
     metrics: WorkerMetrics | None = None
     metrics_port: int | None = None  # bound port, once serving
+    loop_lag: LoopLagWatch | None = None  # set by start(); run by the worker's task
     # A changed quota definition is checked by a task of its own (see
     # _definitions_changed); set while one is due or running.
     _definitions_dirty: bool = field(default=False, repr=False)
@@ -339,7 +341,17 @@ class Runtime:
                 # serve() logs and returns None when the port is taken: metering
                 # matters more than its metrics.
                 self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
+        self.loop_lag = LoopLagWatch(
+            warn_after_s=s.session_timeout_s / 3,
+            session_timeout_s=s.session_timeout_s,
+            observe=None if self.metrics is None else self.metrics.event_loop_lag_seconds.observe,
+        )
         return self.processor
+
+    async def watch_loop(self) -> None:
+        """The event loop's lag, measured until the worker stops (loop_lag.py)."""
+        if self.loop_lag is not None:
+            await self.loop_lag.run()
 
     async def stop(self) -> None:
         self.stopping = True

@@ -3,7 +3,8 @@
 The processor keeps plain integer counters (no dependency on a metrics
 library in the hot path); a custom collector turns them into Prometheus
 counters when scraped, plus consumer lag per partition from Faust's
-consumer. Only the sink batch latency is observed directly (a histogram).
+consumer. Only the sink batch latency and the event loop's lag are observed
+directly (histograms).
 Served by prometheus_client's HTTP server on TOKENPULSE_METRICS_HOST:PORT
 (127.0.0.1:9464 by default; port 0 = off), on a registry of its own; a port
 already taken is a warning, not a failure.
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("tokenpulse.streams.metrics")
 
 _BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_LAG_BUCKETS_S = (0.001, *_BUCKETS_S)
 
 
 class _Collector(Collector):
@@ -87,6 +89,13 @@ class WorkerMetrics:
             "tokenpulse_sink_batch_seconds",
             "time to make one partition batch durable in the sink, retries included",
             buckets=_BUCKETS_S,
+            registry=self.registry,
+        )
+        # The consumer's heartbeats run on the same loop (loop_lag.py).
+        self.event_loop_lag_seconds = Histogram(
+            "tokenpulse_event_loop_lag_seconds",
+            "how much later than due the worker's event loop woke a 0.5 s sleep",
+            buckets=_LAG_BUCKETS_S,
             registry=self.registry,
         )
         self.registry.register(_Collector(self))

@@ -140,6 +140,7 @@ def test_metrics_count_what_was_sent_and_the_alert_reaches_the_webhook(
     wait_until(counted, 120, f"metrics {want}", workers)
     got = scrape(port)
     assert got["tokenpulse_sink_batch_seconds_count"] >= 1
+    assert got["tokenpulse_event_loop_lag_seconds_count"] >= 1  # the watch runs
     lags = {k: v for k, v in got.items() if k.startswith("tokenpulse_consumer_lag{")}
     wait_until(
         lambda: all(
