@@ -3,8 +3,8 @@
 Runs aiokafka's fetch parser as the worker installs it (`HandOverRecords`)
 over 4,000 fleet-sized records (8 v2 batches of 500, about 400 B each, lz4
 and uncompressed), taken 2,000 at a time as Faust's getmany takes them. No
-broker: this is the parse alone, which runs inside getmany on the worker's
-event loop. Prints one row: the median of 60 parses, us per record.
+broker: this is the parse alone, which runs inside getmany on Faust's
+consumer thread. Prints one row: the median of 60 parses, us per record.
 
     .venv/bin/python bench/parse_bench.py
     bench/ab.sh 441c7cd 3 parse_bench.py        # against an older commit

@@ -83,7 +83,6 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     app.transport = transport = BatchTransport(app.conf.broker_consumer, app)
     transport.fetch_min_bytes = settings.fetch_min_bytes
     transport.fetch_max_wait_ms = settings.fetch_max_wait_ms
-    transport.consumer_thread = settings.consumer_thread
     return app
 
 
@@ -342,8 +341,6 @@ class Runtime:
                 # matters more than its metrics.
                 self.metrics_port = self.metrics.serve(s.metrics_host, s.metrics_port)
         self.loop_lag = LoopLagWatch(
-            warn_after_s=s.session_timeout_s / 3,
-            session_timeout_s=s.session_timeout_s,
             observe=None if self.metrics is None else self.metrics.event_loop_lag_seconds.observe,
         )
         return self.processor

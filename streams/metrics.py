@@ -91,7 +91,7 @@ class WorkerMetrics:
             buckets=_BUCKETS_S,
             registry=self.registry,
         )
-        # The consumer's heartbeats run on the same loop (loop_lag.py).
+        # Everything of a batch waits on the loop (loop_lag.py).
         self.event_loop_lag_seconds = Histogram(
             "tokenpulse_event_loop_lag_seconds",
             "how much later than due the worker's event loop woke a 0.5 s sleep",

@@ -169,7 +169,7 @@ class PartitionTable:
             self.parts[(topic, partition)].dedup.warm(ids)
             log.info("partition %s/%d: dedup filter warmed with %d ids", topic, partition, len(ids))
             # Up to dedup_warm_max_ids adds each (~0.5 s at 500,000): let the
-            # Kafka consumer, which shares this loop, heartbeat in between.
+            # event loop run what is due (batches, quota checks) in between.
             await asyncio.sleep(0)
 
     async def dedup(

@@ -176,10 +176,6 @@ class WorkerSettings:
         asking Kafka for records before it leaves the group (default 1000 s, Faust's). While
         the store is down (fetching paused) it marks its polls itself and stays; a batcher full
         for this long (a store that answers but never finishes a write) still counts.
-    consumer_thread: TOKENPULSE_CONSUMER_THREAD (default false); run the Kafka consumer on a
-        thread of its own, as Faust does, instead of on the worker's event loop. The thread
-        keeps heartbeating while the loop is blocked, at the price of handing every fetch
-        across threads and sharing the GIL with them (a slower drain: BENCHMARKS.md, round 10).
     gc_gen0_threshold: TOKENPULSE_GC_GEN0_THRESHOLD; the worker's young-generation collection
         threshold (50,000; Python's 700 ran a collection every few hundred records). With it
         the objects of the start are frozen out of every collection. 0 keeps Python's defaults.
@@ -220,7 +216,6 @@ class WorkerSettings:
     heartbeat_interval_s: float = 3.0
     max_poll_interval_s: float = 1000.0
     gc_gen0_threshold: int = 50_000
-    consumer_thread: bool = False
 
     def __post_init__(self) -> None:
         check_broker_timeouts(self.session_timeout_s, self.heartbeat_interval_s)
@@ -326,5 +321,4 @@ class WorkerSettings:
             heartbeat_interval_s=_num(env, "TOKENPULSE_HEARTBEAT_INTERVAL_S", 3.0),
             max_poll_interval_s=_num(env, "TOKENPULSE_MAX_POLL_INTERVAL_S", 1000.0),
             gc_gen0_threshold=int(_num(env, "TOKENPULSE_GC_GEN0_THRESHOLD", 50_000)),
-            consumer_thread=_bool(env, "TOKENPULSE_CONSUMER_THREAD", False),
         )

@@ -8,10 +8,8 @@ that costs about 100 us of CPU per record before any work of ours: one
 worker could never pass ~9,000 records/s on a whole core.
 
 This driver keeps everything else of Faust's aiokafka driver (group
-membership, rebalance callbacks, pause/resume, the producer) and changes two
-things. Its aiokafka consumer runs on the worker's event loop, not on a
-thread of its own (`InLoopConsumerThread`; TOKENPULSE_CONSUMER_THREAD keeps
-Faust's thread). And records of the topics registered in
+membership, rebalance callbacks, the consumer thread, pause/resume, the
+producer) and changes one thing: records of the topics registered in
 `BatchTransport.batch_handlers` are handed over as one list per fetch, with
 the consumer generation they were fetched in; records of any other topic
 still take Faust's per-message path. The handler owns commits (the topic is
@@ -28,7 +26,6 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode import Service, ServiceT
-from mode.utils.futures import maybe_async
 
 from tokenpulse.streams.hand_over import HandOver, in_records, install_hand_over
 from tokenpulse.streams.processor import InRecord
@@ -49,61 +46,6 @@ class BatchConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
-class InLoopConsumerThread(BatchConsumerThread):
-    """Faust's consumer "thread" run as a plain service on the worker's own event loop.
-
-    Faust runs aiokafka on a thread of its own and hands it every getmany,
-    commit and seek through a method queue: two cross-thread wake-ups per
-    call, and the thread's fetch parsing competes for the GIL with the
-    event loop's work, so Python runs one of them at a time anyway. Taking
-    the GIL back after each wake-up cost the event loop's thread about a
-    tenth of its time in a drain (round 9, py-spy). Here the same aiokafka
-    consumer runs on the event loop, and a call to it is an await.
-
-    aiokafka is made for that: its coordinator and heartbeats are tasks of
-    the loop it runs on, and Faust's rebalance callbacks still go through
-    the consumer's method queue (a same-loop hand-off now). What the thread
-    bought was heartbeats while the event loop is blocked. The worker never
-    blocks it for long: a batch's prepare takes tens of milliseconds, and
-    warming the dedup filters yields between partitions. A deployment that
-    runs something blocking can keep the thread (TOKENPULSE_CONSUMER_THREAD).
-    """
-
-    def __init__(self, consumer: Any, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
-        super().__init__(consumer, loop=loop, thread_loop=loop, **kwargs)
-
-    async def start(self) -> None:  # pragma: no cover - on Kafka
-        # Service.start, not ServiceThread's: no thread, no keep-alive pings.
-        self._thread_started.set()
-        await self._default_start()
-
-    async def stop(self) -> None:  # pragma: no cover - on Kafka
-        # ServiceThread's stop leaves the stopping to its thread's exit path
-        # (_shutdown_thread); without a thread, do that path here.
-        if not self._started.is_set() or self._stopped.is_set():
-            return
-        self._stopped.set()
-        await self.on_stop()
-        await self.on_thread_stop()  # stops the aiokafka consumer
-        await self._default_stop_children()
-        await self._default_stop_futures()
-        await self._default_stop_exit_stacks()
-        self._shutdown.set()
-        await self.on_shutdown()
-
-    async def call_thread(
-        self, fun: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
-    ) -> Any:
-        # As the method queue does: some of Faust's calls are not coroutines
-        # (aiokafka's subscribe).
-        return await maybe_async(fun(*args, **kwargs))
-
-    async def cast_thread(
-        self, fun: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
-    ) -> None:
-        self.add_future(maybe_async(fun(*args, **kwargs)))
-
-
 # How often a consumer whose fetching is paused tells aiokafka it is alive.
 KEEP_POLLING_S: float = 1.0
 
@@ -115,10 +57,8 @@ class BatchConsumer(faust_aiokafka.Consumer):
     # consumer is healthy, only waiting, and must stay in its group.
     hold_membership: bool = False
 
-    def _new_consumer_thread(self) -> BatchConsumerThread:
-        if cast(BatchTransport, self.transport).consumer_thread:
-            return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
-        return InLoopConsumerThread(self, loop=self.loop, beacon=self.beacon)
+    def _new_consumer_thread(self) -> BatchConsumerThread:  # pragma: no cover - on Kafka
+        return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @Service.task
     async def _keep_polling_while_paused(self) -> None:  # pragma: no cover - on Kafka
@@ -129,7 +69,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         # store outage longer than TOKENPULSE_MAX_POLL_INTERVAL_S stopped the
         # worker for good: alive, out of its group, consuming nothing (faust
         # issue 517; tests/faults/test_clickhouse_outage.py). While paused,
-        # mark a poll on the consumer's loop, as a getmany would.
+        # mark a poll on the consumer thread, as a getmany would.
         while not self.should_stop:
             await self.sleep(KEEP_POLLING_S)
             if self.hold_membership:
@@ -139,7 +79,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     self.log.debug("keep-polling mark failed: %r", exc)
 
     async def _mark_poll(self) -> None:  # pragma: no cover - on Kafka
-        # On the consumer's loop, where aiokafka counts its fetches (Faust's
+        # On the consumer thread, where aiokafka counts its fetches (Faust's
         # own getmany enters the same context around every fetch).
         consumer = cast(Any, self._thread)._ensure_consumer()
         with consumer._fetcher._subscriptions.fetch_context():
@@ -238,6 +178,4 @@ class BatchTransport(faust_aiokafka.Transport):
         # long (aiokafka's 1 byte and Faust's 1,500 ms unless the app sets them).
         self.fetch_min_bytes = 1
         self.fetch_max_wait_ms = 1500
-        # True: aiokafka on Faust's own consumer thread (InLoopConsumerThread).
-        self.consumer_thread = False
         install_hand_over()

@@ -418,9 +418,7 @@ def test_two_workers_rebalance_under_load_exact(env: Env, workers: list[Worker])
     first.start()
 
     wait_until(lambda: env.rows() > 500, 120, "first rows", workers)
-    # joins: rebalance under load. b keeps Faust's consumer thread (a runs
-    # the consumer on its event loop, the default): both ways in one group.
-    workers.append(Worker(env, "b", TOKENPULSE_CONSUMER_THREAD="true"))
+    workers.append(Worker(env, "b"))  # joins: rebalance under load
     wait_until(lambda: group_size(env.bootstrap, env.group) == 2, 120, "b to join", workers)
     first.join(120)
     second = threading.Thread(
