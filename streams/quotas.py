@@ -93,6 +93,10 @@ class QuotaEngine:
         old = self.definitions.pop(key, None)
         if old is None or value is None or _scope(old) != _scope(value):
             self.pending.forget_quota(key)  # its numbers measured something else
+        if old is not None and value is not None and _scope(old) != _scope(value):
+            # The state's `used` measured something else too: a check starts
+            # from the new measure (states never go down within a period).
+            self.states.pop(key, None)
         if value is not None:
             self.definitions[key] = value
             if (
@@ -290,6 +294,13 @@ class QuotaEngine:
         announced: frozenset[int] = frozenset()
         if state is not None and state.period_start == start and state.limit == d.limit:
             announced = crossed_thresholds(state.used, d.limit, d.thresholds_pct)
+            # Usage within a period only grows. A reading below the last state
+            # misses tokens still on their way: a batch announced early by a
+            # worker that died before writing it is replayed and written by
+            # the next. Taking the lower reading would forget the thresholds
+            # announced and announce them again once the replay lands.
+            if used < state.used:
+                used = state.used
         result = evaluate(
             used=used, limit=d.limit, thresholds=d.thresholds_pct, announced=announced
         )

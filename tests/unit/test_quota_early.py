@@ -217,6 +217,27 @@ async def test_pipelined_batches_never_move_the_state_backwards() -> None:
     assert _alerts(engine.early(3, [_event(3, 15)], NOW)) == [100]
 
 
+async def test_a_crossing_announced_early_is_not_announced_again_after_a_crash() -> None:
+    """A worker announces 50 and 80 % early and dies before the write; its successor reads less."""
+    reader = StoreReader()
+    crashed = _engine(reader)
+    reader.input_tokens = 30
+    await crashed.check([_touch(0)], NOW, settle_upto=0)
+    outs = crashed.early(1, [_event(1, 55)], NOW)  # 85: announced, then kill -9
+    assert _alerts(outs) == [50, 80]
+    successor = _engine(reader)
+    for o in outs:  # what the successor reads back from the state topic
+        if o.topic == "state":
+            successor.apply_state(KEY, decode_quota_state(o.value))
+    # Its first check reads the store without the crashed batch (not written yet).
+    assert await successor.check([_touch(0)], NOW, settle_upto=0) == []
+    assert successor.states[KEY].used == 85  # never backwards within a period
+    reader.input_tokens = 85  # the replayed batch is written: nothing again
+    assert await successor.check([_touch(1)], NOW, settle_upto=1) == []
+    reader.input_tokens = 100
+    assert _alerts(await successor.check([_touch(2)], NOW, settle_upto=2)) == [100]
+
+
 async def test_a_dropped_batch_no_longer_counts() -> None:
     reader = StoreReader()
     engine = _engine(reader)
@@ -250,6 +271,17 @@ async def test_a_definition_that_measures_something_else_forgets_the_bound() -> 
     engine.apply_definition(KEY, _quota(model="other"))  # another model: unknown usage
     assert engine.pending.lower_bound(AT) is None
     assert engine.early(1, [_event(1, 100)], NOW) == []  # model m is not counted anyway
+
+
+async def test_a_definition_that_measures_something_else_starts_its_state_again() -> None:
+    reader = StoreReader()  # its store has input tokens only: output usage reads 0
+    engine = _engine(reader)
+    reader.input_tokens = 85
+    assert _alerts(await engine.check([_touch(0)], NOW, settle_upto=0)) == [50, 80]
+    engine.apply_definition(KEY, _quota(metric="output"))
+    assert KEY not in engine.states  # 85 input tokens say nothing of the output
+    assert await engine.check([_touch(1)], NOW, settle_upto=1) != []  # its new state
+    assert (engine.states[KEY].used, engine.states[KEY].status) == (0, "ok")
 
 
 def _state(used: int, limit: int = 100, *, day: datetime = START) -> QuotaState:
