@@ -93,10 +93,10 @@ class QuotaEngine:
         old = self.definitions.pop(key, None)
         if old is None or value is None or _scope(old) != _scope(value):
             self.pending.forget_quota(key)  # its numbers measured something else
-        if old is not None and value is not None and _scope(old) != _scope(value):
-            # The state's `used` measured something else too: a check starts
-            # from the new measure (states never go down within a period).
-            self.states.pop(key, None)
+            if old is not None and value is not None:
+                # So did the state's `used`: a check starts from the new
+                # measure (states never go down within a period).
+                self.states.pop(key, None)
         if value is not None:
             self.definitions[key] = value
             if (
