@@ -4,11 +4,14 @@ Drives `UsageProcessor.process` (decode, dedup, lateness, quota bookkeeping,
 the insert body's row encoding, commit bookkeeping) over 60,000 fleet
 records (the bench's mix: 1 % duplicates, 0.5 % malformed, 0.5 % late) in
 batches of 2,000 as the hand-over builds them (each partition's records in
-one run, 12 partitions). The sink only encodes the rows (as ClickHouseSink
-does before its insert) and keeps nothing; the producer and the committer
-are no-ops. A drain on the 2-core bench VM moves by more than a change of a
-few percent, and shares the cores with the broker and the endpoint; this
-measures the worker's part alone, in CPU time.
+one run, 12 partitions). Like the worker of `tokenpulse bench`, it has 100
+quotas, on tenants outside the fleet (its alert phases' quotas): none of
+the fleet's events is covered, and none reads the store. The sink only
+encodes the rows (as ClickHouseSink does before its insert) and keeps
+nothing; the producer and the committer are no-ops. A drain on the 2-core
+bench VM moves by more than a change of a few percent, and shares the
+cores with the broker and the endpoint; this measures the worker's part
+alone, in CPU time.
 
 Prints one row: the median of 7 passes (a fresh processor each), us of CPU
 per record.
@@ -28,10 +31,12 @@ from datetime import datetime
 from typing import Any
 
 from tokenpulse.fleet import FleetConfig, generate
+from tokenpulse.schemas import QuotaDefinition, quota_state_key
 from tokenpulse.schemas.usage import encode_usage_event
 from tokenpulse.sinks._encode import encode_events
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.processor import InRecord, UsageProcessor
+from tokenpulse.streams.quotas import QuotaEngine
 from tokenpulse.streams.records import new_tuple
 
 TOPIC = "tokenpulse.usage.v1"
@@ -39,6 +44,7 @@ RECORDS = 60_000
 PARTITIONS = 12
 BATCH = 2_000
 PASSES = 7
+QUOTAS = 100
 
 
 class _EncodingSink(UsageSink):
@@ -73,6 +79,24 @@ class _Sent:
         return done
 
 
+class _NoReads:
+    """The quota engine's reader: no quota covers a fleet tenant, so nothing is read."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the bench's quotas read nothing ({name})")
+
+
+def quota_engine() -> QuotaEngine:
+    engine = QuotaEngine(_NoReads(), alerts_topic="alerts", state_topic="states")
+    for i in range(QUOTAS):
+        tenant = f"bench-alerts/t{i}"
+        d = QuotaDefinition(
+            quota_id="bench", tenant_id=tenant, metric="input", period="day", limit=10_000
+        )
+        engine.apply_definition(quota_state_key(tenant, "bench"), d)
+    return engine
+
+
 async def _commit(topic: str, offsets: Mapping[int, int]) -> bool:
     return True
 
@@ -100,6 +124,7 @@ async def _pass(batches: list[list[InRecord]]) -> float:
         committer=_commit,
         dlq_topic="dlq",
         keyring=None,
+        quotas=quota_engine(),
     )
     started = time.process_time()
     for batch in batches:
