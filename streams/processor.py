@@ -40,6 +40,8 @@ _TOPIC_PARTITION = operator.attrgetter("topic", "partition")
 # Of an AcceptedEvent, read in C over a whole slice.
 _OCCURRED_AT = operator.attrgetter("event.occurred_at")
 _EVENT_ID = operator.attrgetter("event.event_id")
+_TENANT_ID = operator.attrgetter("event.tenant_id")
+_GENERATION = operator.attrgetter("generation")
 __all__ = ["Counters", "InRecord", "Prepared", "Producer", "UsageProcessor"]
 
 
@@ -207,7 +209,7 @@ class UsageProcessor:
         if self.stopping:
             kept: Sequence[InRecord] = ()
         else:
-            owned = self._owned({r.generation for r in records})
+            owned = self._owned(set(map(_GENERATION, records)))
             generations = {g for g, ok in owned.items() if ok}
             if len(generations) == len(owned):
                 kept = records
@@ -327,14 +329,21 @@ class UsageProcessor:
                 slices.append(Slice(topic, partition, state, fresh, work))
         # All partitions of the batch at once: one confirmation lookup and one
         # write, instead of a round trip of each per partition.
-        early = self.quotas is not None and bool(self.quotas.definitions)
+        # The batch's tenants that a quota covers, asked once per tenant: a
+        # batch with none of them costs no per-event work for quotas.
+        covered: set[str] = set()
+        if self.quotas is not None and self.quotas.definitions:
+            tenants = set().union(*(map(_TENANT_ID, sl.work.accepted) for sl in slices))
+            covered = self.quotas.covered(tenants)
 
         async def check_certain(events: list[UsageEvent]) -> None:
             # Events no filter saw are new for sure: their quotas are checked
             # before the confirmation query that others of the batch may need.
-            await self._early_quotas(out, events, ingested_at)
+            await self._early_quotas(
+                out, [e for e in events if e.tenant_id in covered], ingested_at
+            )
 
-        confirmed = await self.partitions.dedup(slices, check_certain if early else None)
+        confirmed = await self.partitions.dedup(slices, check_certain if covered else None)
         for sl in slices:
             accepted = sl.work.accepted
             for i in sl.state.windows.add_many(list(map(_OCCURRED_AT, accepted))):
@@ -346,17 +355,22 @@ class UsageProcessor:
             batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
             assert sl.positions is not None  # set by dedup, row for row with `accepted`
             out.slices.append((sl.state, batch, sl.positions))
-        if early and confirmed:
-            await self._early_quotas(out, confirmed, ingested_at)
+        if covered and confirmed:
+            await self._early_quotas(
+                out, [e for e in confirmed if e.tenant_id in covered], ingested_at
+            )
         return out
 
     async def _early_quotas(self, out: Prepared, events: list[UsageEvent], now: datetime) -> None:
         """Alerts the batch owes before it is written (lower bounds of quota usage).
 
         Sent now; the commit waits for their acknowledgement like for the DLQ
-        records'. Webhooks and counters follow each acknowledgement.
+        records'. Webhooks and counters follow each acknowledgement. A batch
+        with no event to check gets no seq (it adds nothing to the bounds).
         """
         assert self.quotas is not None
+        if not events:
+            return
         self._seq += 1
         out.seq = self._seq
         outs = self.quotas.early(out.seq, events, now)
@@ -396,8 +410,11 @@ class UsageProcessor:
             state.processed_upto = batch.last_offset
             commits.setdefault(batch.topic, {})[batch.partition] = batch.last_offset + 1
             if quotas is not None:
-                watches = quotas.watches
-                touches += [touch(a.event) for a in batch.events if watches(a.event.tenant_id)]
+                covered = quotas.covered(set(map(_TENANT_ID, batch.events)))
+                if covered:
+                    touches += [
+                        touch(a.event) for a in batch.events if a.event.tenant_id in covered
+                    ]
         pending = [a for p in group for a in p.pending]
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:

@@ -83,7 +83,10 @@ class QuotaEngine:
         self.definitions: dict[bytes, QuotaDefinition] = {}
         self.states: dict[bytes, QuotaState] = {}
         self._by_tenant: dict[str, list[QuotaDefinition]] = defaultdict(list)
-        self._watched: dict[str, bool] = {}  # watches() cache; cleared on definition changes
+        # watches() cache, cleared on definition changes: the tenants asked
+        # about, and those of them that a quota covers.
+        self._asked: set[str] = set()
+        self._covered: set[str] = set()
         self._recheck: set[bytes] = set()  # changed definitions: re-evaluate now
         self.pending = PendingUsage()  # lower bounds of usage (tokens and cost) for `early`
         self.alerts_sent = 0
@@ -108,25 +111,35 @@ class QuotaEngine:
         self._by_tenant = defaultdict(list)
         for d in self.definitions.values():
             self._by_tenant[d.tenant_id].append(d)
-        self._watched.clear()
+        self._asked.clear()
+        self._covered.clear()
 
     def watches(self, tenant_id: str) -> bool:
-        """Whether any quota covers this tenant (on any level of its lineage).
+        """Whether any quota covers this tenant (on any level of its lineage)."""
+        return bool(self.covered({tenant_id}))
 
-        Cached per tenant: the processor asks once per accepted event and
-        builds a Touch only for covered tenants, which is most of the cost of
-        checking a batch in which few tenants have quotas.
+    def covered(self, tenant_ids: set[str]) -> set[str]:
+        """The tenants among `tenant_ids` that a quota covers (on any level of their lineage).
+
+        Asked with the distinct tenants of a batch, in set operations, and
+        cached per tenant until the definitions change: a batch in which no
+        tenant has a quota costs no per-event work for quotas at all (~0.4 us
+        an event, of the worker's ~7-10, when each event asked).
         """
-        watched = self._watched.get(tenant_id)
-        if watched is None:
+        unknown = tenant_ids - self._asked
+        if unknown:
+            if len(self._asked) + len(unknown) > _WATCH_CACHE_MAX:
+                # Bounded: past 200,000 tenants they are just derived again
+                # (all of this call's, so that none is forgotten midway).
+                self._asked.clear()
+                self._covered.clear()
+                unknown = tenant_ids
             by_tenant = self._by_tenant
-            watched = self._watched[tenant_id] = any(
-                level in by_tenant for level in tenant_lineage(tenant_id)
-            )
-            if len(self._watched) > _WATCH_CACHE_MAX:
-                self._watched.clear()  # bounded: 10^5+ tenants just re-derive it
-                self._watched[tenant_id] = watched
-        return watched
+            self._asked |= unknown
+            self._covered |= {
+                t for t in unknown if any(level in by_tenant for level in tenant_lineage(t))
+            }
+        return tenant_ids & self._covered
 
     def apply_state(self, key: bytes, value: QuotaState | None) -> None:
         if value is None:

@@ -418,6 +418,51 @@ async def test_an_alert_does_not_wait_for_another_events_dedup_confirmation() ->
     assert engine.pending.lower_bound(at) == Usage(55, 0)  # nothing left outstanding
 
 
+async def test_only_the_events_of_tenants_a_quota_covers_are_checked() -> None:
+    """Per batch, the quotas look at the covered tenants' events alone, early and durable."""
+    store = MemorySink()
+    reader = StoreReader(store)
+    engine = QuotaEngine(reader, alerts_topic="alerts", state_topic="state")  # type: ignore[arg-type]
+    engine.apply_definition(KEY, _quota())
+    sent = Sent()
+    p = UsageProcessor(
+        sink=store,
+        producer=sent,
+        committer=_always_commits,
+        dlq_topic="dlq",
+        keyring=None,
+        quotas=engine,
+    )
+    now = datetime.now(UTC)
+
+    def rec(offset: int, tenant: str, tokens: int) -> InRecord:
+        ev = _event(offset, tokens, at=now, tenant=tenant)
+        return InRecord("usage", 0, offset, tenant.encode(), encode_usage_event(ev))
+
+    await p.process([rec(0, "acme/a", 10)])  # the store's first reading: the bounds' base
+    reads = reader.reads
+    # Tenants no quota covers ("acme" is a parent of acme/a, not of acme-corp).
+    others = [rec(1, "globex/a", 500), rec(2, "acme-corp", 500)]
+    prepared = await p.prepare(others)
+    assert prepared is not None
+    assert prepared.seq == 0  # nothing joined the lower bounds
+    await p.complete([prepared])
+    assert reader.reads == reads  # and nothing was read after the write
+    assert not [m for m in sent.messages if m[0] == "alerts"]
+    # A mixed batch: acme/b's 45 cross 50 % (55 of 100), globex's 500 do not count.
+    prepared = await p.prepare([rec(3, "globex/a", 500), rec(4, "acme/b", 45)])
+    assert prepared is not None
+    (at,) = [(KEY, s.period_start) for s in engine.states.values()]
+    assert engine.pending.lower_bound(at) == Usage(55, 1)
+    assert [decode_quota_alert(v).threshold_pct for t, _, v in sent.messages if t == "alerts"] == [
+        50
+    ]
+    await p.complete([prepared])
+    assert reader.reads == reads + 1
+    assert engine.states[KEY].used == 55
+    assert len(store.rows) == 5
+
+
 async def test_a_revocation_takes_the_prepared_batches_out_of_the_bounds() -> None:
     """Queued batches of a revoked partition are written by the new owner: count them once."""
     store = MemorySink()

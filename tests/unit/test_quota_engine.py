@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from tokenpulse.schemas import QuotaDefinition, decode_quota_alert, decode_quota_state
 from tokenpulse.schemas.quota import quota_alert_id, quota_state_key
 from tokenpulse.streams.quota_logic import Usage, period_bounds
@@ -113,5 +115,26 @@ def test_watches_covers_every_level_of_the_lineage_and_follows_definition_change
     assert engine.watches("acme/research")
     assert not engine.watches("acme")  # an ancestor is not covered by a child's quota
     assert not engine.watches("acme/researchers")  # a string prefix is not a parent
+    batch = {"acme/research/agent-7", "acme/research", "acme", "acme/researchers"}
+    assert engine.covered(batch) == {"acme/research/agent-7", "acme/research"}
     engine.apply_definition(quota_state_key("acme/research", "q"), None)
     assert not engine.watches("acme/research/agent-7")  # the cache followed the delete
+    assert engine.covered(batch) == set()
+
+
+def test_covered_stays_exact_when_its_cache_is_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenpulse.schemas import QuotaDefinition, quota_state_key
+    from tokenpulse.streams import quotas
+    from tokenpulse.streams.quotas import QuotaEngine
+
+    monkeypatch.setattr(quotas, "_WATCH_CACHE_MAX", 4)
+    engine = QuotaEngine(object(), alerts_topic="a", state_topic="s")  # type: ignore[arg-type]
+    d = QuotaDefinition(quota_id="q", tenant_id="acme", metric="total", period="day", limit=10)
+    engine.apply_definition(quota_state_key("acme", "q"), d)
+    assert engine.covered({"acme/a", "globex"}) == {"acme/a"}
+    # More than the cache holds, in one call: none of them is forgotten midway.
+    batch = {"acme/a"} | {f"acme/t{i}" for i in range(5)} | {f"other{i}" for i in range(5)}
+    assert engine.covered(batch) == {"acme/a"} | {f"acme/t{i}" for i in range(5)}
+    assert engine.covered({"acme/a", "other1"}) == {"acme/a"}
+    assert engine.watches("acme/t3")
+    assert not engine.watches("globex")
