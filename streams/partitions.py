@@ -19,11 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
-
 from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import AcceptedEvent, UsageSink
-from tokenpulse.streams.dedup import PartitionDedup, Positions, TimeBucketedBloom
+from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
 from tokenpulse.streams.records import Counters, InRecord, Work
 from tokenpulse.streams.windows import MinuteWindows
 
@@ -63,9 +61,6 @@ class Slice:
     state: PartitionState
     fresh: list[InRecord]
     work: Work
-    # Bloom positions of `work.accepted`, row for row, once `dedup` kept
-    # them: the add after the write reuses them.
-    positions: Positions | None = None
 
 
 class PartitionTable:
@@ -187,7 +182,6 @@ class PartitionTable:
         now_s = self.clock()
         uniques: list[list[AcceptedEvent]] = []
         maybes: list[list[bool]] = []
-        positions: list[Positions] = []
         confirm: list[tuple[str, str, datetime]] = []
         for sl in slices:
             in_batch: set[str] = set()
@@ -201,8 +195,7 @@ class PartitionTable:
                 in_batch.add(eid)
                 unique.append(acc)
                 ids.append(eid)
-            maybe, where = sl.state.dedup.lookup_many(ids, now_s)
-            positions.append(where)
+            maybe = sl.state.dedup.check_and_remember(ids, now_s)
             confirm += [
                 (a.event.tenant_id, a.event.event_id, a.event.occurred_at)
                 for a in itertools.compress(unique, maybe)
@@ -223,7 +216,7 @@ class PartitionTable:
                 "existing_events", functools.partial(self.sink.existing_events, confirm, since)
             )
         confirmed: list[UsageEvent] = []
-        for sl, unique, maybe, where in zip(slices, uniques, maybes, positions, strict=True):
+        for sl, unique, maybe in zip(slices, uniques, maybes, strict=True):
             if confirm:
                 new = [(a.event.tenant_id, a.event.event_id) not in known for a in unique]
                 confirmed += [
@@ -231,8 +224,6 @@ class PartitionTable:
                 ]
                 if not all(new):
                     unique = list(itertools.compress(unique, new))
-                    where = where[np.array(new, dtype=np.bool_)]
             self.counters.duplicates += len(sl.work.accepted) - len(unique)
             sl.work.accepted = unique
-            sl.positions = where
         return confirmed

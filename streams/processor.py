@@ -26,7 +26,6 @@ from typing import Any, Protocol, TypeVar
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import SinkBatch, UsageSink
-from tokenpulse.streams.dedup import Positions
 from tokenpulse.streams.partitions import PartitionState, PartitionTable, Slice
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
 from tokenpulse.streams.records import Counters, InRecord, RecordDecoder, Work, touch
@@ -60,8 +59,7 @@ class Prepared:
     records: int
     generations: set[int | None]
     seq: int = 0  # order of preparation: the quota engine's lower bounds count by it
-    # With each batch, the Bloom positions of its events, for the add once durable.
-    slices: list[tuple[PartitionState, SinkBatch, Positions]] = field(default_factory=list)
+    slices: list[tuple[PartitionState, SinkBatch]] = field(default_factory=list)
     pending: list[Awaitable[Any]] = field(default_factory=list)  # DLQ acknowledgements
     touches: list[Touch] = field(default_factory=list)  # replayed records' quota checks
 
@@ -353,8 +351,7 @@ class UsageProcessor:
             first = sl.fresh[0].offset
             tag = sl.state.replay_tag if first <= sl.state.verify_upto else ""
             batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
-            assert sl.positions is not None  # set by dedup, row for row with `accepted`
-            out.slices.append((sl.state, batch, sl.positions))
+            out.slices.append((sl.state, batch))
         if covered and confirmed:
             await self._early_quotas(
                 out, [e for e in confirmed if e.tenant_id in covered], ingested_at
@@ -393,18 +390,16 @@ class UsageProcessor:
 
     async def _complete_locked(self, group: Sequence[Prepared]) -> None:
         slices = [s for p in group for s in p.slices]  # each partition's in offset order
-        to_write = [b for _, b, _ in slices if b.events]
+        to_write = [b for _, b in slices if b.events]
         if to_write:
             await self._write(to_write)
-        now_s = self.clock()
         commits: dict[str, dict[int, int]] = {}
         touches = [t for p in group for t in p.touches]
         quotas = self.quotas
-        for state, batch, positions in slices:
+        for state, batch in slices:
             if batch.events:
                 state.last_written = batch.last_offset
-            # Durable now: from here on the filter (and the store) know them.
-            state.dedup.remember_positions(positions, now_s)
+            # Durable now: the store knows them (the filter since `prepare`).
             state.pending_ids.difference_update(map(_EVENT_ID, batch.events))
             self.counters.accepted += len(batch.events)
             state.processed_upto = batch.last_offset

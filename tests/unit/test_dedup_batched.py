@@ -145,21 +145,24 @@ def test_occurred_bounds_cover_millisecond_truncation_and_the_calendar_edges() -
     assert edge_hi == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
-async def test_the_filter_learns_exactly_the_kept_ids_of_a_batch_with_duplicates_among_them() -> (
-    None
-):
-    # The add after the write reuses the lookup's positions, row for row: the
-    # duplicates the store confirmed sit between new ids, and only the new
-    # ones may be remembered.
+async def test_the_filter_remembers_a_batchs_distinct_ids_at_its_lookup() -> None:
+    # Remembered in `prepare`, before the write: the duplicates the store
+    # confirms as well (it holds them), each distinct id once.
     sink = CountingSink()
     await _proc(sink).process([_rec(i, "acme", f"old{i}") for i in range(0, 40, 2)])
     p = _proc(sink)  # cold: every id is confirmed
     mixed = [_rec(40 + i, "acme", f"old{i}" if i % 2 == 0 else f"new{i}") for i in range(40)]
-    await p.process(mixed)
-    assert p.counters.duplicates == 20
+    again = _rec(80, "acme", "new1")  # a repeat inside the batch: looked up once
+    prepared = await p.prepare([*mixed, again])
+    assert prepared is not None
     bloom = p.partitions.parts[(T, 0)].dedup.bloom
     assert bloom.filter_count == 1
-    assert bloom.id_count == 20  # the kept ids only
+    assert bloom.id_count == 40
     now = p.partitions.clock()
     assert all(bloom.might_contain_many([f"new{i}" for i in range(1, 40, 2)], now))
-    assert not any(bloom.might_contain_many([f"old{i}" for i in range(0, 40, 2)], now))
+    assert all(bloom.might_contain_many([f"old{i}" for i in range(0, 40, 2)], now))
+    await p.complete([prepared])
+    assert p.counters.duplicates == 21
+    assert sorted(r.event.event_id for r in sink.rows) == sorted(
+        [f"old{i}" for i in range(0, 40, 2)] + [f"new{i}" for i in range(1, 40, 2)]
+    )

@@ -202,10 +202,14 @@ async def test_a_revocation_between_prepare_and_complete_drops_the_prepared_batc
     assert commits == []
     assert p.counters.fenced_dropped == 3
     # Reassigned to us: the same offsets come again and count once; the
-    # dropped batch's ids did not linger as "pending" duplicates.
+    # dropped batch's ids did not linger as "pending" duplicates. The filter
+    # remembered them at the dropped batch's lookup: a "maybe seen" that
+    # the store does not confirm.
+    confirmations = p.counters.confirmations
     await p.process(_recs(range(0, 3), generation=2))
     assert sorted(_counts(store)) == ["e0", "e1", "e2"]
     assert p.counters.duplicates == 0
+    assert p.counters.confirmations == confirmations + 1
 
 
 class CountingSink(MemorySink):
