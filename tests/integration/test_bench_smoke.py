@@ -68,6 +68,9 @@ def test_bench_quick_prints_every_row_with_positive_values(services: Any) -> Non
         numbers = [float(n.replace(",", "")) for n in _NUMBER.findall(value)]
         assert numbers, f"{name}: no number in {value!r}"
         assert numbers[0] > 0, f"{name}: {value!r}"
+        if name.startswith("raw kafka-consumer-perf-test"):
+            assert len(numbers) == 2, value  # before and after the drain
+            assert numbers[1] > 0, value
     for load in ("half", "quarter"):
         assert "(0 alerts)" not in body[f"alert latency p99, {load} load"]
 

@@ -4,7 +4,9 @@ Phases, on one broker and one ClickHouse:
 1. raw limit: ProducerPerformance into a scratch topic;
 2. a fleet backlog (one event per record) is produced; ConsumerPerformance and
    the quixstreams peer read the same topic; then one worker drains it:
-   sustained events/s and CPU seconds per 100,000 events;
+   sustained events/s and CPU seconds per 100,000 events; once the store's
+   merges settle, ConsumerPerformance reads it again (the ratio's raw limit
+   is the mean of both runs);
 3. with that worker live: a paced load at half its rate, then at a quarter,
    freshness (produced -> queryable) of sampled events and alert latency
    (crossing event produced -> alert on the alerts topic) under each;
@@ -112,7 +114,8 @@ class Latency:
 class BenchResult:
     single_eps: float = 0.0
     envelope_eps: float = 0.0
-    raw_consume_rps: float = 0.0
+    raw_consume_rps: float = 0.0  # right before the drain
+    raw_consume_after_rps: float = 0.0  # right after it, on the same topic
     raw_produce_rps: float = 0.0
     peer_rps: float = 0.0
     peer_note: str = ""
@@ -123,6 +126,17 @@ class BenchResult:
     cpu: DrainCpu = field(default_factory=DrainCpu)
     profile_top: list[str] = field(default_factory=list)
 
+    @property
+    def raw_consume_mean_rps(self) -> float:
+        """The raw limit at the drain: the mean of the raw consumer run before and after it.
+
+        One 1.5-s run of a fresh JVM moved between 89k and 225k records/s
+        within an hour (round 10); the VM's speed changes within minutes, so
+        the drain is compared with the raw limit measured on both sides of it.
+        """
+        runs = [r for r in (self.raw_consume_rps, self.raw_consume_after_rps) if r]
+        return sum(runs) / len(runs) if runs else 0.0
+
     def rows(self) -> list[tuple[str, str, str]]:
         def ratio(a: float, b: float) -> str:
             return f"{a / b:.2f}x ({a / b * 100:.0f} %)" if b else "n/a"
@@ -130,14 +144,22 @@ class BenchResult:
         return [
             ("worker sustained, 1 event/record", f"{self.single_eps:,.0f} events/s", "100,000"),
             ("worker sustained, SDK envelopes", f"{self.envelope_eps:,.0f} events/s", "100,000"),
-            ("raw kafka-consumer-perf-test", f"{self.raw_consume_rps:,.0f} records/s", ""),
+            (
+                "raw kafka-consumer-perf-test, before / after the drain",
+                f"{self.raw_consume_rps:,.0f} / {self.raw_consume_after_rps:,.0f} records/s",
+                "",
+            ),
             ("raw kafka-producer-perf-test", f"{self.raw_produce_rps:,.0f} records/s", ""),
             (
                 "quixstreams peer (per-minute -> ClickHouse)",
                 f"{self.peer_rps:,.0f} records/s" if self.peer_rps else self.peer_note,
                 "",
             ),
-            ("tokenpulse / raw consume", ratio(self.single_eps, self.raw_consume_rps), ">= 50 %"),
+            (
+                "tokenpulse / raw consume (mean of before and after)",
+                ratio(self.single_eps, self.raw_consume_mean_rps),
+                ">= 50 %",
+            ),
             ("tokenpulse / quixstreams peer", ratio(self.single_eps, self.peer_rps), ""),
             *self.half.rows(),
             *self.quarter.rows(),
@@ -199,6 +221,12 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
         _single(config, services, single, res, say)
         settled_s = single.wait_merges()
         say(f"  merges after the drain settled in {settled_s:.1f} s")
+        # The raw limit again, once the endpoint's merges are done (the worker
+        # is caught up and idle): the ratio takes the mean of both runs.
+        res.raw_consume_after_rps = raw.consumer_perf(
+            services.bootstrap, single.topics.usage, config.events
+        )
+        say(f"  raw kafka-consumer-perf-test again: {res.raw_consume_after_rps:,.0f}/s")
         _fresh_and_alerts(config, single, res.half, 0.5, res.single_eps, say)
         # The paced load is produced on the same two cores through the SDK
         # (~12 us of CPU per event, docs/sdk.md): at half a fast drain the
