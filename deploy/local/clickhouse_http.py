@@ -1,7 +1,7 @@
 """The embedded ClickHouse endpoint: the real engine (chdb) over ClickHouse's HTTP interface.
 
     python -m tokenpulse.local.clickhouse_http --data-dir DIR [--host 127.0.0.1]
-        [--port 8123] [--user default] [--allow-remote]
+        [--port 8123] [--user default] [--allow-remote] [--merge-nice 10]
 
 The password comes from TOKENPULSE_CLICKHOUSE_PASSWORD (never argv, never
 logged). Exit codes: 0 after SIGTERM/SIGINT, 2 for a bad data dir or bind
@@ -20,7 +20,13 @@ import threading
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from tokenpulse.local.chhttp_engine import EXIT_FOREIGN_DIR, DataDirError, Engine
+from tokenpulse.local.chhttp_engine import (
+    EXIT_FOREIGN_DIR,
+    MERGE_NICE,
+    DataDirError,
+    Engine,
+    can_renice,
+)
 from tokenpulse.local.chhttp_server import EndpointHTTPServer
 
 PASSWORD_ENV = "TOKENPULSE_CLICKHOUSE_PASSWORD"  # noqa: S105 - a variable name
@@ -63,8 +69,10 @@ class EmbeddedClickHouseServer:
         password: str = "",
         *,
         allow_remote: bool = False,
+        merge_nice: int = MERGE_NICE,
     ) -> None:
         check_bind(host, password, allow_remote)
+        self.merge_nice = merge_nice
         self.data_dir = Path(data_dir)
         self.host = host
         self._requested_port = port
@@ -86,7 +94,7 @@ class EmbeddedClickHouseServer:
         return f"http://{self.host}:{self.port}/"
 
     def start(self) -> EmbeddedClickHouseServer:
-        self._engine = Engine(self.data_dir)
+        self._engine = Engine(self.data_dir, self.merge_nice)
         try:
             self._httpd = EndpointHTTPServer(
                 (self.host, self._requested_port), self._engine, self.user, self._password
@@ -108,7 +116,7 @@ class EmbeddedClickHouseServer:
     def serve_forever(self) -> None:
         """Serve on the calling thread until stop() is called from another thread."""
         if self._httpd is None:
-            self._engine = Engine(self.data_dir)
+            self._engine = Engine(self.data_dir, self.merge_nice)
             self._httpd = EndpointHTTPServer(
                 (self.host, self._requested_port), self._engine, self.user, self._password
             )
@@ -146,6 +154,13 @@ def serve(data_dir: Path, host: str, port: int, user: str, password: str) -> Non
 
 def _serve_until_signal(server: EmbeddedClickHouseServer) -> None:
     server.start()
+    if server.merge_nice and not can_renice():
+        print(
+            f"clickhouse_http: --merge-nice {server.merge_nice} ignored: this process lacks "
+            "CAP_SYS_NICE, merges run at the priority of every other thread",
+            file=sys.stderr,
+            flush=True,
+        )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -179,11 +194,26 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"allow a non-loopback --host (needs {PASSWORD_ENV})",
     )
+    parser.add_argument(
+        "--merge-nice",
+        type=int,
+        default=MERGE_NICE,
+        choices=range(-20, 20),
+        metavar="N",
+        help=f"nice value of the engine's merge threads, -20..19 (default {MERGE_NICE}; "
+        "0 = as other threads; needs CAP_SYS_NICE, else ignored)",
+    )
     args = parser.parse_args(argv)
     password = os.environ.get(PASSWORD_ENV, "")
     try:
         server = EmbeddedClickHouseServer(
-            args.data_dir, args.host, args.port, args.user, password, allow_remote=args.allow_remote
+            args.data_dir,
+            args.host,
+            args.port,
+            args.user,
+            password,
+            allow_remote=args.allow_remote,
+            merge_nice=args.merge_nice,
         )
         _serve_until_signal(server)
     except DataDirError as exc:

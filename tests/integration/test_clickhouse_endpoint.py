@@ -448,3 +448,46 @@ def test_foreign_data_dir_and_remote_host_refused(tmp_path: Path) -> None:
         )
         assert run.returncode == 2
         assert len(run.stderr.decode().strip().splitlines()) == 1
+
+
+def _merge_thread_nices(pid: int) -> set[int]:
+    """Nice values of the endpoint's merge threads that are merging right now."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        if comm == "MergeMutate" and fields[0] == "R":
+            found.add(int(fields[16]))
+    return found
+
+
+def test_merges_run_below_the_priority_of_everything_else(
+    endpoint: Endpoint, unique_name: str
+) -> None:
+    """The endpoint's merge threads yield to the worker and Kafka on a shared machine."""
+    from tokenpulse.local.chhttp_engine import MERGE_NICE, can_renice
+
+    client = endpoint.client()
+    expected = MERGE_NICE if can_renice() else 0
+    setting = (
+        "SELECT value FROM system.server_settings WHERE name = 'os_threads_nice_value_merge_mutate'"
+    )
+    assert str(client.command(setting)) == str(MERGE_NICE)
+    table = f"default.{unique_name}"
+    client.command(f"CREATE TABLE {table} (a UInt64, s String) ENGINE = MergeTree ORDER BY a")
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30
+    n = 0
+    while expected not in seen and time.monotonic() < deadline:
+        # Small parts, many of them: the engine merges them in the background.
+        client.command(
+            f"INSERT INTO {table} SELECT number, toString(number) FROM numbers({n}, 20000)"
+        )
+        n += 20000
+        for _ in range(50):
+            seen |= _merge_thread_nices(endpoint.proc.pid)
+    assert seen, "no merge was seen running within 30 s"
+    assert seen == {expected}
