@@ -30,6 +30,7 @@ from tokenpulse.local.chhttp_engine import (
 from tokenpulse.local.chhttp_server import EndpointHTTPServer
 
 PASSWORD_ENV = "TOKENPULSE_CLICKHOUSE_PASSWORD"  # noqa: S105 - a variable name
+MERGE_NICE_ENV = "TOKENPULSE_ENDPOINT_MERGE_NICE"
 
 __all__ = ["PASSWORD_ENV", "DataDirError", "EmbeddedClickHouseServer", "main", "serve"]
 
@@ -197,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merge-nice",
         type=int,
-        default=MERGE_NICE,
+        default=int(os.environ.get(MERGE_NICE_ENV, MERGE_NICE)),
         choices=range(-20, 20),
         metavar="N",
-        help=f"nice value of the engine's merge threads, -20..19 (default {MERGE_NICE}; "
-        "0 = as other threads; needs CAP_SYS_NICE, else ignored)",
+        help=f"nice value of the engine's merge threads, -20..19 (default: {MERGE_NICE_ENV} "
+        f"or {MERGE_NICE}; 0 = as other threads; needs CAP_SYS_NICE, else ignored)",
     )
     args = parser.parse_args(argv)
     password = os.environ.get(PASSWORD_ENV, "")
