@@ -335,8 +335,6 @@ class Engine:
         if not -20 <= merge_nice <= 19:
             raise ValueError(f"merge_nice must be within -20..19, got {merge_nice}")
         self.data_dir = data_dir
-        # Without CAP_SYS_NICE the engine leaves every thread at nice 0.
-        self.merge_nice = merge_nice if can_renice() else 0
         self._dsn = engine_dsn(data_dir, merge_nice)
         self._lock_fd = lock_data_dir(data_dir)
         try:
