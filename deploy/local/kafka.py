@@ -32,9 +32,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, Literal
 
 from tokenpulse.config import cache_dir
-from tokenpulse.errors import LocalStackError
+from tokenpulse.errors import ConfigError, LocalStackError
 from tokenpulse.local import _process
 from tokenpulse.local._kafka_wire import broker_ready
 
@@ -186,9 +187,23 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
+# The broker JVM's just-in-time compilers (`compiler`, TOKENPULSE_KAFKA_COMPILER).
+Compiler = Literal["c1", "c2"]
+COMPILERS: Final[tuple[Compiler, ...]] = ("c1", "c2")
+
+
 @dataclass(frozen=True)
 class KafkaNodeConfig:
-    """One combined broker + controller; ports on `host` only (never 0.0.0.0)."""
+    """One combined broker + controller; ports on `host` only (never 0.0.0.0).
+
+    compiler: "c1" (default) runs the broker with the JVM's client compiler
+    only (-XX:TieredStopAtLevel=1); "c2" with the JVM's default tiers. This
+    broker shares a small machine with the worker and the engine, and a
+    fresh one keeps C2 compiling for minutes: at 50,000 events/s on the
+    2-core bench machine, 20-40 s after its start, C2 took 1.9-2.9 us of CPU
+    an event of the broker's 4.1-4.9; with C1 alone the broker took 2.5-2.7
+    in all (BENCHMARKS.md, round 12), and drains were no slower.
+    """
 
     data_dir: Path
     port: int = 9092
@@ -197,6 +212,14 @@ class KafkaNodeConfig:
     heap_mb: int = 512
     partitions: int = 3
     version: str = KAFKA_VERSION
+    compiler: Compiler = "c1"
+
+    def __post_init__(self) -> None:
+        if self.compiler not in COMPILERS:
+            raise ConfigError(
+                f"the Kafka compiler must be one of {', '.join(COMPILERS)}, got {self.compiler!r}",
+                details={"setting": "compiler"},
+            )
 
 
 class KafkaNode:
@@ -308,6 +331,7 @@ class KafkaNode:
             f"-Xms{min(self.config.heap_mb, 128)}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
+            *(("-XX:TieredStopAtLevel=1",) if self.config.compiler == "c1" else ()),
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={self._logs_dir}",
             f"-Dlog4j.configuration=file:{_SERVER_LOG4J}",

@@ -22,7 +22,13 @@ from tokenpulse.config import redact_url, tokenpulse_home
 from tokenpulse.errors import ConfigError, LocalStackError
 from tokenpulse.local import _process
 from tokenpulse.local.clickhouse import ClickHouseNode, ClickHouseNodeConfig
-from tokenpulse.local.kafka import KafkaNode, KafkaNodeConfig, resolve_kafka_jars
+from tokenpulse.local.kafka import (
+    COMPILERS,
+    Compiler,
+    KafkaNode,
+    KafkaNodeConfig,
+    resolve_kafka_jars,
+)
 
 log = logging.getLogger("tokenpulse.local.stack")
 
@@ -32,6 +38,23 @@ _PORT_VARS = (
     ("TOKENPULSE_KAFKA_CONTROLLER_PORT", 9093),
     ("TOKENPULSE_CLICKHOUSE_PORT", 8123),
 )
+
+
+COMPILER_ENV = "TOKENPULSE_KAFKA_COMPILER"
+
+
+def compiler_from_env(env: Mapping[str, str]) -> Compiler:
+    """The local broker's JIT compilers: TOKENPULSE_KAFKA_COMPILER, c1 (default) or c2."""
+    raw = env.get(COMPILER_ENV, "").strip().lower()
+    if not raw:
+        return "c1"
+    for compiler in COMPILERS:
+        if raw == compiler:
+            return compiler
+    raise ConfigError(
+        f"{COMPILER_ENV} must be one of {', '.join(COMPILERS)}, got {raw!r}",
+        details={"setting": COMPILER_ENV},
+    )
 
 
 def _port_from_env(env: Mapping[str, str], name: str, default: int) -> int:
@@ -50,7 +73,13 @@ class LocalStack:
     """Kafka + ClickHouse for development, all state under `home`."""
 
     def __init__(
-        self, home: Path, *, kafka_port: int, controller_port: int, clickhouse_port: int
+        self,
+        home: Path,
+        *,
+        kafka_port: int,
+        controller_port: int,
+        clickhouse_port: int,
+        kafka_compiler: Compiler = "c1",
     ) -> None:
         if len({kafka_port, controller_port, clickhouse_port}) != 3:
             raise ConfigError(
@@ -62,7 +91,10 @@ class LocalStack:
         self.home = home
         self.kafka = KafkaNode(
             KafkaNodeConfig(
-                data_dir=home / "kafka", port=kafka_port, controller_port=controller_port
+                data_dir=home / "kafka",
+                port=kafka_port,
+                controller_port=controller_port,
+                compiler=kafka_compiler,
             )
         )
         self.clickhouse = ClickHouseNode(
@@ -71,7 +103,7 @@ class LocalStack:
 
     @classmethod
     def default(cls, env: Mapping[str, str] | None = None) -> LocalStack:
-        """The user's stack: TOKENPULSE_HOME and the TOKENPULSE_*_PORT overrides."""
+        """The user's stack: TOKENPULSE_HOME, the TOKENPULSE_*_PORT overrides and the compiler."""
         env = os.environ if env is None else env
         kafka, controller, clickhouse = (_port_from_env(env, n, d) for n, d in _PORT_VARS)
         return cls(
@@ -79,16 +111,27 @@ class LocalStack:
             kafka_port=kafka,
             controller_port=controller,
             clickhouse_port=clickhouse,
+            kafka_compiler=compiler_from_env(env),
         )
 
     @classmethod
-    def for_tests(cls, home: Path) -> LocalStack:
-        """A stack in `home` on free random ports, so parallel runs never collide."""
+    def for_tests(cls, home: Path, env: Mapping[str, str] | None = None) -> LocalStack:
+        """A stack in `home` on free random ports, so parallel runs never collide.
+
+        The compiler still comes from the environment: the bench starts its
+        stack here, and an A/B of the broker's JIT needs to choose it.
+        """
         ports: set[int] = set()
         while len(ports) < 3:
             ports.add(_process.pick_free_port())
         kafka, controller, clickhouse = sorted(ports)
-        return cls(home, kafka_port=kafka, controller_port=controller, clickhouse_port=clickhouse)
+        return cls(
+            home,
+            kafka_port=kafka,
+            controller_port=controller,
+            clickhouse_port=clickhouse,
+            kafka_compiler=compiler_from_env(os.environ if env is None else env),
+        )
 
     @property
     def kafka_bootstrap(self) -> str:

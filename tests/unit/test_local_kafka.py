@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tokenpulse.errors import LocalStackError
+from tokenpulse.errors import ConfigError, LocalStackError
 from tokenpulse.local import kafka as kafka_mod
 from tokenpulse.local._kafka_wire import broker_ready
 from tokenpulse.local._process import pick_free_port
 from tokenpulse.local.kafka import (
     KAFKA_VERSION,
+    Compiler,
     KafkaNode,
     KafkaNodeConfig,
     kafka_tool_argv,
@@ -50,6 +51,26 @@ def test_config_defaults() -> None:
     cfg = KafkaNodeConfig(data_dir=Path("/x"))
     assert (cfg.port, cfg.controller_port, cfg.host) == (9092, 9093, "127.0.0.1")
     assert (cfg.heap_mb, cfg.partitions, cfg.version) == (512, 3, KAFKA_VERSION)
+    assert cfg.compiler == "c1"
+
+
+def test_c1_stops_the_broker_jit_at_the_client_compiler(tmp_path: Path) -> None:
+    def argv(compiler: Compiler) -> list[str]:
+        node = KafkaNode(KafkaNodeConfig(tmp_path, compiler=compiler))
+        return node._java_argv("java", tmp_path / "libs", "kafka.Kafka", "server.properties")
+
+    c1, c2 = argv("c1"), argv("c2")
+    assert "-XX:TieredStopAtLevel=1" in c1
+    assert "-XX:TieredStopAtLevel=1" not in c2
+    # Everything else is the same, and the main class still comes last but one.
+    assert [a for a in c1 if a != "-XX:TieredStopAtLevel=1"] == c2
+    assert c1[-2:] == ["kafka.Kafka", "server.properties"]
+
+
+def test_unknown_compiler_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="compiler must be one of c1, c2, got 'c3'") as exc:
+        KafkaNodeConfig(Path("/x"), compiler="c3")  # type: ignore[arg-type]
+    assert exc.value.details == {"setting": "compiler"}
 
 
 def test_server_properties_single_node_on_loopback(tmp_path: Path) -> None:

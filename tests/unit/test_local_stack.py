@@ -52,6 +52,23 @@ def test_ports_are_overridable_by_env(tmp_path: Path) -> None:
     assert stack.kafka.config.controller_port == 29093
 
 
+def test_broker_compiler_is_c1_unless_the_env_says_c2(tmp_path: Path) -> None:
+    home = {"TOKENPULSE_HOME": str(tmp_path)}
+    assert LocalStack.default(home).kafka.config.compiler == "c1"
+    c2 = {**home, "TOKENPULSE_KAFKA_COMPILER": " C2 "}
+    assert LocalStack.default(c2).kafka.config.compiler == "c2"
+    assert LocalStack.for_tests(tmp_path, c2).kafka.config.compiler == "c2"
+    assert LocalStack.for_tests(tmp_path, {}).kafka.config.compiler == "c1"
+
+
+def test_bad_compiler_env_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    env = {"TOKENPULSE_HOME": str(tmp_path), "TOKENPULSE_KAFKA_COMPILER": "graal"}
+    with pytest.raises(ConfigError, match="TOKENPULSE_KAFKA_COMPILER must be one of c1, c2"):
+        LocalStack.default(env)
+    with pytest.raises(ConfigError, match="got 'graal'"):
+        LocalStack.for_tests(tmp_path, env)
+
+
 @pytest.mark.parametrize("bad", ["abc", "0", "70000", "-1"])
 def test_bad_port_env_is_a_config_error(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ConfigError, match="TOKENPULSE_KAFKA_PORT must be a TCP port"):
