@@ -44,10 +44,10 @@ COMPILER_ENV = "TOKENPULSE_KAFKA_COMPILER"
 
 
 def compiler_from_env(env: Mapping[str, str]) -> Compiler:
-    """The local broker's JIT compilers: TOKENPULSE_KAFKA_COMPILER, c1 (default) or c2."""
+    """The local broker's JIT compilers: TOKENPULSE_KAFKA_COMPILER, c2 (default) or c1."""
     raw = env.get(COMPILER_ENV, "").strip().lower()
     if not raw:
-        return "c1"
+        return "c2"
     for compiler in COMPILERS:
         if raw == compiler:
             return compiler
@@ -79,7 +79,7 @@ class LocalStack:
         kafka_port: int,
         controller_port: int,
         clickhouse_port: int,
-        kafka_compiler: Compiler = "c1",
+        kafka_compiler: Compiler = "c2",
     ) -> None:
         if len({kafka_port, controller_port, clickhouse_port}) != 3:
             raise ConfigError(

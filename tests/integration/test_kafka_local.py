@@ -77,20 +77,31 @@ def test_node_answers_metadata_and_start_is_idempotent(node: KafkaNode) -> None:
     assert metadata_broker_count(host, int(port)) == 1
 
 
-def test_the_running_broker_jit_stops_at_c1(node: KafkaNode) -> None:
-    # The default compiler reaches the JVM that runs: its command line, and
-    # no C2 compiler thread among its threads.
-    pid = node.pid()
-    assert pid is not None
-    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert b"-XX:TieredStopAtLevel=1" in argv
-    names = [
-        (task / "comm").read_text(encoding="utf-8").strip()
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        if (task / "comm").exists()
-    ]
-    assert any(n.startswith("C1 Compiler") for n in names), names
-    assert not any(n.startswith("C2 Compiler") for n in names), names
+def test_a_c1_broker_runs_without_the_c2_compiler(tmp_path: Path) -> None:
+    # TOKENPULSE_KAFKA_COMPILER=c1 reaches the JVM that runs (its command
+    # line, no C2 compiler thread), and that broker answers.
+    node = KafkaNode(
+        KafkaNodeConfig(
+            tmp_path, port=pick_free_port(), controller_port=pick_free_port(), compiler="c1"
+        )
+    )
+    node.start()
+    try:
+        pid = node.pid()
+        assert pid is not None
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-XX:TieredStopAtLevel=1" in argv
+        names = [
+            (task / "comm").read_text(encoding="utf-8").strip()
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            if (task / "comm").exists()
+        ]
+        assert any(n.startswith("C1 Compiler") for n in names), names
+        assert not any(n.startswith("C2 Compiler") for n in names), names
+        host, port = node.bootstrap.split(":")
+        assert metadata_broker_count(host, int(port)) == 1
+    finally:
+        node.stop()
 
 
 def test_broker_logs_go_to_the_log_file(node: KafkaNode) -> None:

@@ -51,7 +51,7 @@ def test_config_defaults() -> None:
     cfg = KafkaNodeConfig(data_dir=Path("/x"))
     assert (cfg.port, cfg.controller_port, cfg.host) == (9092, 9093, "127.0.0.1")
     assert (cfg.heap_mb, cfg.partitions, cfg.version) == (512, 3, KAFKA_VERSION)
-    assert cfg.compiler == "c1"
+    assert cfg.compiler == "c2"
 
 
 def test_c1_stops_the_broker_jit_at_the_client_compiler(tmp_path: Path) -> None:

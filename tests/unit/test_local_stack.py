@@ -52,13 +52,13 @@ def test_ports_are_overridable_by_env(tmp_path: Path) -> None:
     assert stack.kafka.config.controller_port == 29093
 
 
-def test_broker_compiler_is_c1_unless_the_env_says_c2(tmp_path: Path) -> None:
+def test_broker_compiler_is_c2_unless_the_env_says_c1(tmp_path: Path) -> None:
     home = {"TOKENPULSE_HOME": str(tmp_path)}
-    assert LocalStack.default(home).kafka.config.compiler == "c1"
-    c2 = {**home, "TOKENPULSE_KAFKA_COMPILER": " C2 "}
-    assert LocalStack.default(c2).kafka.config.compiler == "c2"
-    assert LocalStack.for_tests(tmp_path, c2).kafka.config.compiler == "c2"
-    assert LocalStack.for_tests(tmp_path, {}).kafka.config.compiler == "c1"
+    assert LocalStack.default(home).kafka.config.compiler == "c2"
+    c1 = {**home, "TOKENPULSE_KAFKA_COMPILER": " C1 "}
+    assert LocalStack.default(c1).kafka.config.compiler == "c1"
+    assert LocalStack.for_tests(tmp_path, c1).kafka.config.compiler == "c1"
+    assert LocalStack.for_tests(tmp_path, {}).kafka.config.compiler == "c2"
 
 
 def test_bad_compiler_env_is_a_config_error_naming_it(tmp_path: Path) -> None:
