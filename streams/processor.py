@@ -337,9 +337,7 @@ class UsageProcessor:
         async def check_certain(events: list[UsageEvent]) -> None:
             # Events no filter saw are new for sure: their quotas are checked
             # before the confirmation query that others of the batch may need.
-            await self._early_quotas(
-                out, [e for e in events if e.tenant_id in covered], ingested_at
-            )
+            await self._early_quotas(out, events, covered, ingested_at)
 
         confirmed = await self.partitions.dedup(slices, check_certain if covered else None)
         for sl in slices:
@@ -353,19 +351,21 @@ class UsageProcessor:
             batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
             out.slices.append((sl.state, batch))
         if covered and confirmed:
-            await self._early_quotas(
-                out, [e for e in confirmed if e.tenant_id in covered], ingested_at
-            )
+            await self._early_quotas(out, confirmed, covered, ingested_at)
         return out
 
-    async def _early_quotas(self, out: Prepared, events: list[UsageEvent], now: datetime) -> None:
+    async def _early_quotas(
+        self, out: Prepared, events: list[UsageEvent], covered: set[str], now: datetime
+    ) -> None:
         """Alerts the batch owes before it is written (lower bounds of quota usage).
 
+        Only `events` of a `covered` tenant (one a quota watches) are checked.
         Sent now; the commit waits for their acknowledgement like for the DLQ
         records'. Webhooks and counters follow each acknowledgement. A batch
         with no event to check gets no seq (it adds nothing to the bounds).
         """
         assert self.quotas is not None
+        events = [e for e in events if e.tenant_id in covered]
         if not events:
             return
         self._seq += 1
