@@ -1,0 +1,274 @@
+"""Where the embedded ClickHouse endpoint's CPU goes: inserts by table shape and format, queries.
+
+    .venv/bin/python bench/endpoint_bench.py [--inserts 30] [--rows 12000] [--runs 3]
+
+Starts a temporary local stack and reads the endpoint process's CPU from
+/proc (so it measures the embedded endpoint only). Each insert variant gets a
+freshly migrated database and the same `--inserts` bodies of `--rows`
+usage_events rows, sent as the sink sends them (lz4, its settings, one
+dedup token an insert) 100 ms apart, about a worker's insert pace at half
+the bench's load; the CPU is counted until the database's merges settled
+and printed per row. Variants, interleaved run by run:
+- as the sink writes today (JSONCompactColumns, the three materialized views,
+  the p_offsets projection and the event_id bloom index);
+- the same database without the materialized views, without the
+  projection, without the bloom index: what each costs the endpoint;
+- the same rows as ArrowStream (pyarrow, naive: Python lists to arrays): what
+  that body would save the endpoint, next to what building it costs here.
+Then the fixed cost of a query, on a database holding the rows: SELECT 1, a
+count over one tenant range, and `tokenpulse bench`'s freshness poll. One
+table of medians; compare rows within a run (the VM's speed moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import lz4.frame
+import pyarrow as pa
+
+from tokenpulse.bench.services import obtain_services, proc_cpu_s
+from tokenpulse.sinks._encode import (
+    COLUMN_NAMES,
+    EVENT_COLUMNS,
+    FORMAT,
+    PARSE_SETTINGS,
+    encode_events,
+    event_columns,
+)
+from tokenpulse.sinks.base import AcceptedEvent
+from tokenpulse.sinks.clickhouse import INSERT_SETTINGS
+from tokenpulse.sinks.migrations import RenderOptions, migrate
+from tokenpulse.sinks.synthetic import as_batches, random_events
+
+_ARROW_TYPES = {
+    "String": pa.string(),
+    "LowCardinality(String)": pa.string(),
+    "DateTime64(3, 'UTC')": pa.timestamp("ms", tz="UTC"),
+    "UInt64": pa.uint64(),
+    "UInt32": pa.uint32(),
+    "UInt16": pa.uint16(),
+    "Nullable(Float64)": pa.float64(),
+    "Map(String, String)": pa.map_(pa.string(), pa.string()),
+    "Bool": pa.bool_(),
+}
+
+
+_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in EVENT_COLUMNS])
+_MAP = COLUMN_NAMES.index("attributes")
+
+
+def arrow_body(events: Sequence[AcceptedEvent]) -> bytes:
+    """The rows as one ArrowStream body (the endpoint reads columns by name)."""
+    cols: list[Any] = event_columns(events)
+    cols[_MAP] = [list(d.items()) for d in cols[_MAP]]
+    arrays = [pa.array(col, type=field.type) for col, field in zip(cols, _SCHEMA, strict=True)]
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, _SCHEMA) as writer:
+        writer.write_table(pa.Table.from_arrays(arrays, schema=_SCHEMA))
+    return bytes(sink.getvalue().to_pybytes())
+
+
+# (label, statements run after the migration, body format)
+Variant = tuple[str, tuple[str, ...], str]
+VARIANTS: tuple[Variant, ...] = (
+    ("as the sink writes", (), FORMAT),
+    (
+        "without the 3 materialized views",
+        tuple(
+            f"DROP VIEW {{db}}.{v}"
+            for v in ("usage_by_minute_mv", "usage_by_hour_mv", "demand_by_minute_mv")
+        ),
+        FORMAT,
+    ),
+    (
+        "without the p_offsets projection",
+        ("ALTER TABLE {db}.usage_events DROP PROJECTION p_offsets",),
+        FORMAT,
+    ),
+    (
+        "without the event_id bloom index",
+        ("ALTER TABLE {db}.usage_events DROP INDEX idx_event_id",),
+        FORMAT,
+    ),
+    ("ArrowStream body", (), "ArrowStream"),
+)
+
+
+def _settle(client: Any, db: str, timeout_s: float = 60.0) -> None:
+    """Wait until no merge runs in `db`, then a second more."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = client.query(
+            "SELECT count() FROM system.merges WHERE database = {db:String}",
+            parameters={"db": db},
+        ).result_rows[0][0]
+        if not running:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+
+
+def _insert_variant(
+    client: Any, pid: int, variant: Variant, bodies: dict[str, list[bytes]], rows: int
+) -> float:
+    # rows: the rows of all the bodies together
+    """Endpoint CPU us per row of one variant, merges included."""
+    label, setup, fmt = variant
+    db = "eb_" + uuid.uuid4().hex[:10]
+    client.command(f"CREATE DATABASE {db}")
+    try:
+        migrate(client, RenderOptions(database=db))
+        for statement in setup:
+            client.command(statement.format(db=db))
+        _settle(client, db)
+        before = proc_cpu_s(pid)
+        for i, body in enumerate(bodies[fmt]):
+            settings = {
+                **INSERT_SETTINGS,
+                **PARSE_SETTINGS,
+                "insert_deduplication_token": f"{db}-{i}",
+            }
+            client.raw_insert(
+                f"{db}.usage_events", COLUMN_NAMES, insert_block=body, settings=settings,
+                fmt=fmt, compression="lz4",
+            )  # fmt: skip
+            time.sleep(0.1)
+        _settle(client, db)
+        stored = client.query(f"SELECT count() FROM {db}.usage_events").result_rows[0][0]
+        if stored != rows:
+            raise RuntimeError(f"{label}: {stored} rows stored, {rows} sent")
+        return (proc_cpu_s(pid) - before) / stored * 1e6
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def _query_costs(client: Any, pid: int, bodies: list[bytes], repeat: int) -> dict[str, float]:
+    """Endpoint CPU ms per query on a database holding the rows (one part per insert, merged)."""
+    db = "eb_" + uuid.uuid4().hex[:10]
+    client.command(f"CREATE DATABASE {db}")
+    try:
+        migrate(client, RenderOptions(database=db))
+        for i, body in enumerate(bodies):
+            settings = {**INSERT_SETTINGS, **PARSE_SETTINGS, "insert_deduplication_token": f"q{i}"}
+            client.raw_insert(
+                f"{db}.usage_events", COLUMN_NAMES, insert_block=body, settings=settings,
+                fmt=FORMAT, compression="lz4",
+            )  # fmt: skip
+        _settle(client, db)
+        ids = [r[0] for r in client.query(
+            f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = 'acme/a' LIMIT 1000"
+        ).result_rows]  # fmt: skip
+        since = datetime(2026, 11, 25, tzinfo=UTC)
+        queries: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+            "SELECT 1": ("SELECT 1", dict),
+            "count over one tenant": (
+                f"SELECT count() FROM {db}.usage_events WHERE tenant_id = {{t:String}}",
+                lambda: {"t": "acme/a"},
+            ),
+            "freshness poll (20 ids)": (
+                f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = {{t:String}}"
+                " AND occurred_at >= {since:DateTime64(3, 'UTC')}"
+                " AND has({ids:Array(String)}, event_id)",
+                lambda: {"t": "acme/a", "since": since, "ids": random.sample(ids, 20)},
+            ),
+        }
+        out: dict[str, float] = {}
+        for label, (sql, params) in queries.items():
+            before = proc_cpu_s(pid)
+            for _ in range(repeat):
+                client.query(sql, parameters=params())
+            out[label] = (proc_cpu_s(pid) - before) / repeat * 1e3
+        return out
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def _bodies(inserts: int, rows: int) -> list[list[AcceptedEvent]]:
+    events = random_events(
+        inserts * rows,
+        start=datetime(2026, 11, 25, tzinfo=UTC),
+        span=timedelta(hours=1),
+        tenants=[f"acme/{t}" for t in "abcdefgh"] + [f"team-{i}" for i in range(92)],
+        models=("gpt-4o", "claude-sonnet", "llama-70b"),
+    )
+    batches = list(as_batches(events, partitions=6, batch_rows=rows))
+    return [list(b.events) for b in batches]
+
+
+def _cpu_us_per_row(
+    encode: Callable[[Sequence[AcceptedEvent]], bytes], groups: list[list[AcceptedEvent]]
+) -> float:
+    """This process's CPU per row to build the bodies (after one warm-up call)."""
+    encode(groups[0][:100])  # pyarrow initialises its converters on first use
+    started = time.process_time()
+    for group in groups:
+        encode(group)
+    return (time.process_time() - started) / sum(len(g) for g in groups) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inserts", type=int, default=30)
+    parser.add_argument("--rows", type=int, default=12_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--queries", type=int, default=100)
+    args = parser.parse_args()
+    groups = _bodies(args.inserts, args.rows)
+    rows = sum(len(g) for g in groups)
+    encode_us = {
+        FORMAT: _cpu_us_per_row(encode_events, groups[:5]),
+        "ArrowStream": _cpu_us_per_row(arrow_body, groups[:5]),
+    }
+    bodies = {
+        FORMAT: [bytes(lz4.frame.compress(encode_events(g))) for g in groups],
+        "ArrowStream": [bytes(lz4.frame.compress(arrow_body(g))) for g in groups],
+    }
+    # The KAFKA/CLICKHOUSE variables would name another server: the endpoint's
+    # CPU is read from its process here, so always the bench's own stack.
+    os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    os.environ.pop("CLICKHOUSE_URL", None)
+    results: dict[str, list[float]] = {v[0]: [] for v in VARIANTS}
+    with obtain_services() as services:
+        pid = services.store_pid
+        assert pid is not None
+        url = urlsplit(services.clickhouse_url)
+        client = clickhouse_connect.get_client(
+            host=url.hostname, port=url.port, username="default", password=""
+        )
+        for run in range(args.runs):
+            for variant in VARIANTS:
+                us = _insert_variant(client, pid, variant, bodies, rows)
+                results[variant[0]].append(us)
+                sys.stderr.write(f"run {run + 1}: {variant[0]}: {us:.2f} us/row\n")
+        queries = _query_costs(client, pid, bodies[FORMAT][:10], args.queries)
+    base = statistics.median(results[VARIANTS[0][0]])
+    print(
+        f"{len(groups)} inserts of ~{rows // len(groups):,} rows, 100 ms apart, "
+        f"medians of {args.runs} runs\n"
+    )
+    print("| insert variant | endpoint CPU us/row | x as the sink writes | client encode us/row |")
+    print("| --- | --- | --- | --- |")
+    for label, _, fmt in VARIANTS:
+        median = statistics.median(results[label])
+        print(f"| {label} | {median:.2f} | {median / base:.2f} | {encode_us[fmt]:.2f} |")
+    print("\n| query (10 parts merged, one tenant's rows) | endpoint CPU ms/query |")
+    print("| --- | --- |")
+    for label, ms in queries.items():
+        print(f"| {label} | {ms:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
