@@ -201,8 +201,8 @@ class KafkaNodeConfig:
     small machine shared with the worker and the engine, where a fresh
     broker keeps C2 compiling for minutes. Measured on the 2-core bench
     machine (BENCHMARKS.md, round 12): at 50,000 events/s, 20-40 s after the
-    start, C1 took the broker from 4.1-4.9 us of CPU an event (C2 compiling
-    1.9-2.9 of it) to 2.5-2.7, and drains were no slower; but the broker
+    start, C1 took the broker from 4.1-5.4 us of CPU an event (C2 compiling
+    1.9-3.1 of it) to 2.5-2.7, and drains were no slower; but the broker
     served kafka-consumer-perf-test 89k-112k records/s against 102k-195k,
     so C1 lowers the ceiling the bench measures the worker against.
     """
