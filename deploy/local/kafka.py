@@ -190,6 +190,7 @@ def new_cluster_id() -> str:
 # The broker JVM's just-in-time compilers (`compiler`, TOKENPULSE_KAFKA_COMPILER).
 Compiler = Literal["c1", "c2"]
 COMPILERS: Final[tuple[Compiler, ...]] = ("c1", "c2")
+_C1_ONLY: Final = "-XX:TieredStopAtLevel=1"
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,17 @@ class KafkaNode:
 
     def is_running(self) -> bool:
         return self.pid() is not None
+
+    def running_compiler(self) -> Compiler | None:
+        """The JIT the running broker was started with; None when none runs.
+
+        It can differ from `config.compiler`: a broker started earlier keeps
+        its JVM's flags until it is stopped.
+        """
+        pid = self.pid()
+        if pid is None:
+            return None
+        return "c1" if _C1_ONLY in _process.pid_cmdline(pid) else "c2"
 
     def server_properties(self, cluster_id: str) -> str:
         c = self.config
@@ -333,7 +345,7 @@ class KafkaNode:
             f"-Xms{min(self.config.heap_mb, 128)}m",
             "-XX:+UseG1GC",
             "-XX:MaxGCPauseMillis=20",
-            *(("-XX:TieredStopAtLevel=1",) if self.config.compiler == "c1" else ()),
+            *((_C1_ONLY,) if self.config.compiler == "c1" else ()),
             "-Djava.awt.headless=true",
             f"-Dkafka.logs.dir={self._logs_dir}",
             f"-Dlog4j.configuration=file:{_SERVER_LOG4J}",

@@ -240,6 +240,18 @@ class LocalStack:
         if problems:
             raise LocalStackError("stopping the local stack failed: " + "; ".join(problems))
 
+    def compiler_note(self) -> str | None:
+        """A note when the running broker's JIT is not the configured one, else None."""
+        running = self.kafka.running_compiler()
+        wanted = self.kafka.config.compiler
+        if running is None or running == wanted:
+            return None
+        return (
+            f"the running Kafka broker was started with the {running} JIT; "
+            f"{COMPILER_ENV}={wanted} applies from its next start "
+            "(`tokenpulse dev down`, then `tokenpulse dev up`)"
+        )
+
     def status(self) -> dict[str, Any]:
         k, ch = self.kafka, self.clickhouse
         return {
@@ -251,6 +263,8 @@ class LocalStack:
                 "bootstrap": k.bootstrap,
                 "controller_port": k.config.controller_port,
                 "version": k.config.version,
+                # The running broker's, else the one `up` would start.
+                "compiler": k.running_compiler() or k.config.compiler,
                 "log": str(k.log_path),
             },
             "clickhouse": {

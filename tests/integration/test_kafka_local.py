@@ -75,6 +75,7 @@ def test_node_answers_metadata_and_start_is_idempotent(node: KafkaNode) -> None:
     assert node.pid() == pid
     host, port = node.bootstrap.split(":")
     assert metadata_broker_count(host, int(port)) == 1
+    assert node.running_compiler() == "c2"  # the JVM's default tiers
 
 
 def test_a_c1_broker_runs_without_the_c2_compiler(tmp_path: Path) -> None:
@@ -100,8 +101,10 @@ def test_a_c1_broker_runs_without_the_c2_compiler(tmp_path: Path) -> None:
         assert not any(n.startswith("C2 Compiler") for n in names), names
         host, port = node.bootstrap.split(":")
         assert metadata_broker_count(host, int(port)) == 1
+        assert node.running_compiler() == "c1"
     finally:
         node.stop()
+    assert node.running_compiler() is None
 
 
 def test_broker_logs_go_to_the_log_file(node: KafkaNode) -> None:

@@ -96,6 +96,23 @@ def test_status_of_a_stack_never_started(tmp_path: Path) -> None:
     assert status["kafka"]["running"] is False
     assert status["clickhouse"]["running"] is False
     assert status["kafka"]["pid"] is None
+    assert status["kafka"]["compiler"] == "c2"  # the one `up` would start
+
+
+def test_a_running_broker_with_another_jit_gets_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = LocalStack.for_tests(tmp_path, {"TOKENPULSE_KAFKA_COMPILER": "c1"})
+    assert stack.compiler_note() is None  # nothing runs
+    running: dict[str, str | None] = {"jit": "c1"}
+    monkeypatch.setattr(stack.kafka, "running_compiler", lambda: running["jit"])
+    assert stack.compiler_note() is None  # the running one is the configured one
+    running["jit"] = "c2"
+    note = stack.compiler_note()
+    assert note is not None
+    assert "started with the c2 JIT" in note
+    assert "TOKENPULSE_KAFKA_COMPILER=c1 applies from its next start" in note
+    assert stack.status()["kafka"]["compiler"] == "c2"  # what runs, not what is configured
 
 
 @pytest.mark.parametrize("which", ["kafka", "controller", "clickhouse"])
@@ -188,6 +205,7 @@ def test_dev_status_text_says_stopped(
     assert main(["dev", "status"]) == 0
     out = capsys.readouterr().out
     assert "kafka:      stopped" in out
+    assert "JIT c2" in out
     assert "clickhouse: stopped" in out
 
 

@@ -107,6 +107,9 @@ def _up(args: argparse.Namespace) -> int:
         resolve_kafka_jars(stack.kafka.config.version)
     with _step("starting Kafka and ClickHouse"):
         stack.up()
+    note = stack.compiler_note()
+    if note is not None:
+        sys.stderr.write(f"tokenpulse: note: {note}\n")
     sys.stderr.write(f"tokenpulse: local stack up in {time.monotonic() - started:.1f} s\n")
     sys.stdout.write("\n".join(stack.connection_lines()) + "\n")
     sys.stderr.write(f"tokenpulse: connection settings written to {stack.connection_file}\n")
@@ -133,7 +136,7 @@ def _status(args: argparse.Namespace) -> int:
     lines = [
         f"home:       {info['home']}",
         f"kafka:      {'running' if k['running'] else 'stopped'}  {k['bootstrap']}"
-        f"  (Kafka {k['version']}, log {k['log']})",
+        f"  (Kafka {k['version']}, JIT {k['compiler']}, log {k['log']})",
         f"clickhouse: {'running' if ch['running'] else 'stopped'}  {ch['url']}  (log {ch['log']})",
     ]
     sys.stdout.write("\n".join(lines) + "\n")
