@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -177,6 +178,24 @@ def _serve_until_signal(server: EmbeddedClickHouseServer) -> None:
             signal.signal(sig, handler)
 
 
+def _merge_nice_from_env(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> int:
+    """--merge-nice's default: TOKENPULSE_ENDPOINT_MERGE_NICE, else MERGE_NICE.
+
+    Checked here: argparse applies `choices` to the command line only, and a
+    value it cannot read must name the variable, not end in a traceback.
+    """
+    raw = env.get(MERGE_NICE_ENV, "").strip()
+    if not raw:
+        return MERGE_NICE
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or not -20 <= value <= 19:
+        parser.error(f"{MERGE_NICE_ENV} must be an integer within -20..19, got {raw!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tokenpulse.local.clickhouse_http",
@@ -198,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merge-nice",
         type=int,
-        default=int(os.environ.get(MERGE_NICE_ENV, MERGE_NICE)),
+        default=_merge_nice_from_env(parser, os.environ),
         choices=range(-20, 20),
         metavar="N",
         help=f"nice value of the engine's merge threads, -20..19 (default: {MERGE_NICE_ENV} "

@@ -218,3 +218,28 @@ def test_dev_bad_port_env_exits_1_with_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "TOKENPULSE_CLICKHOUSE_PORT" in err
+
+
+@pytest.mark.parametrize("raw", ["abc", "20", "-21", "1.5"])
+def test_bad_merge_nice_env_names_the_variable(
+    raw: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tokenpulse.local import clickhouse_http
+
+    monkeypatch.setenv("TOKENPULSE_ENDPOINT_MERGE_NICE", raw)
+    with pytest.raises(SystemExit) as exc:
+        clickhouse_http.main(["--data-dir", "/nonexistent"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"TOKENPULSE_ENDPOINT_MERGE_NICE must be an integer within -20..19, got {raw!r}" in err
+
+
+def test_merge_nice_env_sets_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from tokenpulse.local import clickhouse_http
+
+    parser = argparse.ArgumentParser()
+    assert clickhouse_http._merge_nice_from_env(parser, {}) == clickhouse_http.MERGE_NICE
+    env = {"TOKENPULSE_ENDPOINT_MERGE_NICE": " 5 "}
+    assert clickhouse_http._merge_nice_from_env(parser, env) == 5
