@@ -1,6 +1,8 @@
 """Where the embedded ClickHouse endpoint's CPU goes: inserts by table shape and format, queries.
 
     .venv/bin/python bench/endpoint_bench.py [--inserts 30] [--rows 12000] [--runs 3]
+    .venv/bin/python bench/endpoint_bench.py --only-settings --inserts 300 \\
+        --setting usage_events:merge_selector_base=5
 
 Starts a temporary local stack and reads the endpoint process's CPU from
 /proc (so it measures the embedded endpoint only). Each insert variant gets a
@@ -15,9 +17,15 @@ and printed per row. Variants, interleaved run by run:
   projection, without the bloom index: what each costs the endpoint;
 - the same rows as ArrowStream (pyarrow, naive: Python lists to arrays): what
   that body would save the endpoint, next to what building it costs here.
-Then the fixed cost of a query, on a database holding the rows: SELECT 1, a
-count over one tenant range, and `tokenpulse bench`'s freshness poll. One
-table of medians; compare rows within a run (the VM's speed moves).
+- `--setting [TABLE:]NAME=VALUE`: a MergeTree setting on the tables (e.g.
+  `usage_events:merge_selector_base=5`); `--insert-setting NAME=VALUE`: one
+  more setting on each insert; `--only-settings` leaves out the shape and
+  format variants.
+In the last run, each variant's database is also queried as it was left
+(merges settled): SELECT 1, a count over one tenant, `tokenpulse bench`'s
+freshness poll and the worker's batched quota read of 50 tenants, so a
+setting's price per query shows beside what it saves per row. One table of
+medians; compare rows within a run (the VM's speed moves).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -80,11 +88,16 @@ def arrow_body(events: Sequence[AcceptedEvent]) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-# (label, statements run after the migration, body format)
-Variant = tuple[str, tuple[str, ...], str]
+class Variant(NamedTuple):
+    label: str
+    setup: tuple[str, ...]  # statements run after the migration
+    fmt: str  # body format
+    insert_settings: tuple[tuple[str, str], ...] = ()  # on top of the sink's
+
+
 VARIANTS: tuple[Variant, ...] = (
-    ("as the sink writes", (), FORMAT),
-    (
+    Variant("as the sink writes", (), FORMAT),
+    Variant(
         "without the 3 materialized views",
         tuple(
             f"DROP VIEW {{db}}.{v}"
@@ -92,18 +105,42 @@ VARIANTS: tuple[Variant, ...] = (
         ),
         FORMAT,
     ),
-    (
+    Variant(
         "without the p_offsets projection",
         ("ALTER TABLE {db}.usage_events DROP PROJECTION p_offsets",),
         FORMAT,
     ),
-    (
+    Variant(
         "without the event_id bloom index",
         ("ALTER TABLE {db}.usage_events DROP INDEX idx_event_id",),
         FORMAT,
     ),
-    ("ArrowStream body", (), "ArrowStream"),
+    Variant("ArrowStream body", (), "ArrowStream"),
 )
+_TENANTS = tuple([f"acme/{t}" for t in "abcdefgh"] + [f"team-{i}" for i in range(92)])
+_TABLES = ("usage_events", "usage_by_minute", "usage_by_hour", "demand_by_minute")
+
+
+def setting_variant(assignment: str) -> Variant:
+    """A variant with one MergeTree setting, `[TABLE:]NAME=VALUE`: on TABLE or on the four."""
+    key, sep, value = assignment.partition("=")
+    target, _, name = key.rpartition(":")
+    if not sep or not name.isidentifier() or (target and target not in _TABLES):
+        raise SystemExit(f"--setting wants [TABLE:]NAME=VALUE, TABLE one of {_TABLES}")
+    tables = (target,) if target else _TABLES
+    return Variant(
+        f"with {name}={value}" + (f" on {target}" if target else ""),
+        tuple(f"ALTER TABLE {{db}}.{t} MODIFY SETTING {name} = {value}" for t in tables),
+        FORMAT,
+    )
+
+
+def insert_setting_variant(assignment: str) -> Variant:
+    """A variant whose inserts carry one more query setting, `NAME=VALUE`."""
+    name, sep, value = assignment.partition("=")
+    if not sep or not name.isidentifier():
+        raise SystemExit(f"--insert-setting wants NAME=VALUE, got {assignment!r}")
+    return Variant(f"inserts with {name}={value}", (), FORMAT, ((name, value),))
 
 
 def _settle(client: Any, db: str, timeout_s: float = 60.0) -> None:
@@ -120,10 +157,21 @@ def _settle(client: Any, db: str, timeout_s: float = 60.0) -> None:
     time.sleep(1.0)
 
 
-def _insert(client: Any, db: str, bodies: list[bytes], fmt: str) -> None:
+def _insert(
+    client: Any,
+    db: str,
+    bodies: list[bytes],
+    fmt: str,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> None:
     """The bodies into db.usage_events as the sink sends them, 100 ms apart."""
     for i, body in enumerate(bodies):
-        settings = {**INSERT_SETTINGS, **PARSE_SETTINGS, "insert_deduplication_token": f"{db}-{i}"}
+        settings = {
+            **INSERT_SETTINGS,
+            **PARSE_SETTINGS,
+            **dict(extra),
+            "insert_deduplication_token": f"{db}-{i}",
+        }
         client.raw_insert(
             f"{db}.usage_events", COLUMN_NAMES, insert_block=body, settings=settings,
             fmt=fmt, compression="lz4",
@@ -131,11 +179,23 @@ def _insert(client: Any, db: str, bodies: list[bytes], fmt: str) -> None:
         time.sleep(0.1)
 
 
+class Measured(NamedTuple):
+    us_per_row: float  # endpoint CPU, merges included
+    parts: int  # active parts of usage_events once the merges settled
+    query_ms: dict[str, float]  # endpoint CPU per query on them (empty: not asked)
+
+
 def _insert_variant(
-    client: Any, pid: int, variant: Variant, bodies: dict[str, list[bytes]], rows: int
-) -> float:
-    """Endpoint CPU us per row of one variant (`rows`: of all its bodies), merges included."""
-    label, setup, fmt = variant
+    client: Any,
+    pid: int,
+    variant: Variant,
+    bodies: dict[str, list[bytes]],
+    rows: int,
+    query_repeat: int = 0,
+) -> Measured:
+    """One variant on a fresh database (`rows`: of all its bodies); with `query_repeat`,
+    also what a query costs on the parts it left."""
+    label, setup, fmt, extra = variant
     db = "eb_" + uuid.uuid4().hex[:10]
     client.command(f"CREATE DATABASE {db}")
     try:
@@ -144,50 +204,68 @@ def _insert_variant(
             client.command(statement.format(db=db))
         _settle(client, db)
         before = proc_cpu_s(pid)
-        _insert(client, db, bodies[fmt], fmt)
+        _insert(client, db, bodies[fmt], fmt, extra)
         _settle(client, db)
         stored = client.query(f"SELECT count() FROM {db}.usage_events").result_rows[0][0]
         if stored != rows:
             raise RuntimeError(f"{label}: {stored} rows stored, {rows} sent")
-        return (proc_cpu_s(pid) - before) / stored * 1e6
+        us = (proc_cpu_s(pid) - before) / stored * 1e6
+        parts = client.query(
+            "SELECT count() FROM system.parts WHERE database = {db:String}"
+            " AND table = 'usage_events' AND active",
+            parameters={"db": db},
+        ).result_rows[0][0]
+        queries = _query_costs(client, pid, db, query_repeat) if query_repeat else {}
+        return Measured(us, int(parts), queries)
     finally:
         client.command(f"DROP DATABASE IF EXISTS {db}")
 
 
-def _query_costs(client: Any, pid: int, bodies: list[bytes], repeat: int) -> dict[str, float]:
-    """Endpoint CPU ms per query on a database holding these bodies' rows, merges settled."""
-    db = "eb_" + uuid.uuid4().hex[:10]
-    client.command(f"CREATE DATABASE {db}")
-    try:
-        migrate(client, RenderOptions(database=db))
-        _insert(client, db, bodies, FORMAT)
-        _settle(client, db)
-        ids = [r[0] for r in client.query(
-            f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = 'acme/a' LIMIT 1000"
-        ).result_rows]  # fmt: skip
-        since = datetime(2026, 11, 25, tzinfo=UTC)
-        queries: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
-            "SELECT 1": ("SELECT 1", dict),
-            "count over one tenant": (
-                f"SELECT count() FROM {db}.usage_events WHERE tenant_id = {{t:String}}",
-                lambda: {"t": "acme/a"},
-            ),
-            "freshness poll (20 ids)": (
-                f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = {{t:String}}"
-                " AND occurred_at >= {since:DateTime64(3, 'UTC')}"
-                " AND has({ids:Array(String)}, event_id)",
-                lambda: {"t": "acme/a", "since": since, "ids": random.sample(ids, 20)},
-            ),
-        }
-        out: dict[str, float] = {}
-        for label, (sql, params) in queries.items():
-            before = proc_cpu_s(pid)
-            for _ in range(repeat):
-                client.query(sql, parameters=params())
-            out[label] = (proc_cpu_s(pid) - before) / repeat * 1e3
-        return out
-    finally:
-        client.command(f"DROP DATABASE IF EXISTS {db}")
+_QUOTA_BRANCHES = 50
+
+
+def _quota_read(db: str, tenants: Sequence[str]) -> str:
+    """The worker's batched quota read (`ClickHouseUsageReader._usage_chunk`), a branch a tenant."""
+    return " UNION ALL ".join(
+        f"SELECT toUInt32({i}) AS q, sum(input_tokens), sum(output_tokens)"
+        f" FROM {db}.usage_events WHERE (tenant_id = '{t}' OR startsWith(tenant_id, '{t}/'))"
+        " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
+        " AND occurred_at < {end:DateTime64(3, 'UTC')}"
+        for i, t in enumerate(tenants)
+    )
+
+
+def _query_costs(client: Any, pid: int, db: str, repeat: int) -> dict[str, float]:
+    """Endpoint CPU ms per query on `db` as it is (merges settled)."""
+    ids = [r[0] for r in client.query(
+        f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = 'acme/a' LIMIT 1000"
+    ).result_rows]  # fmt: skip
+    since = datetime(2026, 11, 25, tzinfo=UTC)
+    day = {"start": since, "end": since + timedelta(days=1)}
+    queries: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+        "SELECT 1": ("SELECT 1", dict),
+        "count over one tenant": (
+            f"SELECT count() FROM {db}.usage_events WHERE tenant_id = {{t:String}}",
+            lambda: {"t": "acme/a"},
+        ),
+        "freshness poll (20 ids)": (
+            f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = {{t:String}}"
+            " AND occurred_at >= {since:DateTime64(3, 'UTC')}"
+            " AND has({ids:Array(String)}, event_id)",
+            lambda: {"t": "acme/a", "since": since, "ids": random.sample(ids, 20)},
+        ),
+        f"quota read ({_QUOTA_BRANCHES} tenants' day)": (
+            _quota_read(db, _TENANTS[:_QUOTA_BRANCHES]),
+            lambda: day,
+        ),
+    }
+    out: dict[str, float] = {}
+    for label, (sql, params) in queries.items():
+        before = proc_cpu_s(pid)
+        for _ in range(repeat):
+            client.query(sql, parameters=params())
+        out[label] = (proc_cpu_s(pid) - before) / repeat * 1e3
+    return out
 
 
 def _bodies(inserts: int, rows: int) -> list[list[AcceptedEvent]]:
@@ -195,7 +273,7 @@ def _bodies(inserts: int, rows: int) -> list[list[AcceptedEvent]]:
         inserts * rows,
         start=datetime(2026, 11, 25, tzinfo=UTC),
         span=timedelta(hours=1),
-        tenants=[f"acme/{t}" for t in "abcdefgh"] + [f"team-{i}" for i in range(92)],
+        tenants=list(_TENANTS),
         models=("gpt-4o", "claude-sonnet", "llama-70b"),
     )
     batches = list(as_batches(events, partitions=6, batch_rows=rows))
@@ -219,7 +297,31 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=12_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="[TABLE:]NAME=VALUE",
+        help="also a variant with this MergeTree setting on TABLE or the four tables (repeatable)",
+    )
+    parser.add_argument(
+        "--insert-setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also a variant whose inserts carry this query setting (repeatable)",
+    )
+    parser.add_argument(
+        "--only-settings",
+        action="store_true",
+        help="the --setting variants beside the sink's writes only (no shape or format variants)",
+    )
     args = parser.parse_args()
+    variants = (
+        (VARIANTS[:1] if args.only_settings else VARIANTS)
+        + tuple(setting_variant(a) for a in args.setting)
+        + tuple(insert_setting_variant(a) for a in args.insert_setting)
+    )
     groups = _bodies(args.inserts, args.rows)
     rows = sum(len(g) for g in groups)
     encode_us = {
@@ -234,7 +336,9 @@ def main() -> int:
     # CPU is read from its process here, so always the bench's own stack.
     os.environ.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     os.environ.pop("CLICKHOUSE_URL", None)
-    results: dict[str, list[float]] = {v[0]: [] for v in VARIANTS}
+    results: dict[str, list[float]] = {v.label: [] for v in variants}
+    parts: dict[str, list[int]] = {v.label: [] for v in variants}
+    queries: dict[str, dict[str, float]] = {}
     with obtain_services() as services:
         pid = services.store_pid
         assert pid is not None
@@ -243,26 +347,41 @@ def main() -> int:
             host=url.hostname, port=url.port, username="default", password=""
         )
         for run in range(args.runs):
-            for variant in VARIANTS:
-                us = _insert_variant(client, pid, variant, bodies, rows)
-                results[variant[0]].append(us)
-                sys.stderr.write(f"run {run + 1}: {variant[0]}: {us:.2f} us/row\n")
-        queries = _query_costs(client, pid, bodies[FORMAT][:10], args.queries)
-    base = statistics.median(results[VARIANTS[0][0]])
+            last = run == args.runs - 1
+            for variant in variants:
+                got = _insert_variant(
+                    client, pid, variant, bodies, rows, args.queries if last else 0
+                )
+                results[variant.label].append(got.us_per_row)
+                parts[variant.label].append(got.parts)
+                if last:
+                    queries[variant.label] = got.query_ms
+                sys.stderr.write(
+                    f"run {run + 1}: {variant.label}: {got.us_per_row:.2f} us/row,"
+                    f" {got.parts} parts\n"
+                )
+    base = statistics.median(results[variants[0].label])
     print(
         f"{len(groups)} inserts of ~{rows // len(groups):,} rows, 100 ms apart, "
         f"medians of {args.runs} runs\n"
     )
-    print("| insert variant | endpoint CPU us/row | x as the sink writes | client encode us/row |")
-    print("| --- | --- | --- | --- |")
-    for label, _, fmt in VARIANTS:
+    print(
+        "| insert variant | endpoint CPU us/row | x as the sink writes | client encode us/row"
+        " | usage_events parts left |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for label, _, fmt, _ in variants:
         median = statistics.median(results[label])
-        print(f"| {label} | {median:.2f} | {median / base:.2f} | {encode_us[fmt]:.2f} |")
-    queried = len(bodies[FORMAT][:10])
-    print(f"\n| query ({queried} inserts, merges settled) | endpoint CPU ms/query |")
-    print("| --- | --- |")
-    for label, ms in queries.items():
-        print(f"| {label} | {ms:.2f} |")
+        span = "-".join(str(n) for n in sorted({min(parts[label]), max(parts[label])}))
+        print(f"| {label} | {median:.2f} | {median / base:.2f} | {encode_us[fmt]:.2f} | {span} |")
+    labels = [v.label for v in variants]
+    print(
+        f"\n| query (endpoint CPU ms, on the last run's parts) | {' | '.join(labels)} |\n"
+        f"| --- |{' --- |' * len(labels)}"
+    )
+    for query in queries[labels[0]]:
+        cells = " | ".join(f"{queries[label][query]:.2f}" for label in labels)
+        print(f"| {query} | {cells} |")
     return 0
 
 
