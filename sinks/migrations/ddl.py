@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from tokenpulse.errors import ConfigError
@@ -175,7 +176,31 @@ class AddColumn:
         return [f"ALTER TABLE {opts.database}.{t}{opts.on_cluster} {clause}" for t in targets]
 
 
-SchemaObject = Table | MaterializedView | View | AddColumn
+@dataclass(frozen=True)
+class TableSettings:
+    """MergeTree settings changed on an existing table; on a cluster, on its local tables.
+
+    Only for settings that tune how the server stores parts, never what a
+    query returns: a server too old to know one skips it (`known`), so the
+    schema stays the same everywhere.
+    """
+
+    table: str
+    settings: tuple[tuple[str, str], ...]
+
+    def render(self, opts: RenderOptions, known: Collection[str] | None = None) -> list[str]:
+        """The ALTER; `known`: the server's MergeTree setting names (None: all of them)."""
+        settings = [(k, v) for k, v in self.settings if known is None or k in known]
+        if not settings:
+            return []
+        assignments = ", ".join(f"{k} = {v}" for k, v in settings)
+        return [
+            f"ALTER TABLE {opts.database}.{self.table}{opts.local}{opts.on_cluster}"
+            f" MODIFY SETTING {assignments}"
+        ]
+
+
+SchemaObject = Table | MaterializedView | View | AddColumn | TableSettings
 
 
 @dataclass(frozen=True)
@@ -186,10 +211,16 @@ class Migration:
     name: str
     objects: tuple[SchemaObject, ...] = field(default_factory=tuple)
 
-    def statements(self, opts: RenderOptions) -> list[str]:
+    def statements(
+        self, opts: RenderOptions, known_settings: Collection[str] | None = None
+    ) -> list[str]:
+        """The DDL; `known_settings`: the server's MergeTree setting names (None: all)."""
         out: list[str] = []
         for obj in self.objects:
-            out.extend(obj.render(opts))
+            if isinstance(obj, TableSettings):
+                out.extend(obj.render(opts, known_settings))
+            else:
+                out.extend(obj.render(opts))
         return out
 
     @property

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tokenpulse.errors import TokenpulseError
-from tokenpulse.sinks.migrations.ddl import Migration, RenderOptions
+from tokenpulse.sinks.migrations.ddl import Migration, RenderOptions, TableSettings
 from tokenpulse.sinks.migrations.versions import MIGRATIONS
 
 
@@ -63,6 +63,12 @@ def applied_versions(client: Any, database: str) -> dict[int, str]:
     return {int(v): str(c) for v, c in rows}
 
 
+def merge_tree_setting_names(client: Any) -> frozenset[str]:
+    """The MergeTree settings this server knows (a TableSettings skips the others)."""
+    rows = client.query("SELECT name FROM system.merge_tree_settings").result_rows
+    return frozenset(str(r[0]) for r in rows)
+
+
 def migrate(
     client: Any,
     opts: RenderOptions,
@@ -89,6 +95,7 @@ def migrate(
         )
     applied: list[int] = []
     skipped: list[int] = []
+    known_settings: frozenset[str] | None = None  # read once, when a migration needs it
     for m in migrations:
         if m.version in done:
             if done[m.version] != m.checksum:
@@ -101,9 +108,11 @@ def migrate(
             if progress is not None:
                 progress(len(applied) + len(skipped), len(migrations))
             continue
-        # Every statement is IF NOT EXISTS / OR REPLACE, so a run cut short
-        # between a statement and the bookkeeping insert can simply be re-run.
-        for stmt in m.statements(opts):
+        if known_settings is None and any(isinstance(o, TableSettings) for o in m.objects):
+            known_settings = merge_tree_setting_names(client)
+        # Every statement is IF NOT EXISTS / OR REPLACE (or sets a value), so a run
+        # cut short between a statement and the bookkeeping insert can be re-run.
+        for stmt in m.statements(opts, known_settings):
             client.command(stmt)
         client.insert(
             f"{opts.database}.schema_migrations",

@@ -14,7 +14,7 @@ from tokenpulse.sinks.migrations import (
     RenderOptions,
     migrate,
 )
-from tokenpulse.sinks.migrations.ddl import View
+from tokenpulse.sinks.migrations.ddl import TableSettings, View
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +69,29 @@ def test_an_edited_applied_migration_is_refused(clickhouse_client: Any, unique_n
         # A new version is how a schema changes: it applies cleanly.
         nxt = Migration(MIGRATIONS[-1].version + 1, "extra view", (View("extra", "SELECT 1 AS x"),))
         assert migrate(clickhouse_client, opts, (*MIGRATIONS, nxt)).applied == (nxt.version,)
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {unique_name}")
+
+
+def test_merge_settings_apply_and_unknown_ones_are_skipped(
+    clickhouse_client: Any, unique_name: str
+) -> None:
+    opts = RenderOptions(database=unique_name)
+    try:
+        migrate(clickhouse_client, opts)
+        created = dict(_schema(clickhouse_client, unique_name))
+        assert "merge_selector_base = 10" in created["usage_events"]
+        assert "merge_selector_base" not in created["usage_by_minute"]
+        # A server that does not know a setting (an older ClickHouse) applies
+        # the rest of the migration and records it.
+        nxt = Migration(
+            MIGRATIONS[-1].version + 1,
+            "a setting of a future server",
+            (TableSettings("usage_events", (("no_such_merge_tree_setting", "1"),)),),
+        )
+        assert migrate(clickhouse_client, opts, (*MIGRATIONS, nxt)).applied == (nxt.version,)
+        after = dict(_schema(clickhouse_client, unique_name))
+        assert after["usage_events"] == created["usage_events"]
     finally:
         clickhouse_client.command(f"DROP DATABASE IF EXISTS {unique_name}")
 

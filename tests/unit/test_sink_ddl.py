@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tokenpulse.errors import ConfigError
-from tokenpulse.sinks.migrations import MIGRATIONS, RenderOptions, plan
+from tokenpulse.sinks.migrations import MIGRATIONS, Migration, RenderOptions, plan
+from tokenpulse.sinks.migrations.ddl import TableSettings
 
 
 def _all_sql(opts: RenderOptions) -> str:
@@ -79,3 +80,29 @@ def test_database_and_cluster_names_must_be_plain_identifiers(bad: str) -> None:
 def test_retention_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="retention_days"):
         RenderOptions(retention_days=0)
+
+
+def test_usage_events_merges_wider_on_one_node_and_on_each_shard() -> None:
+    single = _all_sql(RenderOptions(database="tp"))
+    assert "ALTER TABLE tp.usage_events MODIFY SETTING merge_selector_base = 10" in single
+    cluster = _all_sql(RenderOptions(database="tp", cluster="prod"))
+    # MergeTree settings live on the storage tables, not the Distributed front.
+    assert (
+        "ALTER TABLE tp.usage_events_local ON CLUSTER 'prod'"
+        " MODIFY SETTING merge_selector_base = 10" in cluster
+    )
+    assert "ALTER TABLE tp.usage_events ON CLUSTER" not in cluster
+    # The aggregate tables keep the server's default.
+    assert "usage_by_minute MODIFY SETTING" not in single
+
+
+def test_table_settings_the_server_does_not_know_are_skipped() -> None:
+    opts = RenderOptions(database="tp")
+    obj = TableSettings("t", (("a", "1"), ("b", "2")))
+    assert obj.render(opts) == ["ALTER TABLE tp.t MODIFY SETTING a = 1, b = 2"]
+    assert obj.render(opts, known={"b", "c"}) == ["ALTER TABLE tp.t MODIFY SETTING b = 2"]
+    assert obj.render(opts, known=frozenset()) == []
+    m = Migration(9, "settings", (obj,))
+    assert m.statements(opts, frozenset()) == []
+    # What the server knows never changes what was applied: the checksum renders all.
+    assert m.checksum == Migration(9, "settings", (obj,)).checksum
