@@ -23,7 +23,7 @@ and printed per row. Variants, interleaved run by run:
   format variants.
 In the last run, each variant's database is also queried as it was left
 (merges settled): SELECT 1, a count over one tenant, `tokenpulse bench`'s
-freshness poll and the worker's batched quota read of 50 tenants, so a
+freshness poll and the worker's quota read of 50 tenants (both forms), so a
 setting's price per query shows beside what it saves per row. One table of
 medians; compare rows within a run (the VM's speed moves).
 """
@@ -31,6 +31,7 @@ medians; compare rows within a run (the VM's speed moves).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import statistics
@@ -47,6 +48,7 @@ import lz4.frame
 import pyarrow as pa
 
 from tokenpulse.bench.services import obtain_services, proc_cpu_s
+from tokenpulse.config import ClickHouseTarget
 from tokenpulse.sinks._encode import (
     COLUMN_NAMES,
     EVENT_COLUMNS,
@@ -59,6 +61,7 @@ from tokenpulse.sinks.base import AcceptedEvent
 from tokenpulse.sinks.clickhouse import INSERT_SETTINGS
 from tokenpulse.sinks.migrations import RenderOptions, migrate
 from tokenpulse.sinks.synthetic import as_batches, random_events
+from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageRequest
 
 _ARROW_TYPES = {
     "String": pa.string(),
@@ -224,15 +227,34 @@ def _insert_variant(
 _QUOTA_BRANCHES = 50
 
 
-def _quota_read(db: str, tenants: Sequence[str]) -> str:
-    """The worker's batched quota read (`ClickHouseUsageReader._usage_chunk`), a branch a tenant."""
-    return " UNION ALL ".join(
-        f"SELECT toUInt32({i}) AS q, sum(input_tokens), sum(output_tokens)"
-        f" FROM {db}.usage_events WHERE (tenant_id = '{t}' OR startsWith(tenant_id, '{t}/'))"
-        " AND occurred_at >= {start:DateTime64(3, 'UTC')}"
-        " AND occurred_at < {end:DateTime64(3, 'UTC')}"
-        for i, t in enumerate(tenants)
-    )
+class _Captured(NamedTuple):
+    result_rows: list[tuple[Any, ...]]
+
+
+def _quota_reads(db: str, tenants: Sequence[str], start: datetime) -> dict[str, tuple[str, Any]]:
+    """The worker's quota read of these tenants' day, as `ClickHouseUsageReader` builds it:
+    over the minute totals (whole-minute bounds, the engine's) and over the events (other
+    bounds). Captured from the reader itself, so the bench runs the worker's own SQL."""
+    captured: list[tuple[str, dict[str, Any]]] = []
+
+    class Capture:
+        async def query(self, sql: str, parameters: dict[str, Any]) -> _Captured:
+            captured.append((sql, parameters))
+            first = 1 if "ARRAY JOIN" in sql else 0  # the minute read numbers quotas from 1
+            return _Captured([(first + q, 0, 0) for q in range(len(tenants))])
+
+    reader = ClickHouseUsageReader(ClickHouseTarget.parse(f"http://default:@127.0.0.1:1/{db}"))
+    reader._client = Capture()
+    end = start + timedelta(days=1)
+    asyncio.run(reader.usage_many([UsageRequest(t, None, start, end) for t in tenants]))
+    off_minute = end - timedelta(seconds=1)
+    asyncio.run(reader.usage_many([UsageRequest(t, None, start, off_minute) for t in tenants]))
+    (minutes, events) = captured
+    n = len(tenants)
+    return {
+        f"quota read, {n} tenants' day (minute totals)": (minutes[0], lambda: minutes[1]),
+        f"quota read, {n} tenants' day (events, a branch each)": (events[0], lambda: events[1]),
+    }
 
 
 def _query_costs(client: Any, pid: int, db: str, repeat: int) -> dict[str, float]:
@@ -241,7 +263,6 @@ def _query_costs(client: Any, pid: int, db: str, repeat: int) -> dict[str, float
         f"SELECT event_id FROM {db}.usage_events WHERE tenant_id = 'acme/a' LIMIT 1000"
     ).result_rows]  # fmt: skip
     since = datetime(2026, 11, 25, tzinfo=UTC)
-    day = {"start": since, "end": since + timedelta(days=1)}
     queries: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
         "SELECT 1": ("SELECT 1", dict),
         "count over one tenant": (
@@ -254,10 +275,7 @@ def _query_costs(client: Any, pid: int, db: str, repeat: int) -> dict[str, float
             " AND has({ids:Array(String)}, event_id)",
             lambda: {"t": "acme/a", "since": since, "ids": random.sample(ids, 20)},
         ),
-        f"quota read ({_QUOTA_BRANCHES} tenants' day)": (
-            _quota_read(db, _TENANTS[:_QUOTA_BRANCHES]),
-            lambda: day,
-        ),
+        **_quota_reads(db, _TENANTS[:_QUOTA_BRANCHES], since),
     }
     out: dict[str, float] = {}
     for label, (sql, params) in queries.items():

@@ -5,9 +5,12 @@ counters: a quota on a tenant prefix covers sub-tenants whose events land in
 other partitions (owned by other workers), so only the store that every
 worker writes to knows the whole total, and after a restart nothing has to
 be rebuilt. One check reads all its quotas at once (`usage_many`,
-`usage_by_model_many`): one UNION ALL query per up to `max_branches`
-quotas, the queries concurrently, since a round trip per quota made alert
-latency grow with the number of quotas a batch touched.
+`usage_by_model_many`): one query per up to `max_branches` quotas, the
+queries concurrently, since a round trip per quota made alert latency grow
+with the number of quotas a batch touched. Token quotas (periods are whole
+minutes) are read from the per-minute totals in one small query whatever
+their number; other bounds, and the cost rows, from usage_events with a
+UNION ALL branch per quota.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ log = logging.getLogger("tokenpulse.streams.usage_query")
 
 _T = TypeVar("_T")
 
-# Quotas per query. The server plans a query's branches one after another
+# Quotas per query. The server plans a UNION ALL's branches one after another
 # (~2-4 ms each on the embedded engine), so a big check is faster as several
 # queries planned on several cores: a check of 500 quotas took 2.2 s in
 # chunks of 200 and 1.0 s in chunks of 50 (embedded engine, 2 shared cores).
-# 50 branches also stay far below max_query_size and max_ast_elements.
+# 50 branches also stay far below max_query_size and max_ast_elements. The
+# query over the minute totals repeats each distinct subtree in its WHERE,
+# so it is chunked the same way.
 MAX_BRANCHES = 50
 # Chunks of one check, and the two kinds of read, go out together; the async
 # client (aiohttp, no session id) runs them on parallel connections.
@@ -133,18 +138,32 @@ class _Params:
         return f"{{{name}:{type_}}}"
 
 
-def _subtree(p: _Params, prefix: str, model: str | None, lo: datetime, hi: datetime) -> str:
+def _tenants(p: _Params, prefix: str) -> str:
     # `acme` covers `acme` and `acme/...`, never `acme2`. Both tests are on the
-    # primary key's first column and the range on its second, so each branch
-    # reads only its own granules.
-    sql = (
+    # primary key's first column, so a read picks only the subtree's granules.
+    return (
         f"(tenant_id = {p.bind('String', prefix)}"
         f" OR startsWith(tenant_id, {p.bind('String', prefix + '/')}))"
+    )
+
+
+def _subtree(p: _Params, prefix: str, model: str | None, lo: datetime, hi: datetime) -> str:
+    # The range is on usage_events' second key column.
+    sql = (
+        f"{_tenants(p, prefix)}"
         f" AND occurred_at >= {p.bind(_DT, lo)} AND occurred_at < {p.bind(_DT, hi)}"
     )
     if model is not None:
         sql += f" AND model = {p.bind('String', model)}"
     return sql
+
+
+def _on_minute(at: datetime) -> bool:
+    return at.second == 0 and at.microsecond == 0
+
+
+def _epoch_s(at: datetime) -> int:
+    return int(at.timestamp())
 
 
 class ClickHouseUsageReader:
@@ -277,6 +296,72 @@ class ClickHouseUsageReader:
         return [found[r] for r in requests]
 
     async def _usage_chunk(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        if all(_on_minute(r.start) and _on_minute(r.end) for r in requests):
+            return await self._usage_chunk_minutes(requests)
+        return await self._usage_chunk_events(requests)
+
+    async def _usage_chunk_minutes(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        """The chunk in one small query over `usage_by_minute`.
+
+        The per-minute totals hold the same rows as usage_events (the view is
+        fed by the same insert, retried inserts deduplicated in both), and a
+        quota period starts and ends on a minute, so the sums are exact. The
+        quotas travel as arrays, and each minute row is mapped to the quotas
+        it counts toward (`arrayFilter`): the server plans one query, where a
+        UNION ALL branch per quota cost ~3 ms of planning each and ~0.7 ms
+        per part of usage_events (BENCHMARKS.md, round 13). WHERE repeats
+        each subtree so that the primary key still picks the granules; its
+        OR is most of what the query costs to plan (~1.3 ms a subtree).
+        """
+        p = _Params()
+        # One time range for the chunk: a range per subtree cost more to plan
+        # (104 against 66 ms for 50 subtrees on the embedded engine) than the
+        # few extra minute rows it spares.
+        lo = min(r.start for r in requests)
+        hi = max(r.end for r in requests)
+        subtrees = " OR ".join(
+            _tenants(p, t) for t in dict.fromkeys(r.tenant_prefix for r in requests)
+        )
+        where = (
+            f"({subtrees}) AND minute >= toDateTime({p.bind('UInt32', _epoch_s(lo))}, 'UTC')"
+            f" AND minute < toDateTime({p.bind('UInt32', _epoch_s(hi))}, 'UTC')"
+        )
+        p.values.update(
+            q_t=[r.tenant_prefix for r in requests],
+            q_tp=[r.tenant_prefix + "/" for r in requests],
+            q_any=[int(r.model is None) for r in requests],
+            q_m=[r.model or "" for r in requests],
+            q_s=[_epoch_s(r.start) for r in requests],
+            q_e=[_epoch_s(r.end) for r in requests],
+            q_n=len(requests),
+        )
+        # The inner query merges the parts' rows of one minute (a part per
+        # insert) before each row is matched against every quota of the chunk.
+        sql = (
+            "SELECT q, sum(inp), sum(outp) FROM ("
+            "SELECT tenant_id, model, minute,"
+            " sum(input_tokens) AS inp, sum(output_tokens) AS outp"
+            f" FROM {self.database}.usage_by_minute WHERE {where}"
+            " GROUP BY tenant_id, model, minute)"
+            " ARRAY JOIN arrayFilter(x -> (tenant_id = {q_t:Array(String)}[x]"
+            " OR startsWith(tenant_id, {q_tp:Array(String)}[x]))"
+            " AND ({q_any:Array(UInt8)}[x] = 1 OR model = {q_m:Array(String)}[x])"
+            " AND toUInt32(minute) >= {q_s:Array(UInt32)}[x]"
+            " AND toUInt32(minute) < {q_e:Array(UInt32)}[x],"
+            " range(1, {q_n:UInt32} + 1)) AS q"
+            " GROUP BY q"
+        )
+        result = await self._query(sql, p.values)
+        # A quota with no rows in its period has no group: it used nothing.
+        out = [Usage(input_tokens=0, output_tokens=0)] * len(requests)
+        for q, inp, outp in result.result_rows:
+            if not 1 <= int(q) <= len(requests):
+                raise RuntimeError(f"usage query answered quota {q} of {len(requests)}")
+            out[int(q) - 1] = Usage(input_tokens=int(inp or 0), output_tokens=int(outp or 0))
+        return out
+
+    async def _usage_chunk_events(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        """The chunk over usage_events, a UNION ALL branch per quota: any [start, end)."""
         p = _Params()
         # Each branch is the single-quota query tagged with its index; an
         # aggregate without GROUP BY yields exactly one row, also for no events.

@@ -60,8 +60,8 @@ def _requests() -> list[UsageRequest]:
     return out  # 30
 
 
-def _expected(r: UsageRequest) -> Usage:
-    hit = [row for row in ROWS if tenant_matches(r.tenant_prefix, row[1])
+def _expected(r: UsageRequest, rows: Sequence[list[Any]] = ROWS) -> Usage:
+    hit = [row for row in rows if tenant_matches(r.tenant_prefix, row[1])
            and r.model in (None, row[3]) and r.start <= row[2] < r.end]  # fmt: skip
     return Usage(sum(row[4] for row in hit), sum(row[5] for row in hit))
 
@@ -140,3 +140,39 @@ async def test_usage_many_equals_usage_per_quota_and_the_rows(
     finally:
         await reader.close()
         await chunked.close()
+
+
+async def test_minute_aligned_periods_are_read_from_the_minute_totals(
+    services: Any, clickhouse_client: Any, clickhouse_database: str
+) -> None:
+    """Quota periods (always whole minutes) read usage_by_minute; other bounds the events."""
+    migrate(clickhouse_client, RenderOptions(database=clickhouse_database))
+    aligned = _requests()
+    # Rows on each period's edges: its first instant and last millisecond count,
+    # its end does not (the minute totals must keep [start, end) exact).
+    edges = [
+        [f"edge{n}-{k}", r.tenant_prefix, at, r.model or "m-new", 7 + k, 3, 0, 0]
+        for n, r in enumerate(aligned)
+        for k, at in enumerate((r.start, r.end - timedelta(milliseconds=1), r.end))
+    ]
+    rows = ROWS + edges
+    clickhouse_client.insert(f"{clickhouse_database}.usage_events", rows, column_names=COLS)
+    reader = ClickHouseUsageReader(
+        ClickHouseTarget.parse(services.clickhouse_url + clickhouse_database)
+    )
+    await reader.start()
+    try:
+        # Off the minute: only usage_events can answer it exactly.
+        odd = [UsageRequest(r.tenant_prefix, r.model, r.start + timedelta(minutes=50, seconds=30),
+                            r.end) for r in aligned]  # fmt: skip
+        assert await reader.usage_many(aligned) == [_expected(r, rows) for r in aligned]
+        assert await reader.usage_many(odd) == [_expected(r, rows) for r in odd]
+        assert [_expected(r, rows) for r in odd] != [_expected(r, rows) for r in aligned]
+        assert [_expected(r, rows) for r in aligned] != [_expected(r) for r in aligned]
+        # Without the events, the whole-minute periods still read their totals
+        # (from the minute table), the others read nothing.
+        clickhouse_client.command(f"TRUNCATE TABLE {clickhouse_database}.usage_events")
+        assert await reader.usage_many(aligned) == [_expected(r, rows) for r in aligned]
+        assert await reader.usage_many(odd) == [Usage(0, 0)] * len(odd)
+    finally:
+        await reader.close()

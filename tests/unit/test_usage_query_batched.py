@@ -31,11 +31,16 @@ class Result:
 
 @dataclass
 class FakeClient:
-    """Answers each branch q with (q, tenant number x 10, q): the tenant comes from the params."""
+    """Answers quota q (0-based) with tenant number x 10 input tokens and q output tokens.
+
+    The reader's one query over the minute totals numbers the quotas from 1
+    (`q_t` holds their tenants), its UNION ALL over the events from 0.
+    """
 
     delay_s: float = 0.0
     fail: list[BaseException] = field(default_factory=list)  # raised by the next queries
-    drop_row: bool = False
+    drop_row: bool = False  # the server has no row for one quota (it used nothing)
+    extra_row: bool = False  # ... or one for a quota nobody asked about
     queries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -55,10 +60,16 @@ class FakeClient:
         finally:
             self.in_flight -= 1
         rows = []
-        for q, branch in enumerate(sql.split(" UNION ALL ")):
-            assert branch.startswith(f"SELECT toUInt32({q}) AS q,")
-            tenant = parameters[re.search(r"tenant_id = \{(\w+):String\}", branch)[1]]  # type: ignore[index]
-            rows.append((q, int(tenant.removeprefix("t")) * 10, q))
+        if "ARRAY JOIN arrayFilter" in sql:
+            for q, tenant in enumerate(parameters["q_t"]):
+                rows.append((q + 1, int(tenant.removeprefix("t")) * 10, q))
+            if self.extra_row:
+                rows.append((len(rows) + 1, 1, 1))
+        else:
+            for q, branch in enumerate(sql.split(" UNION ALL ")):
+                assert branch.startswith(f"SELECT toUInt32({q}) AS q,")
+                tenant = parameters[re.search(r"tenant_id = \{(\w+):String\}", branch)[1]]  # type: ignore[index]
+                rows.append((q, int(tenant.removeprefix("t")) * 10, q))
         rows.reverse()  # the server's order is arbitrary
         return Result(rows[1:] if self.drop_row else rows)
 
@@ -82,12 +93,13 @@ async def test_one_query_per_max_branches_distinct_requests_in_request_order() -
     reader = _reader(client, max_branches=200)
     got = await reader.usage_many(requests + requests[:30])  # repeats are read once
     assert len(client.queries) == 3
-    assert [sql.count("UNION ALL") + 1 for sql, _ in client.queries] == [200, 200, 50]
+    assert [len(p["q_t"]) for _, p in client.queries] == [200, 200, 50]
     assert [u.input_tokens for u in got] == [i * 10 for i in range(450)] + [
         i * 10 for i in range(30)
     ]
-    # Shared values are bound once: 450 tenants x 2 + one model + one start + one end.
-    assert sum(len(p) for _, p in client.queries) == 450 * 2 + 3 * 3
+    # Shared values are bound once: 450 tenants x 2 (for the primary key), one
+    # start and one end, and the 7 parameters of each query's quota arrays.
+    assert sum(len(p) for _, p in client.queries) == 450 * 2 + 3 * (2 + 7)
     assert await reader.usage_many([]) == []
     assert len(client.queries) == 3
     assert _reader(client).max_branches == MAX_BRANCHES == 50
@@ -128,9 +140,25 @@ async def test_a_retriable_failure_is_waited_out_then_answered() -> None:
     assert len(client.queries) == 2
 
 
-async def test_a_missing_row_is_an_error_not_zero() -> None:
+async def test_a_quota_without_a_row_used_nothing_an_unknown_one_is_an_error() -> None:
+    # Over the minute totals a quota whose subtree has no rows in its period
+    # has no group: it used nothing. An answer about a quota not asked for is
+    # a wrong query, never silently dropped.
+    got = await _reader(FakeClient(drop_row=True)).usage_many(_requests(3))
+    assert got == [Usage(0, 0), Usage(10, 1), Usage(0, 0)]  # the third's row was dropped
+    with pytest.raises(RuntimeError, match="answered quota 4 of 3"):
+        await _reader(FakeClient(extra_row=True)).usage_many(_requests(3))
+
+
+async def test_bounds_off_the_minute_take_a_branch_per_quota_over_the_events() -> None:
+    client = FakeClient(drop_row=True)
+    odd = [UsageRequest(r.tenant_prefix, r.model, r.start, r.end + timedelta(seconds=1))
+           for r in _requests(3)]  # fmt: skip
     with pytest.raises(RuntimeError, match="returned 2 of 3 rows"):
-        await _reader(FakeClient(drop_row=True)).usage_many(_requests(3))
+        await _reader(client).usage_many(odd)
+    ((sql, _),) = client.queries
+    assert "usage_events" in sql
+    assert sql.count(" UNION ALL ") == 2
 
 
 async def test_a_retry_wait_gives_way_when_asked_to_abandon() -> None:
