@@ -306,48 +306,54 @@ class ClickHouseUsageReader:
         The per-minute totals hold the same rows as usage_events (the view is
         fed by the same insert, retried inserts deduplicated in both), and a
         quota period starts and ends on a minute, so the sums are exact. The
-        quotas travel as arrays, and each minute row is mapped to the quotas
-        it counts toward (`arrayFilter`): the server plans one query, where a
-        UNION ALL branch per quota cost ~3 ms of planning each and ~0.7 ms
-        per part of usage_events (BENCHMARKS.md, round 13). WHERE repeats
-        each subtree so that the primary key still picks the granules; its
-        OR is most of what the query costs to plan (~1.3 ms a subtree).
+        server plans one query, where a UNION ALL branch per quota cost ~3 ms
+        of planning each and ~0.7 ms per part of usage_events (BENCHMARKS.md,
+        round 13). The rows are first summed per tenant, model and span
+        between two of the chunk's period bounds (a handful of spans), and
+        only those sums are matched against the quotas (`arrayFilter` over
+        the quotas as arrays: its cost is rows x quotas). WHERE repeats each
+        subtree so that the primary key still picks the granules; that is
+        most of what the query costs to plan.
         """
         p = _Params()
+        # Span k of a minute = how many bounds are at or before it, so a quota
+        # [start, end) holds exactly the spans k with rank(start) <= k < rank(end).
+        bounds = sorted({_epoch_s(r.start) for r in requests} | {_epoch_s(r.end) for r in requests})
+        rank = {b: k for k, b in enumerate(bounds, 1)}
         # One time range for the chunk: a range per subtree cost more to plan
         # (104 against 66 ms for 50 subtrees on the embedded engine) than the
         # few extra minute rows it spares.
-        lo = min(r.start for r in requests)
-        hi = max(r.end for r in requests)
-        subtrees = " OR ".join(
-            _tenants(p, t) for t in dict.fromkeys(r.tenant_prefix for r in requests)
-        )
+        # The subtrees as one IN (the tenants themselves) and a startsWith per
+        # prefix: half the planning of an (= OR startsWith) pair per subtree.
+        prefixes = list(dict.fromkeys(r.tenant_prefix for r in requests))
+        below = " OR ".join(f"startsWith(tenant_id, {p.bind('String', t + '/')})" for t in prefixes)
         where = (
-            f"({subtrees}) AND minute >= toDateTime({p.bind('UInt32', _epoch_s(lo))}, 'UTC')"
-            f" AND minute < toDateTime({p.bind('UInt32', _epoch_s(hi))}, 'UTC')"
+            f"(tenant_id IN {{q_in:Array(String)}} OR {below})"
+            f" AND minute >= toDateTime({p.bind('UInt32', bounds[0])}, 'UTC')"
+            f" AND minute < toDateTime({p.bind('UInt32', bounds[-1])}, 'UTC')"
         )
         p.values.update(
+            q_in=prefixes,
+            q_bounds=bounds,
             q_t=[r.tenant_prefix for r in requests],
             q_tp=[r.tenant_prefix + "/" for r in requests],
             q_any=[int(r.model is None) for r in requests],
             q_m=[r.model or "" for r in requests],
-            q_s=[_epoch_s(r.start) for r in requests],
-            q_e=[_epoch_s(r.end) for r in requests],
+            q_s=[rank[_epoch_s(r.start)] for r in requests],
+            q_e=[rank[_epoch_s(r.end)] for r in requests],
             q_n=len(requests),
         )
-        # The inner query merges the parts' rows of one minute (a part per
-        # insert) before each row is matched against every quota of the chunk.
         sql = (
             "SELECT q, sum(inp), sum(outp) FROM ("
-            "SELECT tenant_id, model, minute,"
+            "SELECT tenant_id, model,"
+            " arrayCount(b -> b <= toUInt32(minute), {q_bounds:Array(UInt32)}) AS span,"
             " sum(input_tokens) AS inp, sum(output_tokens) AS outp"
             f" FROM {self.database}.usage_by_minute WHERE {where}"
-            " GROUP BY tenant_id, model, minute)"
+            " GROUP BY tenant_id, model, span)"
             " ARRAY JOIN arrayFilter(x -> (tenant_id = {q_t:Array(String)}[x]"
             " OR startsWith(tenant_id, {q_tp:Array(String)}[x]))"
             " AND ({q_any:Array(UInt8)}[x] = 1 OR model = {q_m:Array(String)}[x])"
-            " AND toUInt32(minute) >= {q_s:Array(UInt32)}[x]"
-            " AND toUInt32(minute) < {q_e:Array(UInt32)}[x],"
+            " AND span >= {q_s:Array(UInt32)}[x] AND span < {q_e:Array(UInt32)}[x],"
             " range(1, {q_n:UInt32} + 1)) AS q"
             " GROUP BY q"
         )

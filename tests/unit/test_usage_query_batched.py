@@ -97,9 +97,9 @@ async def test_one_query_per_max_branches_distinct_requests_in_request_order() -
     assert [u.input_tokens for u in got] == [i * 10 for i in range(450)] + [
         i * 10 for i in range(30)
     ]
-    # Shared values are bound once: 450 tenants x 2 (for the primary key), one
-    # start and one end, and the 7 parameters of each query's quota arrays.
-    assert sum(len(p) for _, p in client.queries) == 450 * 2 + 3 * (2 + 7)
+    # Shared values are bound once: 450 subtrees (for the primary key), one
+    # start and one end, and the 9 parameters of each query's quota arrays.
+    assert sum(len(p) for _, p in client.queries) == 450 + 3 * (2 + 9)
     assert await reader.usage_many([]) == []
     assert len(client.queries) == 3
     assert _reader(client).max_branches == MAX_BRANCHES == 50
