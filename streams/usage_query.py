@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from tokenpulse.config import ClickHouseTarget
@@ -158,12 +158,14 @@ def _subtree(p: _Params, prefix: str, model: str | None, lo: datetime, hi: datet
     return sql
 
 
-def _on_minute(at: datetime) -> bool:
-    return at.second == 0 and at.microsecond == 0
-
-
 def _epoch_s(at: datetime) -> int:
-    return int(at.timestamp())
+    # A naive datetime is UTC, as everywhere in tokenpulse (never the machine's zone).
+    return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
+
+
+def _on_minute(at: datetime) -> bool:
+    # On the UTC clock: a zone's offset may once have had seconds.
+    return at.microsecond == 0 and _epoch_s(at) % 60 == 0
 
 
 class ClickHouseUsageReader:

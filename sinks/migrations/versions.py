@@ -242,9 +242,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             # largest part: 10 instead of 5 rewrites each row fewer times on
             # its way to a big part. bench/endpoint_bench.py, 300 inserts of
             # 12,000 rows: the endpoint's CPU per inserted row 0.82x, 11
-            # active parts left instead of 8, the worker's 50-quota read
-            # 1.22x. 20 saved no more over that run but left 22 parts and
-            # made the quota read 1.9x. The server lowers the base towards 2
+            # active parts left instead of 8, a 50-quota UNION ALL over
+            # usage_events 1.22x (token quotas read the minute totals since).
+            # 20 saved no more over that run but left 22 parts and made that
+            # read 1.9x. The server lowers the base towards 2
             # as parts age and as a partition's part count grows, so old
             # parts still merge. The aggregate tables keep the default: their
             # rows are few and their reads many.

@@ -177,3 +177,15 @@ async def test_a_retry_wait_gives_way_when_asked_to_abandon() -> None:
         await asyncio.wait_for(task, 2.0)
     attempts = len(client.queries)
     assert 2 <= attempts <= 4
+
+
+async def test_minute_bounds_are_read_on_the_utc_clock_naive_ones_as_utc() -> None:
+    client = FakeClient()
+    naive = [UsageRequest(r.tenant_prefix, r.model, r.start.replace(tzinfo=None),
+                          r.end.replace(tzinfo=None)) for r in _requests(2)]  # fmt: skip
+    await _reader(client).usage_many(_requests(2))
+    await _reader(client).usage_many(naive)
+    aware_params, naive_params = (p for _, p in client.queries)
+    day = [int(START.timestamp()), int((START + timedelta(days=1)).timestamp())]
+    assert aware_params["q_bounds"] == day
+    assert naive_params["q_bounds"] == day
