@@ -61,7 +61,7 @@ from tokenpulse.sinks.base import AcceptedEvent
 from tokenpulse.sinks.clickhouse import INSERT_SETTINGS
 from tokenpulse.sinks.migrations import RenderOptions, migrate
 from tokenpulse.sinks.synthetic import as_batches, random_events
-from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageRequest
+from tokenpulse.streams.usage_query import ClickHouseUsageReader, ModelUsageRequest, UsageRequest
 
 _ARROW_TYPES = {
     "String": pa.string(),
@@ -232,14 +232,17 @@ class _Captured(NamedTuple):
 
 
 def _quota_reads(db: str, tenants: Sequence[str], start: datetime) -> dict[str, tuple[str, Any]]:
-    """The worker's quota read of these tenants' day, as `ClickHouseUsageReader` builds it:
-    over the minute totals (whole-minute bounds, the engine's) and over the events (other
-    bounds). Captured from the reader itself, so the bench runs the worker's own SQL."""
+    """The worker's quota reads of these tenants' day, as `ClickHouseUsageReader` builds
+    them: over the minute totals (whole-minute bounds, the engine's) and over the events
+    (other bounds), for token quotas and for cost quotas (month to date and the day).
+    Captured from the reader itself, so the bench runs the worker's own SQL."""
     captured: list[tuple[str, dict[str, Any]]] = []
 
     class Capture:
         async def query(self, sql: str, parameters: dict[str, Any]) -> _Captured:
             captured.append((sql, parameters))
+            if "sumIf" in sql:  # a cost read: no (tenant, model) rows is a valid answer
+                return _Captured([])
             first = 1 if "ARRAY JOIN" in sql else 0  # the minute read numbers quotas from 1
             return _Captured([(first + q, 0, 0) for q in range(len(tenants))])
 
@@ -249,11 +252,18 @@ def _quota_reads(db: str, tenants: Sequence[str], start: datetime) -> dict[str, 
     asyncio.run(reader.usage_many([UsageRequest(t, None, start, end) for t in tenants]))
     off_minute = end - timedelta(seconds=1)
     asyncio.run(reader.usage_many([UsageRequest(t, None, start, off_minute) for t in tenants]))
-    (minutes, events) = captured
+    month = start.replace(day=1)
+    costs = [ModelUsageRequest(t, None, month, start, end) for t in tenants]
+    asyncio.run(reader.usage_by_model_many(costs))
+    odd = [ModelUsageRequest(t, None, month, start, off_minute) for t in tenants]
+    asyncio.run(reader.usage_by_model_many(odd))
+    (minutes, events, cost_minutes, cost_events) = captured
     n = len(tenants)
     return {
         f"quota read, {n} tenants' day (minute totals)": (minutes[0], lambda: minutes[1]),
         f"quota read, {n} tenants' day (events, a branch each)": (events[0], lambda: events[1]),
+        f"cost quota read, {n} (minute totals)": (cost_minutes[0], lambda: cost_minutes[1]),
+        f"cost quota read, {n} (events, a branch each)": (cost_events[0], lambda: cost_events[1]),
     }
 
 

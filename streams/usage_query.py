@@ -7,10 +7,10 @@ worker writes to knows the whole total, and after a restart nothing has to
 be rebuilt. One check reads all its quotas at once (`usage_many`,
 `usage_by_model_many`): one query per up to `max_branches` quotas, the
 queries concurrently, since a round trip per quota made alert latency grow
-with the number of quotas a batch touched. Token quotas (periods are whole
-minutes) are read from the per-minute totals in one small query whatever
-their number; other bounds, and the cost rows, from usage_events with a
-UNION ALL branch per quota.
+with the number of quotas a batch touched. Quota periods are whole minutes,
+so token and cost quotas are read from the per-minute totals in one small
+query per chunk whatever their number; other bounds from usage_events with
+a UNION ALL branch per quota.
 """
 
 from __future__ import annotations
@@ -152,6 +152,36 @@ def _subtree(p: _Params, prefix: str, model: str | None, lo: datetime, hi: datet
     return sql
 
 
+# The quotas (numbered from 1) of a chunk that cover a row of `_spans`: its
+# subtree (`acme` covers `acme/x`, never `acme2`), its model if it has one,
+# and a span inside its period.
+_COVERING = (
+    "arrayFilter(x -> (tenant_id = {q_t:Array(String)}[x]"
+    " OR startsWith(tenant_id, {q_tp:Array(String)}[x]))"
+    " AND ({q_any:Array(UInt8)}[x] = 1 OR model = {q_m:Array(String)}[x])"
+    " AND span >= {q_s:Array(UInt32)}[x] AND span < {q_e:Array(UInt32)}[x],"
+    " range(1, {q_n:UInt32} + 1))"
+)
+
+
+def _quota_index(q: Any, n: int) -> int:
+    """The 0-based request of quota number `q` (from 1) of `_COVERING`, checked."""
+    if not 1 <= int(q) <= n:
+        raise RuntimeError(f"usage query answered quota {q} of {n}")
+    return int(q) - 1
+
+
+def _model_usage(row: Sequence[Any]) -> ModelUsage:
+    """A cost row: tenant, model, then the `_TOKEN_KINDS` before and within."""
+    types = [t for t, _ in _TOKEN_KINDS]
+    return ModelUsage(
+        tenant_id=str(row[0]),
+        model=str(row[1]),
+        before={t: int(v or 0) for t, v in zip(types, row[2:6], strict=True)},
+        within={t: int(v or 0) for t, v in zip(types, row[6:10], strict=True)},
+    )
+
+
 def _epoch_s(at: datetime) -> int:
     # A naive datetime is UTC, as everywhere in tokenpulse (never the machine's zone).
     return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
@@ -163,7 +193,7 @@ def _on_minute(at: datetime) -> bool:
 
 
 class ClickHouseUsageReader:
-    """Sums usage_events of `tenant_prefix` and its descendants in [start, end)."""
+    """Usage of `tenant_prefix` and its descendants in [start, end), from ClickHouse."""
 
     def __init__(
         self,
@@ -253,16 +283,7 @@ class ClickHouseUsageReader:
             params["m"] = model
         sql += " GROUP BY tenant_id, model"
         result = await self._query(sql, params)
-        types = [t for t, _ in _TOKEN_KINDS]
-        return [
-            ModelUsage(
-                tenant_id=str(r[0]),
-                model=str(r[1]),
-                before={t: int(v or 0) for t, v in zip(types, r[2:6], strict=True)},
-                within={t: int(v or 0) for t, v in zip(types, r[6:10], strict=True)},
-            )
-            for r in result.result_rows
-        ]
+        return [_model_usage(r) for r in result.result_rows]
 
     async def usage_many(self, requests: Sequence[UsageRequest]) -> list[Usage]:
         return await self._many(requests, self._usage_chunk)
@@ -304,25 +325,53 @@ class ClickHouseUsageReader:
         quota period starts and ends on a minute, so the sums are exact. The
         server plans one query, where a UNION ALL branch per quota cost ~3 ms
         of planning each and ~0.7 ms per part of usage_events (BENCHMARKS.md,
-        round 13). The rows are first summed per tenant, model and span
-        between two of the chunk's period bounds (a handful of spans), and
-        only those sums are matched against the quotas (`arrayFilter` over
-        the quotas as arrays: its cost is rows x quotas). WHERE repeats each
-        subtree so that the primary key still picks the granules; that is
-        most of what the query costs to plan.
+        round 13).
         """
         p = _Params()
+        inner, _ = self._spans(
+            p,
+            [(r.tenant_prefix, r.model, _epoch_s(r.start), _epoch_s(r.end)) for r in requests],
+            "sum(input_tokens) AS inp, sum(output_tokens) AS outp",
+        )
+        sql = f"SELECT q, sum(inp), sum(outp) FROM ({inner}) ARRAY JOIN {_COVERING} AS q GROUP BY q"
+        result = await self._query(sql, p.values)
+        # A quota with no rows in its period has no group: it used nothing.
+        out = [Usage(input_tokens=0, output_tokens=0)] * len(requests)
+        for q, inp, outp in result.result_rows:
+            out[_quota_index(q, len(requests))] = Usage(
+                input_tokens=int(inp or 0), output_tokens=int(outp or 0)
+            )
+        return out
+
+    def _spans(
+        self,
+        p: _Params,
+        periods: Sequence[tuple[str, str | None, int, int]],
+        sums: str,
+        splits: Sequence[int] = (),
+    ) -> tuple[str, dict[int, int]]:
+        """Rows of `usage_by_minute` under the subtrees, summed per tenant, model and span.
+
+        `periods` are (subtree, model or None, start, end) in epoch seconds on
+        the minute, one per quota of the chunk; the quotas are bound as arrays
+        for `_COVERING`, 1-based. The rows are summed per span between two of
+        the chunk's period bounds (a handful), and only those sums are matched
+        against the quotas: matching each minute row costs rows x quotas. WHERE
+        repeats each subtree so that the primary key still picks the granules;
+        that is most of what the query costs to plan. `splits` are more bounds
+        (epoch seconds on the minute) inside the periods; the span rank of
+        each bound comes back with the SQL.
+        """
         # Span k of a minute = how many bounds are at or before it, so a quota
         # [start, end) holds exactly the spans k with rank(start) <= k < rank(end).
-        periods = [(_epoch_s(r.start), _epoch_s(r.end)) for r in requests]
-        bounds = sorted({b for period in periods for b in period})
+        bounds = sorted({b for _, _, start, end in periods for b in (start, end)} | set(splits))
         rank = {b: k for k, b in enumerate(bounds, 1)}
         # One time range for the chunk: a range per subtree cost more to plan
         # (104 against 66 ms for 50 subtrees on the embedded engine) than the
         # few extra minute rows it spares.
         # The subtrees as one IN (the tenants themselves) and a startsWith per
         # prefix: half the planning of an (= OR startsWith) pair per subtree.
-        prefixes = list(dict.fromkeys(r.tenant_prefix for r in requests))
+        prefixes = list(dict.fromkeys(t for t, _, _, _ in periods))
         below = " OR ".join(f"startsWith(tenant_id, {p.bind('String', t + '/')})" for t in prefixes)
         where = (
             f"(tenant_id IN {{q_in:Array(String)}} OR {below})"
@@ -332,36 +381,21 @@ class ClickHouseUsageReader:
         p.values.update(
             q_in=prefixes,
             q_bounds=bounds,
-            q_t=[r.tenant_prefix for r in requests],
-            q_tp=[r.tenant_prefix + "/" for r in requests],
-            q_any=[int(r.model is None) for r in requests],
-            q_m=[r.model or "" for r in requests],
-            q_s=[rank[start] for start, _ in periods],
-            q_e=[rank[end] for _, end in periods],
-            q_n=len(requests),
+            q_t=[t for t, _, _, _ in periods],
+            q_tp=[t + "/" for t, _, _, _ in periods],
+            q_any=[int(m is None) for _, m, _, _ in periods],
+            q_m=[m or "" for _, m, _, _ in periods],
+            q_s=[rank[start] for _, _, start, _ in periods],
+            q_e=[rank[end] for _, _, _, end in periods],
+            q_n=len(periods),
         )
         sql = (
-            "SELECT q, sum(inp), sum(outp) FROM ("
             "SELECT tenant_id, model,"
             " arrayCount(b -> b <= toUInt32(minute), {q_bounds:Array(UInt32)}) AS span,"
-            " sum(input_tokens) AS inp, sum(output_tokens) AS outp"
-            f" FROM {self.database}.usage_by_minute WHERE {where}"
-            " GROUP BY tenant_id, model, span)"
-            " ARRAY JOIN arrayFilter(x -> (tenant_id = {q_t:Array(String)}[x]"
-            " OR startsWith(tenant_id, {q_tp:Array(String)}[x]))"
-            " AND ({q_any:Array(UInt8)}[x] = 1 OR model = {q_m:Array(String)}[x])"
-            " AND span >= {q_s:Array(UInt32)}[x] AND span < {q_e:Array(UInt32)}[x],"
-            " range(1, {q_n:UInt32} + 1)) AS q"
-            " GROUP BY q"
+            f" {sums} FROM {self.database}.usage_by_minute WHERE {where}"
+            " GROUP BY tenant_id, model, span"
         )
-        result = await self._query(sql, p.values)
-        # A quota with no rows in its period has no group: it used nothing.
-        out = [Usage(input_tokens=0, output_tokens=0)] * len(requests)
-        for q, inp, outp in result.result_rows:
-            if not 1 <= int(q) <= len(requests):
-                raise RuntimeError(f"usage query answered quota {q} of {len(requests)}")
-            out[int(q) - 1] = Usage(input_tokens=int(inp or 0), output_tokens=int(outp or 0))
-        return out
+        return sql, rank
 
     async def _usage_chunk_events(self, requests: Sequence[UsageRequest]) -> list[Usage]:
         """The chunk over usage_events, a UNION ALL branch per quota: any [start, end)."""
@@ -387,6 +421,53 @@ class ClickHouseUsageReader:
     async def _by_model_chunk(
         self, requests: Sequence[ModelUsageRequest]
     ) -> list[list[ModelUsage]]:
+        if all(_on_minute(t) for r in requests for t in (r.since, r.start, r.end)):
+            return await self._by_model_chunk_minutes(requests)
+        return await self._by_model_chunk_events(requests)
+
+    async def _by_model_chunk_minutes(
+        self, requests: Sequence[ModelUsageRequest]
+    ) -> list[list[ModelUsage]]:
+        """The chunk's cost rows in one query over `usage_by_minute`, as the token reads.
+
+        Billing splits each event's tokens (`_TOKEN_KINDS`); on the minute
+        totals the split is of each minute's sums, which is the same number
+        because validation holds cached <= input and reasoning <= output for
+        every accepted event. The minute totals also outlive a usage_events
+        retention shorter than the month that prices the period.
+        """
+        p = _Params()
+        starts = [_epoch_s(r.start) for r in requests]
+        inner, rank = self._spans(
+            p,
+            [
+                (r.tenant_prefix, r.model, min(_epoch_s(r.since), start), _epoch_s(r.end))
+                for r, start in zip(requests, starts, strict=True)
+            ],
+            ", ".join(f"sum({k}) AS k{i}" for i, (_, k) in enumerate(_TOKEN_KINDS)),
+            splits=starts,
+        )
+        # The period's own start splits month to date (before) from the period.
+        p.values["q_b"] = [rank[start] for start in starts]
+        split = "span < {q_b:Array(UInt32)}[q]"
+        before = ", ".join(f"sumIf(k{i}, {split})" for i in range(len(_TOKEN_KINDS)))
+        within = ", ".join(f"sumIf(k{i}, NOT {split})" for i in range(len(_TOKEN_KINDS)))
+        sql = (
+            f"SELECT q, tenant_id, model, {before}, {within} FROM ({inner})"
+            f" ARRAY JOIN {_COVERING} AS q GROUP BY q, tenant_id, model"
+        )
+        result = await self._query(sql, p.values)
+        out: list[list[ModelUsage]] = [[] for _ in requests]
+        for row in result.result_rows:
+            out[_quota_index(row[0], len(requests))].append(_model_usage(row[1:]))
+        for rows in out:
+            rows.sort(key=lambda u: (u.tenant_id, u.model))  # the server's order is arbitrary
+        return out
+
+    async def _by_model_chunk_events(
+        self, requests: Sequence[ModelUsageRequest]
+    ) -> list[list[ModelUsage]]:
+        """The chunk's cost rows over usage_events, a UNION ALL branch per quota: any bounds."""
         p = _Params()
         branches = []
         for i, r in enumerate(requests):
@@ -400,16 +481,8 @@ class ClickHouseUsageReader:
             )
         result = await self._query(" UNION ALL ".join(branches), p.values)
         out: list[list[ModelUsage]] = [[] for _ in requests]
-        types = [t for t, _ in _TOKEN_KINDS]
         for row in result.result_rows:
-            out[int(row[0])].append(
-                ModelUsage(
-                    tenant_id=str(row[1]),
-                    model=str(row[2]),
-                    before={t: int(v or 0) for t, v in zip(types, row[3:7], strict=True)},
-                    within={t: int(v or 0) for t, v in zip(types, row[7:11], strict=True)},
-                )
-            )
+            out[int(row[0])].append(_model_usage(row[1:]))
         for rows in out:
             rows.sort(key=lambda u: (u.tenant_id, u.model))  # the server's order is arbitrary
         return out

@@ -66,6 +66,26 @@ def _expected(r: UsageRequest, rows: Sequence[list[Any]] = ROWS) -> Usage:
     return Usage(sum(row[4] for row in hit), sum(row[5] for row in hit))
 
 
+def _expected_cost(r: ModelUsageRequest, rows: Sequence[list[Any]]) -> list[ModelUsage]:
+    """Billing's split of each event (invoice.py), summed per (tenant, model)."""
+    sums: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+    for row in rows:
+        if not (tenant_matches(r.tenant_prefix, row[1]) and r.model in (None, row[3])
+                and min(r.since, r.start) <= row[2] < r.end):  # fmt: skip
+            continue
+        side = sums.setdefault((row[1], row[3]), {"before": {}, "within": {}})
+        side = side["before" if row[2] < r.start else "within"]
+        split = {"input": row[4] - min(row[6], row[4]), "cached_input": row[6],
+                 "output": row[5] - min(row[7], row[5]), "reasoning": row[7]}  # fmt: skip
+        for kind, n in split.items():
+            side[kind] = side.get(kind, 0) + n
+    zero = dict.fromkeys(("input", "cached_input", "output", "reasoning"), 0)
+    return [
+        ModelUsage(t, m, {**zero, **s["before"]}, {**zero, **s["within"]})
+        for (t, m), s in sorted(sums.items())
+    ]
+
+
 class PerQuota:
     """The engine's read path before batching: one single-quota query each."""
 
@@ -148,12 +168,26 @@ async def test_minute_aligned_periods_are_read_from_the_minute_totals(
     """Quota periods (always whole minutes) read usage_by_minute; other bounds the events."""
     migrate(clickhouse_client, RenderOptions(database=clickhouse_database))
     aligned = _requests()
+    # Cost quotas: month to date since a day before, split at the period start.
+    costs = [ModelUsageRequest(r.tenant_prefix, r.model, r.start - timedelta(days=1), r.start,
+                               r.end) for r in aligned]  # fmt: skip
     # Rows on each period's edges: its first instant and last millisecond count,
-    # its end does not (the minute totals must keep [start, end) exact).
+    # its end does not (the minute totals must keep [start, end) exact); the
+    # millisecond before the start is the cost's month to date, and so is the
+    # first instant of `since`, but not the millisecond before it.
     edges = [
-        [f"edge{n}-{k}", r.tenant_prefix, at, r.model or "m-new", 7 + k, 3, 0, 0]
+        [f"edge{n}-{k}", r.tenant_prefix, at, r.model or "m-new", 7 + k, 3 + k, k, 1]
         for n, r in enumerate(aligned)
-        for k, at in enumerate((r.start, r.end - timedelta(milliseconds=1), r.end))
+        for k, at in enumerate(
+            (
+                r.start,
+                r.end - timedelta(milliseconds=1),
+                r.end,
+                r.start - timedelta(milliseconds=1),
+                r.start - timedelta(days=1),
+                r.start - timedelta(days=1, milliseconds=1),
+            )
+        )
     ]
     rows = ROWS + edges
     clickhouse_client.insert(f"{clickhouse_database}.usage_events", rows, column_names=COLS)
@@ -169,10 +203,23 @@ async def test_minute_aligned_periods_are_read_from_the_minute_totals(
         assert await reader.usage_many(odd) == [_expected(r, rows) for r in odd]
         assert [_expected(r, rows) for r in odd] != [_expected(r, rows) for r in aligned]
         assert [_expected(r, rows) for r in aligned] != [_expected(r) for r in aligned]
+        odd_costs = [ModelUsageRequest(r.tenant_prefix, r.model, r.since,
+                                       r.start + timedelta(seconds=30), r.end)
+                     for r in costs]  # fmt: skip
+        cost_rows = [_expected_cost(r, rows) for r in costs]
+        assert sum(map(len, cost_rows)) > 60
+        assert await reader.usage_by_model_many(costs) == cost_rows
+        assert await reader.usage_by_model_many(odd_costs) == [
+            _expected_cost(r, rows) for r in odd_costs
+        ]
+        assert [_expected_cost(r, rows) for r in odd_costs] != cost_rows
         # Without the events, the whole-minute periods still read their totals
         # (from the minute table), the others read nothing.
         clickhouse_client.command(f"TRUNCATE TABLE {clickhouse_database}.usage_events")
         assert await reader.usage_many(aligned) == [_expected(r, rows) for r in aligned]
         assert await reader.usage_many(odd) == [Usage(0, 0)] * len(odd)
+        # So cost quotas outlive a usage_events retention shorter than a month.
+        assert await reader.usage_by_model_many(costs) == cost_rows
+        assert await reader.usage_by_model_many(odd_costs) == [[]] * len(odd_costs)
     finally:
         await reader.close()

@@ -19,7 +19,12 @@ from tokenpulse.config import ClickHouseTarget
 from tokenpulse.errors import ConfigError, ServiceUnavailable
 from tokenpulse.streams.quota_logic import Usage
 from tokenpulse.streams.retry import RetryAbandoned
-from tokenpulse.streams.usage_query import MAX_BRANCHES, ClickHouseUsageReader, UsageRequest
+from tokenpulse.streams.usage_query import (
+    MAX_BRANCHES,
+    ClickHouseUsageReader,
+    ModelUsageRequest,
+    UsageRequest,
+)
 
 START = datetime(2026, 11, 25, tzinfo=UTC)
 
@@ -189,3 +194,53 @@ async def test_minute_bounds_are_read_on_the_utc_clock_naive_ones_as_utc() -> No
     day = [int(START.timestamp()), int((START + timedelta(days=1)).timestamp())]
     assert aware_params["q_bounds"] == day
     assert naive_params["q_bounds"] == day
+
+
+@dataclass
+class CostClient:
+    """Answers a cost query with one row per quota: its tenant, model `m`, 1..8 tokens."""
+
+    answer_quota: int | None = None  # answer this quota number instead (a wrong query)
+    queries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> Result:
+        self.queries.append((sql, parameters))
+        if "ARRAY JOIN" in sql:
+            n = len(parameters["q_t"])
+            return Result([(self.answer_quota or q, parameters["q_t"][q - 1], "m", *range(1, 9))
+                           for q in range(n, 0, -1)])  # fmt: skip
+        return Result([(q, "t", "m", *range(1, 9)) for q in range(sql.count("SELECT"))])
+
+
+def _cost_requests(n: int, start: datetime = START) -> list[ModelUsageRequest]:
+    month = START.replace(day=1)
+    return [
+        ModelUsageRequest(f"t{i}", None, month, start, START + timedelta(days=1)) for i in range(n)
+    ]
+
+
+async def test_cost_rows_on_the_minute_are_one_query_over_the_minute_totals() -> None:
+    client = CostClient()
+    got = await _reader(client).usage_by_model_many(_cost_requests(3))
+    ((sql, params),) = client.queries
+    assert "usage_by_minute" in sql
+    assert "usage_events" not in sql
+    # month start, period start, period end: the period's start is span 2.
+    assert params["q_bounds"] == [int(START.replace(day=1).timestamp()), int(START.timestamp()),
+                                  int((START + timedelta(days=1)).timestamp())]  # fmt: skip
+    assert (params["q_s"], params["q_b"], params["q_e"]) == ([1] * 3, [2] * 3, [3] * 3)
+    assert [[u.tenant_id for u in rows] for rows in got] == [["t0"], ["t1"], ["t2"]]
+    assert dict(got[0][0].before) == {"input": 1, "cached_input": 2, "output": 3, "reasoning": 4}
+    assert dict(got[0][0].within) == {"input": 5, "cached_input": 6, "output": 7, "reasoning": 8}
+    with pytest.raises(RuntimeError, match="answered quota 7 of 3"):
+        await _reader(CostClient(answer_quota=7)).usage_by_model_many(_cost_requests(3))
+
+
+async def test_cost_rows_off_the_minute_take_a_branch_per_quota_over_the_events() -> None:
+    client = CostClient()
+    odd = _cost_requests(3, START + timedelta(seconds=30))
+    got = await _reader(client).usage_by_model_many(odd)
+    ((sql, _),) = client.queries
+    assert "usage_events" in sql
+    assert sql.count(" UNION ALL ") == 2
+    assert [len(rows) for rows in got] == [1, 1, 1]
