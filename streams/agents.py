@@ -63,6 +63,8 @@ def build_worker(
         max_group_records=settings.write_max_records,
         max_group_bytes=settings.write_max_bytes,
         min_write_interval_s=settings.write_min_interval_ms / 1000.0,
+        max_write_interval_s=settings.write_max_interval_ms / 1000.0,
+        records_behind=lambda: sum(runtime.lag().values()),
     )
     transport = app.transport
     assert isinstance(transport, BatchTransport), "create_faust_app installs BatchTransport"

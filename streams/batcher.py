@@ -41,6 +41,8 @@ class RecordBatcher(Generic[_P]):
         max_group_records: int | None = None,
         max_group_bytes: int | None = None,
         min_write_interval_s: float = 0.0,
+        max_write_interval_s: float | None = None,
+        records_behind: Callable[[], int] | None = None,
     ) -> None:
         if max_records <= 0 or max_bytes <= 0 or flush_interval_s < 0:
             raise ValueError("max_records and max_bytes must be > 0, flush_interval_s >= 0")
@@ -50,6 +52,8 @@ class RecordBatcher(Generic[_P]):
             raise ValueError("max_group_records and max_group_bytes must be > 0")
         if min_write_interval_s < 0:
             raise ValueError("min_write_interval_s must be >= 0")
+        if max_write_interval_s is not None and max_write_interval_s < min_write_interval_s:
+            raise ValueError("max_write_interval_s must be >= min_write_interval_s")
         self.prepare = prepare
         self.complete = complete
         self.max_records = max_records
@@ -77,6 +81,15 @@ class RecordBatcher(Generic[_P]):
         # before it started: the store's fixed cost per insert (and the parts
         # it then merges) is paid a bounded number of times a second.
         self.min_write_interval_s = min_write_interval_s
+        # ... and up to this long while the worker is behind (see
+        # _start_completion), so that a backlog is written in fewer, larger
+        # inserts. `records_behind`: the records of the assigned partitions
+        # that are not durable yet (Kafka's high watermarks minus the
+        # durable positions); None: never behind.
+        self.max_write_interval_s = (
+            min_write_interval_s if max_write_interval_s is None else max_write_interval_s
+        )
+        self.records_behind = records_behind
         self._last_start = -math.inf
         self._timer: asyncio.TimerHandle | None = None
         self._inflight: asyncio.Task[None] | None = None
@@ -205,7 +218,11 @@ class RecordBatcher(Generic[_P]):
 
         A group below its limits waits until `min_write_interval_s` has passed
         since the previous group started (a timer starts it then); a full one
-        never waits.
+        never waits. While more than a full group's records wait in Kafka
+        beyond the queued group (a backlog), it waits up to
+        `max_write_interval_s` instead, to fill up: the store pays its fixed
+        cost per insert (and merges a part) once per full group. A worker
+        that keeps up is never that far behind, so it writes as before.
         """
         if self._inflight is not None or not self._queued or self._failure is not None:
             return
@@ -214,7 +231,10 @@ class RecordBatcher(Generic[_P]):
             self._queued_records >= self.max_group_records
             or self._queued_bytes >= self.max_group_bytes
         )
-        wait_s = self._last_start + self.min_write_interval_s - loop.time()
+        interval_s = self.min_write_interval_s
+        if not full and self._behind():
+            interval_s = self.max_write_interval_s
+        wait_s = self._last_start + interval_s - loop.time()
         if not full and wait_s > 0:
             if self._timer is None:
                 self._timer = loop.call_later(wait_s, self._interval_over)
@@ -229,6 +249,12 @@ class RecordBatcher(Generic[_P]):
         task = asyncio.create_task(self.complete(group))
         self._inflight = task
         task.add_done_callback(self._completed)
+
+    def _behind(self) -> bool:
+        """More than a full group waits beyond the queued one (asked with no write in flight)."""
+        if self.records_behind is None or self.max_write_interval_s <= self.min_write_interval_s:
+            return False
+        return self.records_behind() - self._queued_records >= self.max_group_records
 
     def _interval_over(self) -> None:
         self._timer = None

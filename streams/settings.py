@@ -149,6 +149,12 @@ class WorkerSettings:
         cost per insert (~30 ms of CPU with the three materialized views) and merges every
         part it writes: at moderate load, writes as fast as they return cost the embedded
         endpoint more CPU than the rows. 0 writes each group as soon as the last returns.
+    write_max_interval_ms: TOKENPULSE_WRITE_MAX_INTERVAL_MS (1000, or the minimum if that is
+        longer); while more than write_max_records records wait in Kafka beyond the queued
+        group (a backlog), a write that is not full waits to fill up, at most this long after
+        the previous one started: a backlog is written in full inserts, which cost the store
+        less CPU per row. A worker that keeps up is never that far behind. Equal to
+        write_min_interval_ms: off.
     quota_check_interval_s: TOKENPULSE_QUOTA_CHECK_INTERVAL_S (5 s); how often the worker
         checks quotas without traffic: changed definitions, periods that ended. It also checks
         every quota once at start, which gives the early check its base (a quota that was never
@@ -197,6 +203,7 @@ class WorkerSettings:
     write_max_records: int = 50_000
     write_max_bytes: int = 32 * 1024 * 1024
     write_min_interval_ms: int = 200
+    write_max_interval_ms: int = 1000
     quota_check_interval_s: float = 5.0
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
@@ -241,6 +248,13 @@ class WorkerSettings:
                 f"got {self.write_min_interval_ms}",
                 details={"setting": "TOKENPULSE_WRITE_MIN_INTERVAL_MS"},
             )
+        if not self.write_min_interval_ms <= self.write_max_interval_ms <= 60_000:
+            raise ConfigError(
+                f"TOKENPULSE_WRITE_MAX_INTERVAL_MS must be within "
+                f"TOKENPULSE_WRITE_MIN_INTERVAL_MS ({self.write_min_interval_ms})..60000, "
+                f"got {self.write_max_interval_ms}",
+                details={"setting": "TOKENPULSE_WRITE_MAX_INTERVAL_MS"},
+            )
         if not 0 < self.quota_check_interval_s <= 3600:
             raise ConfigError(
                 f"TOKENPULSE_QUOTA_CHECK_INTERVAL_S must be within (0, 3600], "
@@ -281,6 +295,7 @@ class WorkerSettings:
         base = Settings.from_env(env)
         app_id = env.get("TOKENPULSE_WORKER_GROUP") or "tokenpulse-worker"
         keyring = env.get("TOKENPULSE_KEYRING_FILE")
+        write_min_interval_ms = int(_num(env, "TOKENPULSE_WRITE_MIN_INTERVAL_MS", 200))
         data_dir = env.get("TOKENPULSE_WORKER_DATA_DIR")
         return cls(
             kafka_bootstrap_servers=base.kafka_bootstrap_servers,
@@ -302,7 +317,11 @@ class WorkerSettings:
             fetch_max_wait_ms=int(_num(env, "TOKENPULSE_FETCH_MAX_WAIT_MS", 100)),
             write_max_records=int(_num(env, "TOKENPULSE_WRITE_MAX_RECORDS", 50_000)),
             write_max_bytes=int(_num(env, "TOKENPULSE_WRITE_MAX_BYTES", 32 * 1024 * 1024)),
-            write_min_interval_ms=int(_num(env, "TOKENPULSE_WRITE_MIN_INTERVAL_MS", 200)),
+            write_min_interval_ms=write_min_interval_ms,
+            # A longer minimum alone raises the maximum with it.
+            write_max_interval_ms=int(
+                _num(env, "TOKENPULSE_WRITE_MAX_INTERVAL_MS", max(1000, write_min_interval_ms))
+            ),
             quota_check_interval_s=_num(env, "TOKENPULSE_QUOTA_CHECK_INTERVAL_S", 5.0),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),

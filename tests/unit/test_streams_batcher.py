@@ -354,6 +354,97 @@ def test_a_group_starts_no_sooner_than_the_write_interval_after_the_last_unless_
     asyncio.run(main())
 
 
+def test_a_worker_behind_writes_full_groups_and_one_that_keeps_up_writes_as_before() -> None:
+    # While more than a full group's records wait in Kafka beyond the queued
+    # group, a partial group waits up to max_write_interval_s to fill up; once
+    # the worker is no longer that far behind, min_write_interval_s applies.
+    starts: list[tuple[float, list[int]]] = []
+    behind = [0]
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        behind[0] = max(0, behind[0] - len(records))
+        return records[0].offset
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        written = asyncio.Event()
+
+        async def complete(group: list[int]) -> None:
+            starts.append((loop.time(), group))
+            written.set()
+
+        async def next_write() -> None:
+            written.clear()
+            await asyncio.wait_for(written.wait(), 5)
+
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0,
+                          max_pending=100, max_group_records=6,
+                          min_write_interval_s=0.1, max_write_interval_s=0.6,
+                          records_behind=lambda: behind[0])  # fmt: skip
+        runner = asyncio.create_task(b.run())
+        await b.offer(_recs(0, 2))  # the first write: nothing before it
+        await next_write()
+        # A backlog: 20 records in Kafka, arriving 2 every 0.08 s.
+        behind[0] = 20
+        t_backlog = loop.time()
+        for start in range(2, 22, 2):
+            await b.offer(_recs(start, 2))
+            await asyncio.sleep(0.08)
+        while len(starts) < 4:
+            await next_write()
+        # Caught up: a lone batch goes at the minimum interval again.
+        await asyncio.sleep(0.7)
+        t_lone = loop.time()
+        await b.offer(_recs(22, 2))
+        await next_write()
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        groups = [g for _, g in starts]
+        # Full groups while behind by more than a group (20 -> 14 -> 8 left),
+        # then the rest at the minimum interval.
+        assert groups[:3] == [[0], [2, 4, 6], [8, 10, 12]], groups
+        assert groups[-1] == [22]
+        assert starts[1][0] - t_backlog > 0.14  # not at 0.1 s: it waited to fill up (0.16 s)
+        assert starts[-1][0] - t_lone < 0.1  # the interval since the last write is over
+        with pytest.raises(ValueError, match="max_write_interval_s"):
+            RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0,
+                          min_write_interval_s=0.2, max_write_interval_s=0.1)  # fmt: skip
+
+    asyncio.run(main())
+
+
+def test_a_partial_group_goes_at_the_max_interval_however_far_behind() -> None:
+    starts: list[float] = []
+
+    async def prepare(records: Sequence[InRecord]) -> int:
+        return records[0].offset
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        written = asyncio.Event()
+
+        async def complete(group: list[int]) -> None:
+            starts.append(loop.time())
+            written.set()
+
+        b = RecordBatcher(prepare, complete, max_records=2, flush_interval_s=0.0,
+                          max_group_records=1000, min_write_interval_s=0.05,
+                          max_write_interval_s=0.4, records_behind=lambda: 10**9)  # fmt: skip
+        runner = asyncio.create_task(b.run())
+        await b.offer(_recs(0, 2))
+        await asyncio.wait_for(written.wait(), 5)
+        written.clear()
+        await b.offer(_recs(2, 2))  # far behind, but nothing more arrives
+        await asyncio.wait_for(written.wait(), 5)
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+        assert 0.38 < starts[1] - starts[0] < 0.8
+
+    asyncio.run(main())
+
+
 def test_a_stopped_loop_leaves_a_group_waiting_for_its_interval_unwritten() -> None:
     written: list[list[int]] = []
 

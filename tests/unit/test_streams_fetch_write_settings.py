@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ def test_defaults_and_environment() -> None:
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (262144, 100, 200)
     assert s.flush_interval_ms == 0  # what arrived is prepared at once (early quota checks)
     assert s.quota_check_interval_s == 5.0
+    assert s.write_max_interval_ms == 1000  # only while the worker is behind
     s = WorkerSettings.from_env(
         {
             **ENV,
@@ -32,6 +34,15 @@ def test_defaults_and_environment() -> None:
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (1, 0, 0)
     assert s.flush_interval_ms == 500
     assert s.quota_check_interval_s == 0.5
+    assert s.write_max_interval_ms == 1000
+    # A longer minimum alone takes the maximum with it; a maximum below the
+    # minimum is an error that names both.
+    s = WorkerSettings.from_env({**ENV, "TOKENPULSE_WRITE_MIN_INTERVAL_MS": "25000"})
+    assert (s.write_min_interval_ms, s.write_max_interval_ms) == (25000, 25000)
+    expected = "TOKENPULSE_WRITE_MAX_INTERVAL_MS must be within TOKENPULSE_WRITE_MIN_INTERVAL_MS"
+    with pytest.raises(ConfigError, match=re.escape(expected + " (300)..60000, got 200")):
+        WorkerSettings.from_env({**ENV, "TOKENPULSE_WRITE_MIN_INTERVAL_MS": "300",
+                                 "TOKENPULSE_WRITE_MAX_INTERVAL_MS": "200"})  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -41,6 +52,7 @@ def test_defaults_and_environment() -> None:
         ("TOKENPULSE_FETCH_MAX_WAIT_MS", "-1"),
         ("TOKENPULSE_FETCH_MAX_WAIT_MS", "60000"),
         ("TOKENPULSE_WRITE_MIN_INTERVAL_MS", "-5"),
+        ("TOKENPULSE_WRITE_MAX_INTERVAL_MS", "60001"),
         ("TOKENPULSE_QUOTA_CHECK_INTERVAL_S", "0"),
     ],
 )
