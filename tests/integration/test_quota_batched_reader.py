@@ -1,9 +1,10 @@
 """Batched usage reads on the real ClickHouse engine equal the single-quota reads.
 
-About 30 quotas over hierarchical tenants (with `acme2`, a string prefix
-match of `acme` that is not its child), models and periods in several time
-zones: `usage_many` (one query, and chunked) must answer exactly what
-`usage` answers per quota and what the rows say, and so for the cost rows.
+About 45 quotas over hierarchical tenants (with `acme2`, a string prefix
+match of `acme` that is not its child, and ids with regex punctuation),
+models and periods in several time zones: `usage_many` (one query, and
+chunked) must answer exactly what `usage` answers per quota and what the
+rows say, and so for the cost rows.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from tokenpulse.streams.usage_query import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 NOW = datetime(2026, 11, 25, 7, 30, tzinfo=UTC)  # 23:30 the day before in Los Angeles
-TENANTS = ("acme", "acme/research", "acme/research/agent-7", "acme2", "acme2/x", "beta")
+# "a.b:c-d" (regex punctuation) must not cover "aXb:c-d/x".
+TENANTS = ("acme", "acme/research", "acme/research/agent-7", "acme2", "acme2/x", "beta",
+           "a.b:c-d", "a.b:c-d/e_f", "aXb:c-d/x")  # fmt: skip
 PERIODS = (("hour", "UTC"), ("day", "UTC"), ("day", "America/Los_Angeles"),
            ("month", "Asia/Kolkata"), ("week", "Europe/Berlin"))  # fmt: skip
 COLS = ["event_id", "tenant_id", "occurred_at", "model", "input_tokens", "output_tokens",
@@ -57,7 +60,7 @@ def _requests() -> list[UsageRequest]:
             model = (None, "m-large", "m-small")[(n + p) % 3]
             start, end = period_bounds(period, NOW, tz)
             out.append(UsageRequest(tenant, model, start, end))
-    return out  # 30
+    return out  # 45
 
 
 def _expected(r: UsageRequest, rows: Sequence[list[Any]] = ROWS) -> Usage:

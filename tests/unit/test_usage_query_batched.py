@@ -103,8 +103,8 @@ async def test_one_query_per_max_branches_distinct_requests_in_request_order() -
         i * 10 for i in range(30)
     ]
     # Shared values are bound once: 450 subtrees (for the primary key), one
-    # start and one end, and the 9 parameters of each query's quota arrays.
-    assert sum(len(p) for _, p in client.queries) == 450 + 3 * (2 + 9)
+    # start and one end, and the 10 parameters of each query's quota arrays.
+    assert sum(len(p) for _, p in client.queries) == 450 + 3 * (2 + 10)
     assert await reader.usage_many([]) == []
     assert len(client.queries) == 3
     assert _reader(client).max_branches == MAX_BRANCHES == 50
@@ -182,6 +182,29 @@ async def test_a_retry_wait_gives_way_when_asked_to_abandon() -> None:
         await asyncio.wait_for(task, 2.0)
     attempts = len(client.queries)
     assert 2 <= attempts <= 4
+
+
+@dataclass
+class Recorder:
+    """Records the queries; no rows (a valid answer of the minute read)."""
+
+    queries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> Result:
+        self.queries.append((sql, parameters))
+        return Result([])
+
+
+async def test_subtrees_are_one_anchored_regular_expression_of_literal_prefixes() -> None:
+    client = Recorder()
+    await _reader(client).usage_many(
+        [UsageRequest(t, None, START, START + timedelta(days=1)) for t in ("t1", "a.b:c-d")]
+    )
+    ((sql, params),) = client.queries
+    assert params["q_re"] == r"^(?:t1\/|a\.b\:c\-d\/)"
+    # The startsWith terms only pick granules; rows are matched by the expression.
+    assert "indexHint(tenant_id IN {q_in:Array(String)} OR startsWith(" in sql
+    assert "OR match(tenant_id, {q_re:String})" in sql
 
 
 async def test_minute_bounds_are_read_on_the_utc_clock_naive_ones_as_utc() -> None:

@@ -1,0 +1,138 @@
+"""What the worker's quota read costs the endpoint on a tenant hierarchy, by quotas per query.
+
+Usage: .venv/bin/python bench/quota_read_bench.py [--orgs 50] [--teams 20] [--agents 20]
+       [--minutes 30] [--quotas 50 500] [--chunks 50 100 250] [--runs 5]
+
+A fresh embedded endpoint gets `usage_by_minute` rows of orgs x teams x
+agents leaf tenants (`org1/team2/agent3`, 20,000 by default), `--minutes`
+rows each within one day, merged into one part. The quotas are on random
+tenants of the hierarchy: 70 % agents, 20 % teams, 10 % orgs (a prefix
+quota covers 400 or 20 tenants). The reader's own SQL is captured
+(`ClickHouseUsageReader.usage_many` with `max_branches` = the chunk) and
+run `--runs` times; printed: the endpoint's CPU per check (median) and
+per quota. `bench/ab.sh REV PAIRS quota_read_bench.py ...` compares a commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import statistics
+import tempfile
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+import clickhouse_connect
+from sink_bench import _start_endpoint  # bench/ is on sys.path when run as a script
+
+from tokenpulse.bench.services import proc_cpu_s
+from tokenpulse.config import ClickHouseTarget
+from tokenpulse.sinks.migrations import RenderOptions, migrate
+from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageRequest
+
+DAY = datetime(2026, 11, 25, tzinfo=UTC)
+_DB = "quota_read_bench"
+_COLS = ["tenant_id", "model", "minute", "events", "input_tokens", "output_tokens",
+         "cached_input_tokens", "reasoning_tokens", "gpu_seconds"]  # fmt: skip
+
+
+class _Rows(NamedTuple):
+    result_rows: list[tuple[Any, ...]]
+
+
+class _Capture:
+    """A client that records the reader's queries and answers no rows (a valid answer)."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple[str, dict[str, Any]]] = []
+
+    async def query(self, sql: str, parameters: dict[str, Any]) -> _Rows:
+        self.queries.append((sql, parameters))
+        return _Rows([])
+
+
+def _queries(requests: list[UsageRequest], chunk: int) -> list[tuple[str, dict[str, Any]]]:
+    reader = ClickHouseUsageReader(
+        ClickHouseTarget.parse(f"http://default:@127.0.0.1:1/{_DB}"), max_branches=chunk
+    )
+    capture = _Capture()
+    reader._client = capture
+    asyncio.run(reader.usage_many(requests))
+    return capture.queries
+
+
+def _seed(client: Any, tenants: list[str], minutes: int) -> None:
+    rows = [
+        [t, ("gpt-4o", "claude", "llama")[i % 3], DAY + timedelta(minutes=m * 7 + i % 5),
+         1, 100, 10, 0, 0, 0.0]
+        for i, t in enumerate(tenants)
+        for m in range(minutes)
+    ]  # fmt: skip
+    for start in range(0, len(rows), 200_000):
+        client.insert(f"{_DB}.usage_by_minute", rows[start : start + 200_000], column_names=_COLS)
+    client.command(f"OPTIMIZE TABLE {_DB}.usage_by_minute FINAL")
+
+
+def _quotas(tenants: list[str], n: int, rnd: random.Random) -> list[UsageRequest]:
+    out = []
+    for _ in range(n):
+        tenant, x = rnd.choice(tenants), rnd.random()
+        if x < 0.2:
+            tenant = tenant.rsplit("/", 1)[0]  # a team
+        elif x < 0.3:
+            tenant = tenant.split("/")[0]  # an org
+        out.append(UsageRequest(tenant, None, DAY, DAY + timedelta(days=1)))
+    return list(dict.fromkeys(out))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--orgs", type=int, default=50)
+    parser.add_argument("--teams", type=int, default=20)
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--quotas", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--chunks", type=int, nargs="+", default=[50, 100, 250])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    tenants = [
+        f"org{o}/team{t}/agent{a}"
+        for o in range(args.orgs)
+        for t in range(args.teams)
+        for a in range(args.agents)
+    ]
+    data_dir = tempfile.mkdtemp(prefix="tp-quota-read-")
+    proc, url = _start_endpoint(data_dir)
+    try:
+        client = clickhouse_connect.get_client(dsn=url)
+        migrate(client, RenderOptions(database=_DB))
+        _seed(client, tenants, args.minutes)
+        rnd = random.Random(1)
+        print(f"{len(tenants):,} leaf tenants, {len(tenants) * args.minutes:,} minute rows;"
+              f" medians of {args.runs} checks\n")  # fmt: skip
+        print("| quotas | quotas per query | queries | endpoint CPU ms a check | ms a quota |")
+        print("| --- | --- | --- | --- | --- |")
+        for n in args.quotas:
+            requests = _quotas(tenants, n, rnd)
+            for chunk in (c for c in args.chunks if c <= max(args.chunks[0], len(requests))):
+                queries = _queries(requests, chunk)
+                costs = []
+                for _ in range(args.runs):
+                    before = proc_cpu_s(proc.pid)
+                    for sql, params in queries:
+                        client.query(sql, parameters=params)
+                    costs.append((proc_cpu_s(proc.pid) - before) * 1e3)
+                ms = statistics.median(costs)
+                print(f"| {len(requests)} | {chunk} | {len(queries)} | {ms:,.0f}"
+                      f" | {ms / len(requests):.2f} |")  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
