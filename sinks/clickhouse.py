@@ -38,6 +38,7 @@ from tokenpulse.sinks._encode import (
 from tokenpulse.sinks._retry import RetryPolicy, SinkWriteError, with_retries
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.sinks.migrations.ddl import check_identifier
+from tokenpulse.sinks.migrations.versions import WORKER_OBJECTS
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -267,8 +268,17 @@ class ClickHouseSink(UsageSink):
             )
 
         self._client = await with_retries("connect", self.retry, connect, self._where)
+        try:
+            await self._prepare_session()
+        except BaseException:
+            await self.close()  # a start that fails leaves no connection behind
+            raise
+
+    async def _prepare_session(self) -> None:
+        """The insert settings this server knows, and the schema the worker needs."""
         wanted = _WANTED_SETTINGS
         client = self._client
+        assert client is not None
 
         async def known_settings() -> Any:
             return await client.query(
@@ -284,6 +294,39 @@ class ClickHouseSink(UsageSink):
         )
         for warning in warnings:
             log.warning("%s (%s)", warning, self._where)
+        await self._check_schema()
+
+    async def _check_schema(self) -> None:
+        """Refuse a database without the tables and views the worker's numbers depend on."""
+        client = self._client
+        assert client is not None
+
+        async def present() -> Any:
+            return await client.query(
+                "SELECT name FROM system.tables"
+                " WHERE database = {db:String} AND name IN {names:Array(String)}",
+                parameters={"db": self.database, "names": list(WORKER_OBJECTS)},
+            )
+
+        result = await with_retries("schema query", self.retry, present, self._where)
+        found = {str(row[0]) for row in result.result_rows}
+        missing = [name for name in WORKER_OBJECTS if name not in found]
+        if not missing:
+            return
+        details = {"database": self.database, "missing": missing}
+        if WORKER_OBJECTS[0] in missing:
+            raise ConfigError(
+                f"database {self.database} has no {', '.join(missing)}: run"
+                " `tokenpulse db migrate` for it before starting the worker",
+                details=details,
+            )
+        raise ConfigError(
+            f"database {self.database} lacks {', '.join(missing)} (dropped by hand?): quota"
+            " checks and reports read the totals these views fill from each insert into"
+            " usage_events, and would count less than the events; re-create them as"
+            ' docs/operations.md says ("A dropped view") before starting the worker',
+            details=details,
+        )
 
     async def close(self) -> None:
         if self._client is not None:

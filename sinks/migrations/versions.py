@@ -253,3 +253,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
 )
+
+# What the worker writes, and the views that fill what its quota checks and
+# the reports read from each insert into usage_events: the sink refuses to
+# start on a database that lacks any of them (a view dropped by hand would
+# leave the quotas counting less than the events, silently).
+WORKER_OBJECTS: tuple[str, ...] = tuple(
+    o.name for o in MIGRATIONS[0].objects if isinstance(o, Table | MaterializedView)
+)

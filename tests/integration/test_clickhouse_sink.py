@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import clickhouse_connect
 import pytest
 
-from tokenpulse.errors import ServiceUnavailable
+from tokenpulse.errors import ConfigError, ServiceUnavailable
 from tokenpulse.schemas import UsageEvent
 from tokenpulse.sinks._retry import RetryPolicy, SinkWriteError
 from tokenpulse.sinks.base import AcceptedEvent, SinkBatch
@@ -377,6 +378,29 @@ async def test_missing_table_is_a_clear_non_retriable_error(
     events = _events(5, prefix="nt")
     (batch,) = as_batches(events, partitions=1)
     url = services.clickhouse_url
+    # The sink refuses to start on a database that was never migrated...
+    with pytest.raises(ConfigError, match=r"has no usage_events, .*: run `tokenpulse db migrate`"):
+        async with ClickHouseSink(url, database=clickhouse_database, retry=FAST):
+            pass
+    # ... and a table gone while it runs is a clear non-retriable write error.
+    client = clickhouse_connect.get_client(dsn=url)
+    migrate(client, RenderOptions(database=clickhouse_database))
     async with ClickHouseSink(url, database=clickhouse_database, retry=FAST) as s:
+        client.command(f"DROP TABLE {clickhouse_database}.usage_events")
         with pytest.raises(SinkWriteError, match="db migrate"):
             await s.write(batch)
+
+
+async def test_a_dropped_view_stops_the_start_naming_it(
+    services: Any, clickhouse_database: str
+) -> None:
+    # Quota checks read usage_by_minute: without its view they would count
+    # less than usage_events, silently.
+    url = services.clickhouse_url
+    client = clickhouse_connect.get_client(dsn=url)
+    migrate(client, RenderOptions(database=clickhouse_database))
+    client.command(f"DROP VIEW {clickhouse_database}.usage_by_minute_mv")
+    with pytest.raises(ConfigError, match=r"lacks usage_by_minute_mv .*A dropped view") as err:
+        async with ClickHouseSink(url, database=clickhouse_database, retry=FAST):
+            pass
+    assert err.value.details["missing"] == ["usage_by_minute_mv"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +15,7 @@ from tokenpulse.sinks.migrations import (
     MigrationError,
     RenderOptions,
     migrate,
+    plan,
 )
 from tokenpulse.sinks.migrations.ddl import TableSettings, View
 
@@ -112,9 +115,16 @@ def test_cli_db_migrate_and_status(
         assert main(["db", "status"]) == 0
         out = capsys.readouterr().out
         assert out.count("applied") == len(MIGRATIONS)
+        assert "MISSING" not in out
         ddl = dict(_schema(clickhouse_client, unique_name))["usage_events"]
         assert "TTL" in ddl
         assert "400" in ddl
+        # A view dropped by hand is named, with where to read what to do.
+        clickhouse_client.command(f"DROP VIEW {unique_name}.usage_by_hour_mv")
+        assert main(["db", "status"]) == 0
+        assert "MISSING: usage_by_hour_mv (dropped by hand?)" in capsys.readouterr().out
+        assert main(["db", "status", "--format", "json"]) == 0
+        assert json.loads(capsys.readouterr().out)["missing"] == ["usage_by_hour_mv"]
     finally:
         clickhouse_client.command(f"DROP DATABASE IF EXISTS {unique_name}")
 
@@ -124,3 +134,49 @@ def test_cli_prints_cluster_ddl_without_a_server(capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "ON CLUSTER 'prod'" in out
     assert "ReplicatedSummingMergeTree" in out
+
+
+def test_a_dropped_view_is_restored_as_docs_operations_says(
+    clickhouse_client: Any, clickhouse_database: str
+) -> None:
+    """docs/operations.md, "A dropped view": re-create it, refill the months of the gap."""
+    db = clickhouse_database
+    opts = RenderOptions(database=db)
+    migrate(clickhouse_client, opts)
+    cols = ["event_id", "tenant_id", "occurred_at", "model", "input_tokens", "output_tokens"]
+
+    def insert(prefix: str, month: int) -> None:
+        rows = [[f"{prefix}{i}", f"t{i % 3}", datetime(2026, month, 1 + i % 20, tzinfo=UTC),
+                 "m", 10 + i, 1] for i in range(60)]  # fmt: skip
+        clickhouse_client.insert(f"{db}.usage_events", rows, column_names=cols)
+
+    def minute_totals() -> tuple[int, int]:
+        row = clickhouse_client.query(
+            f"SELECT sum(events), sum(input_tokens) FROM {db}.usage_by_minute_totals"
+        ).result_rows[0]
+        return int(row[0]), int(row[1])
+
+    def events() -> tuple[int, int]:
+        row = clickhouse_client.query(
+            f"SELECT count(), sum(input_tokens) FROM {db}.usage_events"
+        ).result_rows[0]
+        return int(row[0]), int(row[1])
+
+    insert("a", 11)
+    clickhouse_client.command(f"DROP VIEW {db}.usage_by_minute_mv")
+    insert("b", 12)  # the gap: usage_events only
+    assert minute_totals() != events()
+    # 1. The view's statement, as `tokenpulse db migrate --print-sql` prints it.
+    (create,) = [s for _, s in plan(opts) if f"{db}.usage_by_minute_mv " in s]
+    clickhouse_client.command(create)
+    # 2. The months of the gap, refilled with the view's own SELECT.
+    select = create.split("\nAS ", 1)[1]
+    clickhouse_client.command(f"ALTER TABLE {db}.usage_by_minute DROP PARTITION 202612")
+    where = " WHERE toYYYYMM(occurred_at) = 202612 GROUP BY"
+    clickhouse_client.command(
+        f"INSERT INTO {db}.usage_by_minute {select.replace(' GROUP BY', where, 1)}"
+    )
+    # 3. The totals equal the events again, and the view counts new inserts.
+    assert minute_totals() == events()
+    insert("c", 12)
+    assert minute_totals() == events()

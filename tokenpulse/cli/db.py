@@ -113,6 +113,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from tokenpulse.sinks._client import sync_client
     from tokenpulse.sinks.migrations import MIGRATIONS, applied_versions, check_identifier
+    from tokenpulse.sinks.migrations.ddl import MaterializedView, Table, View
 
     settings = Settings.from_env()
     database = check_identifier(_database(args, settings), "database")
@@ -124,6 +125,13 @@ def _status(args: argparse.Namespace) -> int:
             parameters={"db": database},
         ).result_rows[0][0]
         done = applied_versions(client, database) if int(exists) else {}
+        present = {
+            str(r[0])
+            for r in client.query(
+                "SELECT name FROM system.tables WHERE database = {db:String}",
+                parameters={"db": database},
+            ).result_rows
+        }
     finally:
         client.close()
     rows = []
@@ -132,9 +140,25 @@ def _status(args: argparse.Namespace) -> int:
         if m.version in done and done[m.version] != m.checksum:
             state = "CHANGED"
         rows.append({"version": m.version, "state": state, "name": m.name})
+    # Tables and views of applied migrations that are gone (dropped by hand):
+    # migrate does not re-create them, and the worker refuses to start.
+    missing = sorted(
+        {
+            o.name
+            for m in MIGRATIONS
+            if m.version in done
+            for o in m.objects
+            if isinstance(o, Table | MaterializedView | View) and o.name not in present
+        }
+    )
     if args.format == "json":
-        write_json({"database": database, "migrations": rows})
+        write_json({"database": database, "migrations": rows, "missing": missing})
         return 0
     for row in rows:
         sys.stdout.write(f"{row['version']:>4}  {row['state']:<8} {row['name']}\n")
+    if missing:
+        sys.stdout.write(
+            f"MISSING: {', '.join(missing)} (dropped by hand?): see docs/operations.md,"
+            ' "A dropped view"\n'
+        )
     return 0
