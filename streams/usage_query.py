@@ -362,15 +362,18 @@ class ClickHouseUsageReader:
         the minute, one per quota of the chunk; the quotas are bound as arrays
         for `_COVERING`, 1-based. The rows are summed per span between two of
         the chunk's period bounds (a handful), and only those sums are matched
-        against the quotas: matching each minute row costs rows x quotas. WHERE
-        repeats each subtree so that the primary key still picks the granules;
-        that is most of what the query costs to plan, so it does only that
+        against the quotas: matching each minute row costs rows x quotas.
+
+        WHERE repeats each subtree so that the primary key still picks the
+        granules (most of what the query costs to plan), but only for that
         (`indexHint`): evaluated on every row read, the OR of a `startsWith`
-        per subtree was most of what the query cost to run (one regular
-        expression for all of them: 0.62x the endpoint CPU for 500 quotas of
-        a 20,000-tenant hierarchy, BENCHMARKS.md round 14). `splits` are more bounds
-        (epoch seconds on the minute) inside the periods; the span rank of
-        each bound comes back with the SQL.
+        per subtree was most of what it cost to run. Rows are matched by one
+        regular expression of the subtrees instead (0.55x the endpoint CPU
+        for 474 quotas of a 20,000-tenant hierarchy, BENCHMARKS.md round
+        14); `_COVERING` stays the exact match.
+
+        `splits` are more bounds (epoch seconds on the minute) inside the
+        periods; the span rank of each bound comes back with the SQL.
         """
         # Span k of a minute = how many bounds are at or before it, so a quota
         # [start, end) holds exactly the spans k with rank(start) <= k < rank(end).
