@@ -208,14 +208,35 @@ def test_clickhouse_outage_pauses_without_commit_then_totals_exact(
         proxy.close()
 
 
-def test_non_retriable_sink_error_exits_nonzero_with_a_clear_line(
+def test_an_unmigrated_database_stops_the_start_with_a_clear_line(
     env: Env, workers: list[Worker]
 ) -> None:
-    # The database exists but `db migrate` never ran: every query fails with
-    # UNKNOWN_TABLE, which no retry can fix.
+    # The database exists but `db migrate` never ran: refused before any record.
     worker = Worker(env, "w1")
     workers.append(worker)
     produce(env.bootstrap, env.topics.usage, [record(event("acme", 1))])
+    deadline = time.monotonic() + 120
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    log = worker.log.read_text(errors="replace")
+    assert worker.proc.returncode not in (None, 0), log[-4000:]
+    assert f"database {env.database} has no usage_events" in log
+    assert "run `tokenpulse db migrate` for it before starting the worker" in log
+    assert "resuming after durable offset" not in log  # never took a partition
+
+
+def test_non_retriable_sink_error_exits_nonzero_with_a_clear_line(
+    env: Env, workers: list[Worker]
+) -> None:
+    # usage_events dropped under a running worker: every insert fails with
+    # UNKNOWN_TABLE, which no retry can fix.
+    migrate(env.client, RenderOptions(database=env.database))
+    worker = Worker(env, "w1")
+    workers.append(worker)
+    produce(env.bootstrap, env.topics.usage, [record(event("acme", 1))])
+    wait_until(lambda: committed(env) == 1, 120, "the first record committed", workers)
+    env.client.command(f"DROP TABLE {env.database}.usage_events")
+    produce(env.bootstrap, env.topics.usage, [record(event("acme", 2))])
     deadline = time.monotonic() + 120
     while worker.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -224,4 +245,4 @@ def test_non_retriable_sink_error_exits_nonzero_with_a_clear_line(
     assert "worker stopping" in log
     assert "SinkWriteError" in log
     assert f"exiting with code {EXIT_FATAL}" in log
-    assert committed(env) == 0
+    assert committed(env) == 1
