@@ -46,9 +46,9 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 import lz4.frame
 import pyarrow as pa
+from quota_read_bench import ReaderSql  # bench/ is on sys.path when run as a script
 
 from tokenpulse.bench.services import obtain_services, proc_cpu_s
-from tokenpulse.config import ClickHouseTarget
 from tokenpulse.sinks._encode import (
     COLUMN_NAMES,
     EVENT_COLUMNS,
@@ -61,7 +61,7 @@ from tokenpulse.sinks.base import AcceptedEvent
 from tokenpulse.sinks.clickhouse import INSERT_SETTINGS
 from tokenpulse.sinks.migrations import RenderOptions, migrate
 from tokenpulse.sinks.synthetic import as_batches, random_events
-from tokenpulse.streams.usage_query import ClickHouseUsageReader, ModelUsageRequest, UsageRequest
+from tokenpulse.streams.usage_query import ModelUsageRequest, UsageRequest
 
 _ARROW_TYPES = {
     "String": pa.string(),
@@ -227,27 +227,20 @@ def _insert_variant(
 _QUOTA_BRANCHES = 50
 
 
-class _Captured(NamedTuple):
-    result_rows: list[tuple[Any, ...]]
-
-
 def _quota_reads(db: str, tenants: Sequence[str], start: datetime) -> dict[str, tuple[str, Any]]:
     """The worker's quota reads of these tenants' day, as `ClickHouseUsageReader` builds
     them: over the minute totals (whole-minute bounds, the engine's) and over the events
     (other bounds), for token quotas and for cost quotas (month to date and the day).
     Captured from the reader itself, so the bench runs the worker's own SQL."""
-    captured: list[tuple[str, dict[str, Any]]] = []
 
-    class Capture:
-        async def query(self, sql: str, parameters: dict[str, Any]) -> _Captured:
-            captured.append((sql, parameters))
-            if "sumIf" in sql:  # a cost read: no (tenant, model) rows is a valid answer
-                return _Captured([])
-            first = 1 if "ARRAY JOIN" in sql else 0  # the minute read numbers quotas from 1
-            return _Captured([(first + q, 0, 0) for q in range(len(tenants))])
+    def answer(sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if "sumIf" in sql:  # a cost read: no (tenant, model) rows is a valid answer
+            return []
+        first = 1 if "ARRAY JOIN" in sql else 0  # the minute read numbers quotas from 1
+        return [(first + q, 0, 0) for q in range(len(tenants))]
 
-    reader = ClickHouseUsageReader(ClickHouseTarget.parse(f"http://default:@127.0.0.1:1/{db}"))
-    reader._client = Capture()
+    capture = ReaderSql(db, answer=answer)
+    reader = capture.reader
     end = start + timedelta(days=1)
     asyncio.run(reader.usage_many([UsageRequest(t, None, start, end) for t in tenants]))
     off_minute = end - timedelta(seconds=1)
@@ -257,7 +250,7 @@ def _quota_reads(db: str, tenants: Sequence[str], start: datetime) -> dict[str, 
     asyncio.run(reader.usage_by_model_many(costs))
     odd = [ModelUsageRequest(t, None, month, start, off_minute) for t in tenants]
     asyncio.run(reader.usage_by_model_many(odd))
-    (minutes, events, cost_minutes, cost_events) = captured
+    (minutes, events, cost_minutes, cost_events) = capture.queries
     n = len(tenants)
     return {
         f"quota read, {n} tenants' day (minute totals)": (minutes[0], lambda: minutes[1]),

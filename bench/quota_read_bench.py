@@ -21,6 +21,7 @@ import random
 import shutil
 import statistics
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ from sink_bench import _start_endpoint  # bench/ is on sys.path when run as a sc
 from tokenpulse.bench.services import proc_cpu_s
 from tokenpulse.config import ClickHouseTarget
 from tokenpulse.sinks.migrations import RenderOptions, migrate
-from tokenpulse.streams.usage_query import ClickHouseUsageReader, UsageRequest
+from tokenpulse.streams.usage_query import MAX_BRANCHES, ClickHouseUsageReader, UsageRequest
 
 DAY = datetime(2026, 11, 25, tzinfo=UTC)
 _DB = "quota_read_bench"
@@ -42,25 +43,34 @@ class _Rows(NamedTuple):
     result_rows: list[tuple[Any, ...]]
 
 
-class _Capture:
-    """A client that records the reader's queries and answers no rows (a valid answer)."""
+Answer = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 
-    def __init__(self) -> None:
+
+class ReaderSql:
+    """A `ClickHouseUsageReader` whose client records the queries it sends.
+
+    `answer` gives each query's rows (default: none, a valid answer of the
+    minute reads). The benches run the worker's own SQL, not a copy of it.
+    Also used by bench/endpoint_bench.py.
+    """
+
+    def __init__(self, db: str, *, max_branches: int = MAX_BRANCHES, answer: Answer | None = None):
         self.queries: list[tuple[str, dict[str, Any]]] = []
+        self._answer = answer
+        self.reader = ClickHouseUsageReader(
+            ClickHouseTarget.parse(f"http://default:@127.0.0.1:1/{db}"), max_branches=max_branches
+        )
+        self.reader._client = self
 
     async def query(self, sql: str, parameters: dict[str, Any]) -> _Rows:
         self.queries.append((sql, parameters))
-        return _Rows([])
+        return _Rows(self._answer(sql, parameters) if self._answer is not None else [])
 
 
 def _queries(requests: list[UsageRequest], chunk: int) -> list[tuple[str, dict[str, Any]]]:
-    reader = ClickHouseUsageReader(
-        ClickHouseTarget.parse(f"http://default:@127.0.0.1:1/{_DB}"), max_branches=chunk
-    )
-    capture = _Capture()
-    reader._client = capture
-    asyncio.run(reader.usage_many(requests))
-    return capture.queries
+    sql = ReaderSql(_DB, max_branches=chunk)
+    asyncio.run(sql.reader.usage_many(requests))
+    return sql.queries
 
 
 def _seed(client: Any, tenants: list[str], minutes: int) -> None:

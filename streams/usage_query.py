@@ -188,6 +188,22 @@ def _model_usage(row: Sequence[Any]) -> ModelUsage:
     )
 
 
+def _cost_rows(
+    rows: Sequence[Sequence[Any]], n: int, index: Callable[[Any], int]
+) -> list[list[ModelUsage]]:
+    """Rows of (quota number, then a `_model_usage` row) as each of `n` quotas' sorted list.
+
+    `index` maps a row's quota number to its request (the two reads number
+    their quotas differently).
+    """
+    out: list[list[ModelUsage]] = [[] for _ in range(n)]
+    for row in rows:
+        out[index(row[0])].append(_model_usage(row[1:]))
+    for found in out:
+        found.sort(key=lambda u: (u.tenant_id, u.model))  # the server's order is arbitrary
+    return out
+
+
 def _epoch_s(at: datetime) -> int:
     # A naive datetime is UTC, as everywhere in tokenpulse (never the machine's zone).
     return int((at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp())
@@ -472,12 +488,9 @@ class ClickHouseUsageReader:
             f" ARRAY JOIN {_COVERING} AS q GROUP BY q, tenant_id, model"
         )
         result = await self._query(sql, p.values)
-        out: list[list[ModelUsage]] = [[] for _ in requests]
-        for row in result.result_rows:
-            out[_quota_index(row[0], len(requests))].append(_model_usage(row[1:]))
-        for rows in out:
-            rows.sort(key=lambda u: (u.tenant_id, u.model))  # the server's order is arbitrary
-        return out
+        return _cost_rows(
+            result.result_rows, len(requests), lambda q: _quota_index(q, len(requests))
+        )
 
     async def _by_model_chunk_events(
         self, requests: Sequence[ModelUsageRequest]
@@ -495,12 +508,7 @@ class ClickHouseUsageReader:
                 f" FROM {self.database}.usage_events WHERE {where} GROUP BY tenant_id, model"
             )
         result = await self._query(" UNION ALL ".join(branches), p.values)
-        out: list[list[ModelUsage]] = [[] for _ in requests]
-        for row in result.result_rows:
-            out[int(row[0])].append(_model_usage(row[1:]))
-        for rows in out:
-            rows.sort(key=lambda u: (u.tenant_id, u.model))  # the server's order is arbitrary
-        return out
+        return _cost_rows(result.result_rows, len(requests), int)
 
     async def _query(self, sql: str, params: dict[str, Any]) -> Any:
         async with self._slots:
