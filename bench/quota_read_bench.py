@@ -1,16 +1,23 @@
 """What the worker's quota read costs the endpoint on a tenant hierarchy, by quotas per query.
 
 Usage: .venv/bin/python bench/quota_read_bench.py [--orgs 50] [--teams 20] [--agents 20]
-       [--minutes 30] [--quotas 50 500] [--chunks 50 100 250] [--runs 5]
+       [--minutes 30] [--spacing-minutes 7] [--period day] [--quotas 50 500]
+       [--chunks 50 100 250] [--runs 5]
 
-A fresh embedded endpoint gets `usage_by_minute` rows of orgs x teams x
-agents leaf tenants (`org1/team2/agent3`, 20,000 by default), `--minutes`
-rows each within one day, merged into one part. The quotas are on random
-tenants of the hierarchy: 70 % agents, 20 % teams, 10 % orgs (a prefix
-quota covers 400 or 20 tenants). The reader's own SQL is captured
+A fresh embedded endpoint gets the minute and hour totals of orgs x teams x
+agents leaf tenants (`org1/team2/agent3`, 20,000 by default): `--minutes`
+minute rows each, `--spacing-minutes` apart from the start of the quotas'
+`--period` (day or month), generated inside the server, merged into one
+part per table; the hour rows are the minute rows summed. The quotas are
+on random tenants of the hierarchy: 70 % agents, 20 % teams, 10 % orgs (a
+prefix quota covers 400 or 20 tenants). The reader's own SQL is captured
 (`ClickHouseUsageReader.usage_many` with `max_branches` = the chunk) and
-run `--runs` times; printed: the endpoint's CPU per check (median) and
-per quota. `bench/ab.sh REV PAIRS quota_read_bench.py ...` compares a commit.
+run `--runs` times; printed: the endpoint's CPU per check (median) and per
+quota. `bench/ab.sh REV PAIRS quota_read_bench.py ...` compares a commit.
+
+A month of always-on agents (round 15):
+  quota_read_bench.py --orgs 20 --teams 5 --agents 10 --minutes 28800
+      --spacing-minutes 1 --period month --quotas 50 --chunks 50
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ from tokenpulse.config import ClickHouseTarget
 from tokenpulse.sinks.migrations import RenderOptions, migrate
 from tokenpulse.streams.usage_query import MAX_BRANCHES, ClickHouseUsageReader, UsageRequest
 
-DAY = datetime(2026, 11, 25, tzinfo=UTC)
+MONTH = datetime(2026, 11, 1, tzinfo=UTC)
+NEXT_MONTH = datetime(2026, 12, 1, tzinfo=UTC)
+
 _DB = "quota_read_bench"
 _COLS = ["tenant_id", "model", "minute", "events", "input_tokens", "output_tokens",
          "cached_input_tokens", "reasoning_tokens", "gpu_seconds"]  # fmt: skip
@@ -73,19 +82,31 @@ def _queries(requests: list[UsageRequest], chunk: int) -> list[tuple[str, dict[s
     return sql.queries
 
 
-def _seed(client: Any, tenants: list[str], minutes: int) -> None:
-    rows = [
-        [t, ("gpt-4o", "claude", "llama")[i % 3], DAY + timedelta(minutes=m * 7 + i % 5),
-         1, 100, 10, 0, 0, 0.0]
-        for i, t in enumerate(tenants)
-        for m in range(minutes)
-    ]  # fmt: skip
-    for start in range(0, len(rows), 200_000):
-        client.insert(f"{_DB}.usage_by_minute", rows[start : start + 200_000], column_names=_COLS)
+def _seed(client: Any, tenants: list[str], minutes: int, spacing_min: int) -> None:
+    client.command(f"CREATE TABLE {_DB}.tenants (i UInt32, tenant_id String) ENGINE = Memory")
+    client.insert(f"{_DB}.tenants", list(enumerate(tenants)), column_names=["i", "tenant_id"])
+    # Generated inside the server: a dense month is tens of millions of rows.
+    start_s = int(MONTH.timestamp())
+    client.command(
+        f"INSERT INTO {_DB}.usage_by_minute ({', '.join(_COLS)})"
+        " SELECT tenant_id, ['gpt-4o', 'claude', 'llama'][i % 3 + 1],"
+        f" toDateTime({start_s} + ((number * {spacing_min}) + i % 5) * 60, 'UTC'),"
+        f" 1, 100, 10, 0, 0, 0 FROM {_DB}.tenants AS t CROSS JOIN numbers({minutes}) AS n"
+    )
+    client.command(
+        f"INSERT INTO {_DB}.usage_by_hour (tenant_id, model, region, hour, events, input_tokens,"
+        " output_tokens, cached_input_tokens, reasoning_tokens, gpu_seconds)"
+        " SELECT tenant_id, model, 'eu', toStartOfHour(minute) AS hour, sum(events),"
+        " sum(input_tokens), sum(output_tokens), sum(cached_input_tokens),"
+        f" sum(reasoning_tokens), sum(gpu_seconds) FROM {_DB}.usage_by_minute"
+        " GROUP BY tenant_id, model, hour"
+    )
     client.command(f"OPTIMIZE TABLE {_DB}.usage_by_minute FINAL")
+    client.command(f"OPTIMIZE TABLE {_DB}.usage_by_hour FINAL")
 
 
-def _quotas(tenants: list[str], n: int, rnd: random.Random) -> list[UsageRequest]:
+def _quotas(tenants: list[str], n: int, period: str, rnd: random.Random) -> list[UsageRequest]:
+    start, end = (MONTH, MONTH + timedelta(days=1)) if period == "day" else (MONTH, NEXT_MONTH)
     out = []
     for _ in range(n):
         tenant, x = rnd.choice(tenants), rnd.random()
@@ -93,7 +114,7 @@ def _quotas(tenants: list[str], n: int, rnd: random.Random) -> list[UsageRequest
             tenant = tenant.rsplit("/", 1)[0]  # a team
         elif x < 0.3:
             tenant = tenant.split("/")[0]  # an org
-        out.append(UsageRequest(tenant, None, DAY, DAY + timedelta(days=1)))
+        out.append(UsageRequest(tenant, None, start, end))
     return list(dict.fromkeys(out))
 
 
@@ -103,6 +124,8 @@ def main() -> int:
     parser.add_argument("--teams", type=int, default=20)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--spacing-minutes", type=int, default=7)
+    parser.add_argument("--period", choices=("day", "month"), default="day")
     parser.add_argument("--quotas", type=int, nargs="+", default=[50, 500])
     parser.add_argument("--chunks", type=int, nargs="+", default=[50, 100, 250])
     parser.add_argument("--runs", type=int, default=5)
@@ -118,14 +141,14 @@ def main() -> int:
     try:
         client = clickhouse_connect.get_client(dsn=url)
         migrate(client, RenderOptions(database=_DB))
-        _seed(client, tenants, args.minutes)
+        _seed(client, tenants, args.minutes, args.spacing_minutes)
         rnd = random.Random(1)
         print(f"{len(tenants):,} leaf tenants, {len(tenants) * args.minutes:,} minute rows;"
               f" medians of {args.runs} checks\n")  # fmt: skip
         print("| quotas | quotas per query | queries | endpoint CPU ms a check | ms a quota |")
         print("| --- | --- | --- | --- | --- |")
         for n in args.quotas:
-            requests = _quotas(tenants, n, rnd)
+            requests = _quotas(tenants, n, args.period, rnd)
             for chunk in (c for c in args.chunks if c <= max(args.chunks[0], len(requests))):
                 queries = _queries(requests, chunk)
                 costs = []

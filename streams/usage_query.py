@@ -8,9 +8,10 @@ be rebuilt. One check reads all its quotas at once (`usage_many`,
 `usage_by_model_many`): one query per up to `max_branches` quotas, the
 queries concurrently, since a round trip per quota made alert latency grow
 with the number of quotas a batch touched. Quota periods are whole minutes,
-so token and cost quotas are read from the per-minute totals in one small
-query per chunk whatever their number; other bounds from usage_events with
-a UNION ALL branch per quota.
+so token and cost quotas are read from the hour totals (and the minute
+totals of an hour a period bound splits) in one small query per chunk
+whatever their number; other bounds from usage_events with a UNION ALL
+branch per quota.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ _T = TypeVar("_T")
 # queries planned on several cores: a check of 500 quotas took 2.2 s in
 # chunks of 200 and 1.0 s in chunks of 50 (embedded engine, 2 shared cores).
 # 50 branches also stay far below max_query_size and max_ast_elements. The
-# query over the minute totals repeats each distinct subtree in its WHERE,
-# so it is chunked the same way.
+# query over the hour and minute totals repeats each distinct subtree in its
+# WHERE, so it is chunked the same way.
 MAX_BRANCHES = 50
 # Chunks of one check, and the two kinds of read, go out together; the async
 # client (aiohttp, no session id) runs them on parallel connections.
@@ -214,6 +215,35 @@ def _on_minute(at: datetime) -> bool:
     return at.microsecond == 0 and _epoch_s(at) % 60 == 0
 
 
+_HOUR_S = 3600
+
+
+def _hours_and_minutes(
+    lo: int, hi: int, bounds: Sequence[int]
+) -> tuple[tuple[int, int, list[int]] | None, list[tuple[int, int]]]:
+    """How to read [lo, hi) (epoch seconds on the minute): by the hour, by the minute.
+
+    Hours: (first, last, split) for the whole hours in [first, last) except
+    the `split` ones, or None if there is none. Minutes: the [a, b) ranges
+    of [lo, hi) in hours that one of `bounds` splits (adjacent ones merged).
+    """
+    split = sorted({b - b % _HOUR_S for b in bounds if b % _HOUR_S})
+    first = -(-lo // _HOUR_S) * _HOUR_S
+    last = hi - hi % _HOUR_S
+    inside = [h for h in split if first <= h < last]
+    hours = (first, last, inside) if last - first > len(inside) * _HOUR_S else None
+    minutes: list[tuple[int, int]] = []
+    for h in split:
+        a, b = max(h, lo), min(h + _HOUR_S, hi)
+        if a >= b:
+            continue
+        if minutes and minutes[-1][1] == a:
+            minutes[-1] = (minutes[-1][0], b)
+        else:
+            minutes.append((a, b))
+    return hours, minutes
+
+
 class ClickHouseUsageReader:
     """Usage of `tenant_prefix` and its descendants in [start, end), from ClickHouse."""
 
@@ -336,15 +366,15 @@ class ClickHouseUsageReader:
 
     async def _usage_chunk(self, requests: Sequence[UsageRequest]) -> list[Usage]:
         if all(_on_minute(r.start) and _on_minute(r.end) for r in requests):
-            return await self._usage_chunk_minutes(requests)
+            return await self._usage_chunk_totals(requests)
         return await self._usage_chunk_events(requests)
 
-    async def _usage_chunk_minutes(self, requests: Sequence[UsageRequest]) -> list[Usage]:
-        """The chunk in one small query over `usage_by_minute`.
+    async def _usage_chunk_totals(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        """The chunk in one small query over the hour and minute totals (`_spans`).
 
-        The per-minute totals hold the same rows as usage_events (the view is
-        fed by the same insert, retried inserts deduplicated in both), and a
-        quota period starts and ends on a minute, so the sums are exact. The
+        The totals hold the same rows as usage_events (their views are fed by
+        the same insert, retried inserts deduplicated in all), and a quota
+        period starts and ends on a minute, so the sums are exact. The
         server plans one query, where a UNION ALL branch per quota cost ~3 ms
         of planning each and ~0.7 ms per part of usage_events (BENCHMARKS.md,
         round 13).
@@ -372,13 +402,20 @@ class ClickHouseUsageReader:
         sums: str,
         splits: Sequence[int] = (),
     ) -> tuple[str, dict[int, int]]:
-        """Rows of `usage_by_minute` under the subtrees, summed per tenant, model and span.
+        """Aggregate rows under the subtrees, summed per tenant, model and span.
 
         `periods` are (subtree, model or None, start, end) in epoch seconds on
         the minute, one per quota of the chunk; the quotas are bound as arrays
         for `_COVERING`, 1-based. The rows are summed per span between two of
         the chunk's period bounds (a handful), and only those sums are matched
         against the quotas: matching each minute row costs rows x quotas.
+
+        Whole hours come from `usage_by_hour`, and only the hours that a bound
+        splits (a minute quota, a zone like Asia/Kolkata) from
+        `usage_by_minute`: a busy tenant has 60 minute rows an hour, so a
+        month's quota read the minute totals 10x slower than the hour totals
+        (BENCHMARKS.md, round 15). Both tables are fed by the same insert
+        through their views, so the sums are the same.
 
         WHERE repeats each subtree so that the primary key still picks the
         granules (most of what the query costs to plan), but only for that
@@ -393,6 +430,7 @@ class ClickHouseUsageReader:
         """
         # Span k of a minute = how many bounds are at or before it, so a quota
         # [start, end) holds exactly the spans k with rank(start) <= k < rank(end).
+        # No bound falls inside a whole hour, so its minutes share one span.
         bounds = sorted({b for _, _, start, end in periods for b in (start, end)} | set(splits))
         rank = {b: k for k, b in enumerate(bounds, 1)}
         # One time range for the chunk: a range per subtree cost more to plan
@@ -405,8 +443,6 @@ class ClickHouseUsageReader:
         where = (
             f"indexHint(tenant_id IN {{q_in:Array(String)}} OR {below})"
             " AND (tenant_id IN {q_in:Array(String)} OR match(tenant_id, {q_re:String}))"
-            f" AND minute >= toDateTime({p.bind('UInt32', bounds[0])}, 'UTC')"
-            f" AND minute < toDateTime({p.bind('UInt32', bounds[-1])}, 'UTC')"
         )
         p.values.update(
             q_in=prefixes,
@@ -420,13 +456,31 @@ class ClickHouseUsageReader:
             q_e=[rank[end] for _, _, _, end in periods],
             q_n=len(periods),
         )
-        sql = (
-            "SELECT tenant_id, model,"
-            " arrayCount(b -> b <= toUInt32(minute), {q_bounds:Array(UInt32)}) AS span,"
-            f" {sums} FROM {self.database}.usage_by_minute WHERE {where}"
-            " GROUP BY tenant_id, model, span"
-        )
-        return sql, rank
+
+        def rows(table: str, at: str, when: str) -> str:
+            return (
+                f"SELECT tenant_id, model,"
+                f" arrayCount(b -> b <= toUInt32({at}), {{q_bounds:Array(UInt32)}}) AS span,"
+                f" {sums} FROM {self.database}.{table} WHERE {where} AND ({when})"
+                " GROUP BY tenant_id, model, span"
+            )
+
+        def dt(epoch_s: int) -> str:
+            return f"toDateTime({p.bind('UInt32', epoch_s)}, 'UTC')"
+
+        hours, minutes = _hours_and_minutes(bounds[0], bounds[-1], bounds)
+        parts = []
+        if hours is not None:
+            first, last, split = hours
+            when = f"hour >= {dt(first)} AND hour < {dt(last)}"
+            if split:
+                p.values["q_split"] = split
+                when += " AND toUInt32(hour) NOT IN {q_split:Array(UInt32)}"
+            parts.append(rows("usage_by_hour", "hour", when))
+        if minutes:
+            when = " OR ".join(f"minute >= {dt(a)} AND minute < {dt(b)}" for a, b in minutes)
+            parts.append(rows("usage_by_minute", "minute", when))
+        return " UNION ALL ".join(parts), rank
 
     async def _usage_chunk_events(self, requests: Sequence[UsageRequest]) -> list[Usage]:
         """The chunk over usage_events, a UNION ALL branch per quota: any [start, end)."""
@@ -453,18 +507,18 @@ class ClickHouseUsageReader:
         self, requests: Sequence[ModelUsageRequest]
     ) -> list[list[ModelUsage]]:
         if all(_on_minute(t) for r in requests for t in (r.since, r.start, r.end)):
-            return await self._by_model_chunk_minutes(requests)
+            return await self._by_model_chunk_totals(requests)
         return await self._by_model_chunk_events(requests)
 
-    async def _by_model_chunk_minutes(
+    async def _by_model_chunk_totals(
         self, requests: Sequence[ModelUsageRequest]
     ) -> list[list[ModelUsage]]:
-        """The chunk's cost rows in one query over `usage_by_minute`, as the token reads.
+        """The chunk's cost rows in one query over the hour and minute totals, as the token reads.
 
-        Billing splits each event's tokens (`_TOKEN_KINDS`); on the minute
-        totals the split is of each minute's sums, which is the same number
+        Billing splits each event's tokens (`_TOKEN_KINDS`); on the totals the
+        split is of each hour's or minute's sums, which is the same number
         because validation holds cached <= input and reasoning <= output for
-        every accepted event. The minute totals also outlive a usage_events
+        every accepted event. The totals also outlive a usage_events
         retention shorter than the month that prices the period.
         """
         p = _Params()

@@ -1,6 +1,6 @@
 """Batched usage reads on the real ClickHouse engine equal the single-quota reads.
 
-About 45 quotas over hierarchical tenants (with `acme2`, a string prefix
+About 60 quotas over hierarchical tenants (with `acme2`, a string prefix
 match of `acme` that is not its child, and ids with regex punctuation),
 models and periods in several time zones: `usage_many` (one query, and
 chunked) must answer exactly what `usage` answers per quota and what the
@@ -34,8 +34,11 @@ NOW = datetime(2026, 11, 25, 7, 30, tzinfo=UTC)  # 23:30 the day before in Los A
 # "a.b:c-d" (regex punctuation) must not cover "aXb:c-d/x".
 TENANTS = ("acme", "acme/research", "acme/research/agent-7", "acme2", "acme2/x", "beta",
            "a.b:c-d", "a.b:c-d/e_f", "aXb:c-d/x")  # fmt: skip
+# Kolkata (+05:30), Kathmandu (+05:45) and the minute start and end inside
+# an hour: those hours are read by the minute, the others by the hour.
 PERIODS = (("hour", "UTC"), ("day", "UTC"), ("day", "America/Los_Angeles"),
-           ("month", "Asia/Kolkata"), ("week", "Europe/Berlin"))  # fmt: skip
+           ("month", "Asia/Kolkata"), ("week", "Europe/Berlin"), ("minute", "UTC"),
+           ("day", "Asia/Kathmandu"))  # fmt: skip
 COLS = ["event_id", "tenant_id", "occurred_at", "model", "input_tokens", "output_tokens",
         "cached_input_tokens", "reasoning_tokens"]  # fmt: skip
 
@@ -60,7 +63,7 @@ def _requests() -> list[UsageRequest]:
             model = (None, "m-large", "m-small")[(n + p) % 3]
             start, end = period_bounds(period, NOW, tz)
             out.append(UsageRequest(tenant, model, start, end))
-    return out  # 45
+    return out  # 63
 
 
 def _expected(r: UsageRequest, rows: Sequence[list[Any]] = ROWS) -> Usage:
@@ -224,5 +227,17 @@ async def test_minute_aligned_periods_are_read_from_the_minute_totals(
         # So cost quotas outlive a usage_events retention shorter than a month.
         assert await reader.usage_by_model_many(costs) == cost_rows
         assert await reader.usage_by_model_many(odd_costs) == [[]] * len(odd_costs)
+        # Whole hours come from the hour totals: without the minute totals,
+        # periods on the hour still read everything; a period whose bound
+        # splits an hour (its edge rows are in that hour) misses them.
+        clickhouse_client.command(f"TRUNCATE TABLE {clickhouse_database}.usage_by_minute")
+        hourly = [r for r in aligned if r.start.minute == 0 and r.end.minute == 0]
+        split = [r for r in aligned if r not in hourly]
+        assert len(hourly) == 4 * len(TENANTS)
+        assert len(split) == 3 * len(TENANTS)
+        assert await reader.usage_many(hourly) == [_expected(r, rows) for r in hourly]
+        missing = await reader.usage_many(split)
+        assert all(u.input_tokens < _expected(r, rows).input_tokens
+                   for u, r in zip(missing, split, strict=True))  # fmt: skip
     finally:
         await reader.close()

@@ -24,6 +24,7 @@ from tokenpulse.streams.usage_query import (
     ClickHouseUsageReader,
     ModelUsageRequest,
     UsageRequest,
+    _hours_and_minutes,
 )
 
 START = datetime(2026, 11, 25, tzinfo=UTC)
@@ -242,11 +243,12 @@ def _cost_requests(n: int, start: datetime = START) -> list[ModelUsageRequest]:
     ]
 
 
-async def test_cost_rows_on_the_minute_are_one_query_over_the_minute_totals() -> None:
+async def test_cost_rows_on_the_hour_are_one_query_over_the_hour_totals() -> None:
     client = CostClient()
     got = await _reader(client).usage_by_model_many(_cost_requests(3))
     ((sql, params),) = client.queries
-    assert "usage_by_minute" in sql
+    assert "usage_by_hour" in sql
+    assert "usage_by_minute" not in sql  # no bound splits an hour
     assert "usage_events" not in sql
     # month start, period start, period end: the period's start is span 2.
     assert params["q_bounds"] == [int(START.replace(day=1).timestamp()), int(START.timestamp()),
@@ -267,3 +269,47 @@ async def test_cost_rows_off_the_minute_take_a_branch_per_quota_over_the_events(
     assert "usage_events" in sql
     assert sql.count(" UNION ALL ") == 2
     assert [len(rows) for rows in got] == [1, 1, 1]
+
+
+H = 3600
+
+
+def test_periods_on_the_hour_are_read_by_the_hour_only() -> None:
+    month = (0, 30 * 24 * H)
+    assert _hours_and_minutes(*month, month) == ((0, 30 * 24 * H, []), [])
+
+
+def test_an_hour_that_a_bound_splits_is_read_by_the_minute() -> None:
+    # A day in Asia/Kolkata (+05:30): its first and last half hours by the minute.
+    lo, hi = 18 * H + 1800, 42 * H + 1800
+    assert _hours_and_minutes(lo, hi, [lo, hi]) == (
+        (19 * H, 42 * H, []),
+        [(lo, 19 * H), (42 * H, hi)],
+    )
+    # A minute quota inside a UTC day: its hour is cut out of the hours.
+    bounds = [0, 7 * H + 1800, 7 * H + 1860, 24 * H]
+    assert _hours_and_minutes(0, 24 * H, bounds) == ((0, 24 * H, [7 * H]), [(7 * H, 8 * H)])
+
+
+def test_a_period_within_one_hour_is_read_by_the_minute_only() -> None:
+    lo, hi = 7 * H + 1800, 7 * H + 1860
+    assert _hours_and_minutes(lo, hi, [lo, hi]) == (None, [(lo, hi)])
+    # Two minute quotas in adjacent hours: one range of minutes.
+    bounds = [7 * H + 3540, 7 * H + 3600 + 60]
+    assert _hours_and_minutes(bounds[0], bounds[1], bounds) == (None, [(bounds[0], bounds[1])])
+
+
+async def test_a_chunk_with_split_hours_reads_both_tables_in_one_query() -> None:
+    client = Recorder()
+    minute = START + timedelta(hours=7, minutes=30)
+    await _reader(client).usage_many(
+        [
+            UsageRequest("t1", None, START, START + timedelta(days=1)),
+            UsageRequest("t2", None, minute, minute + timedelta(minutes=1)),
+        ]
+    )
+    ((sql, params),) = client.queries
+    assert sql.count("FROM db.usage_by_hour WHERE") == 1
+    assert sql.count("FROM db.usage_by_minute WHERE") == 1
+    assert " UNION ALL " in sql
+    assert params["q_split"] == [int((START + timedelta(hours=7)).timestamp())]
