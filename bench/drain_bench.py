@@ -9,6 +9,11 @@ machine's busy %). One run, one table; read the ratios, not the digits.
 
     .venv/bin/python bench/drain_bench.py                      # defaults vs 1 MiB fetches
     .venv/bin/python bench/drain_bench.py "" TOKENPULSE_WRITE_MAX_RECORDS=1 ...
+    .venv/bin/python bench/drain_bench.py --tenants 2000 --quotas 2000 \
+        "" TOKENPULSE_QUOTA_MAX_READS_PER_CHECK=1000000    # budgeted agents: the read cap
+
+`--quotas N` puts a day quota (never crossed) on N of the fleet's tenants
+before the worker starts, so every write's quota check reads them.
 
 A variant is "" (the defaults) or NAME=VALUE[,NAME=VALUE...]. Without
 KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack is started.
@@ -25,7 +30,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from tokenpulse.bench import load
-from tokenpulse.bench.run import DrainCpu, drain_backlog
+from tokenpulse.bench.run import DrainCpu, _put_alert_quotas, drain_backlog
 from tokenpulse.bench.services import Pipeline, Services, obtain_services
 from tokenpulse.cli.bench import sigterm_unwinds
 from tokenpulse.fleet import FleetRecord
@@ -66,11 +71,15 @@ def parse_variant(text: str) -> dict[str, str]:
     return out
 
 
-def drain(services: Services, records: list[FleetRecord], env: Mapping[str, str]) -> Drained:
+def drain(
+    services: Services, records: list[FleetRecord], env: Mapping[str, str], quotas: list[str]
+) -> Drained:
     """One fresh pipeline, the backlog, one worker with `env` on top of the defaults."""
     pipe = Pipeline(services, "drain" + uuid.uuid4().hex[:8], "d")
     try:
         pipe.setup()
+        if quotas:
+            _put_alert_quotas(pipe, quotas, limit=10**15)
         backlog = asyncio.run(
             load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=False)
         )
@@ -84,13 +93,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--tenants", type=int, default=200)
+    parser.add_argument("--quotas", type=int, default=0)
     args = parser.parse_args()
     variants = [(v or "defaults", parse_variant(v)) for v in args.variants]
-    records = load.fleet(args.events, 200, seed=5)
+    records = load.fleet(args.events, args.tenants, seed=5)
+    quotas = list(dict.fromkeys(r.tenant_id for r in records))[: args.quotas]
     rows: list[tuple[str, Drained]] = []
     with sigterm_unwinds(), obtain_services() as services:
         for name, env in variants:
-            result = drain(services, records, env)
+            result = drain(services, records, env, quotas)
             rows.append((name, result))
             sys.stderr.write(f"{name}: {result[0]:,.0f} events/s\n")
     base = rows[0][1][0]

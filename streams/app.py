@@ -296,6 +296,7 @@ class Runtime:
             alerts_topic=s.topics.alerts,
             state_topic=s.topics.state,
             pricebook=pricebook,
+            max_reads_per_check=s.quota_max_reads_per_check,
         )
         self.feed = QuotaFeed(
             self.engine,

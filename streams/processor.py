@@ -413,7 +413,11 @@ class UsageProcessor:
         pending = [a for p in group for a in p.pending]
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:
-            quota_outs = await self.quotas.check(touches, settle_upto=max(p.seq for p in group))
+            quota_outs = await self.quotas.check(
+                touches,
+                settle_upto=max(p.seq for p in group),
+                durable_seqs={p.seq for p in group},
+            )
             for out in quota_outs:
                 # Alerts before states (the engine orders them): a crash in
                 # between repeats an alert (same alert_id), never loses one.

@@ -28,6 +28,7 @@ priced at the month's margin like the rest).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from tokenpulse.streams.cost import ModelUsage
@@ -51,7 +52,8 @@ def _add(split: Split, key: tuple[str, str], tokens: tuple[int, int, int, int]) 
 
 class PendingUsage:
     def __init__(self) -> None:
-        self._base: dict[At, tuple[Bound, datetime]] = {}  # reading, period end
+        # Reading, period end, and the engine's read round it came from.
+        self._base: dict[At, tuple[Bound, datetime, int]] = {}
         # Per prepared batch (seq, ascending) and (quota, period): its tokens.
         self._batches: dict[int, dict[At, Split]] = {}
         self._outstanding: dict[At, Split] = {}
@@ -67,16 +69,27 @@ class PendingUsage:
         _add(self._batches.setdefault(seq, {}).setdefault(at, {}), key, tokens)
         _add(self._outstanding.setdefault(at, {}), key, tokens)
 
-    def settle(self, upto_seq: int) -> None:
+    def settle(
+        self, upto_seq: int, *, fold: Collection[At] = (), durable: Collection[int] = ()
+    ) -> None:
         """Batches up to `upto_seq` are durable (their read returned) or dropped.
 
         Completions run in sequence order, so a batch below a completed one
         that is still here was dropped (revoked, stopping): either way it
         leaves the bound.
+
+        `fold`: (quota, period)s that the read after this write left out (the
+        engine's cap on reads per check). The tokens of the `durable` batches
+        join their base instead: the base was read before this write, so
+        base + this worker's own durable writes since is still exact about
+        this worker's events. A dropped batch never joins a base.
         """
         for seq in [s for s in self._batches if s <= upto_seq]:
             for at, split in self._batches.pop(seq).items():
                 self._subtract(at, split)
+                if seq in durable and at in fold and at in self._base:
+                    reading, end, read_round = self._base[at]
+                    self._base[at] = (_plus(reading, split), end, read_round)
 
     def _subtract(self, at: At, split: Split) -> None:
         total = self._outstanding.get(at)
@@ -93,36 +106,19 @@ class PendingUsage:
         if not total:
             del self._outstanding[at]
 
-    def observe(self, at: At, durable: Bound, end: datetime) -> None:
+    def observe(self, at: At, durable: Bound, end: datetime, read_round: int = 0) -> None:
         """What the store returned for `at` (a period ending at `end`): durable events only."""
-        self._base[at] = (durable, end)
+        self._base[at] = (durable, end, read_round)
+
+    def read_round(self, at: At) -> int:
+        """The read round of `at`'s base; -1 if the store was never read for it."""
+        base = self._base.get(at)
+        return -1 if base is None else base[2]
 
     def with_outstanding(self, at: At, durable: Bound) -> Bound:
         """A store reading plus what is still on its way there."""
         split = self._outstanding.get(at)
-        if not split:
-            return durable
-        if isinstance(durable, Usage):
-            return Usage(
-                durable.input_tokens + sum(t[0] for t in split.values()),
-                durable.output_tokens + sum(t[2] for t in split.values()),
-            )
-        rows = {(r.tenant_id, r.model): r for r in durable}
-        for (tenant_id, model), (inp, cached, out, reasoning) in split.items():
-            row = rows.get((tenant_id, model))
-            # The priced kinds, as the store's query splits them (usage_query).
-            more = {
-                "input": inp - cached,
-                "cached_input": cached,
-                "output": out - reasoning,
-                "reasoning": reasoning,
-            }
-            within = dict(row.within) if row is not None else {}
-            for kind, n in more.items():
-                within[kind] = within.get(kind, 0) + n
-            before = row.before if row is not None else {}
-            rows[(tenant_id, model)] = ModelUsage(tenant_id, model, before, within)
-        return list(rows.values())
+        return _plus(durable, split) if split else durable
 
     def lower_bound(self, at: At) -> Bound | None:
         """base + outstanding; None before the store was read for `at`."""
@@ -139,5 +135,30 @@ class PendingUsage:
 
     def forget_ended(self, now: datetime) -> None:
         """Drop the bases of periods that ended (bounded memory across periods)."""
-        for at in [at for at, (_, end) in self._base.items() if end <= now]:
+        for at in [at for at, (_, end, _) in self._base.items() if end <= now]:
             del self._base[at]
+
+
+def _plus(bound: Bound, split: Split) -> Bound:
+    """`bound` with the tokens of `split` added (each kind where the reading keeps it)."""
+    if isinstance(bound, Usage):
+        return Usage(
+            bound.input_tokens + sum(t[0] for t in split.values()),
+            bound.output_tokens + sum(t[2] for t in split.values()),
+        )
+    rows = {(r.tenant_id, r.model): r for r in bound}
+    for (tenant_id, model), (inp, cached, out, reasoning) in split.items():
+        row = rows.get((tenant_id, model))
+        # The priced kinds, as the store's query splits them (usage_query).
+        more = {
+            "input": inp - cached,
+            "cached_input": cached,
+            "output": out - reasoning,
+            "reasoning": reasoning,
+        }
+        within = dict(row.within) if row is not None else {}
+        for kind, n in more.items():
+            within[kind] = within.get(kind, 0) + n
+        before = row.before if row is not None else {}
+        rows[(tenant_id, model)] = ModelUsage(tenant_id, model, before, within)
+    return list(rows.values())

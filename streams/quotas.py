@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -39,7 +39,7 @@ from tokenpulse.streams.quota_logic import (
     evaluate,
     period_bounds,
 )
-from tokenpulse.streams.quota_pending import PendingUsage
+from tokenpulse.streams.quota_pending import At, PendingUsage
 from tokenpulse.streams.quota_usage import QuotaUsage, Reading
 from tokenpulse.streams.usage_query import UsageReader
 
@@ -75,8 +75,18 @@ class QuotaEngine:
         alerts_topic: str,
         state_topic: str,
         pricebook: PriceBook | None = None,
+        max_reads_per_check: int | None = None,
     ) -> None:
         self.reader = reader
+        # At most this many (quota, period)s are read from the store in one
+        # check (None: all). A fleet whose writes touch thousands of budgeted
+        # tenants would otherwise spend the store's cores on reads (~2 ms of
+        # endpoint CPU a quota). The others are evaluated on their lower bound,
+        # exact about this worker's own events, and read at a later check,
+        # the never read first, then the longest unread.
+        self.max_reads_per_check = max_reads_per_check
+        self._deferred: Todo = {}
+        self._read_round = 0
         self.usage = QuotaUsage(reader, pricebook)
         self.alerts_topic = alerts_topic
         self.state_topic = state_topic
@@ -94,6 +104,8 @@ class QuotaEngine:
     # -- topic readers feed these -------------------------------------------------
     def apply_definition(self, key: bytes, value: QuotaDefinition | None) -> None:
         old = self.definitions.pop(key, None)
+        for at in [at for at in self._deferred if at[0] == key]:
+            del self._deferred[at]  # a changed definition is checked again anyway
         if old is None or value is None or _scope(old) != _scope(value):
             self.pending.forget_quota(key)  # its numbers measured something else
             if old is not None and value is not None:
@@ -162,15 +174,19 @@ class QuotaEngine:
         now: datetime | None = None,
         *,
         settle_upto: int | None = None,
+        durable_seqs: Collection[int] = (),
     ) -> list[Outgoing]:
         """Alerts and states owed for these events (alerts first, then states).
 
         `settle_upto`: the batches up to this `early` seq are durable now (or
         were dropped); the read that follows their write takes them over
-        from the lower bounds.
+        from the lower bounds. `durable_seqs`: those of them written just now
+        (a quota the read leaves out keeps counting their tokens).
+        Quotas a previous check left unread are due again.
         """
         now = now or datetime.now(UTC)
-        todo: Todo = {}
+        todo: Todo = self._deferred
+        self._deferred = {}
         for touch in touches:
             for d in self._matching(touch.tenant_id, touch.model):
                 start, end = period_bounds(d.period, touch.occurred_at, d.timezone)
@@ -181,7 +197,7 @@ class QuotaEngine:
                 start, end = period_bounds(d_opt.period, now, d_opt.timezone)
                 todo.setdefault((key, start), (d_opt, end, ""))
         self._recheck.clear()
-        return await self._run(todo, now, settle_upto)
+        return await self._run(todo, now, settle_upto, durable_seqs)
 
     async def roll_periods(self, now: datetime | None = None) -> list[Outgoing]:
         """A period that ended resolves: publish the new period's (usually ok) state."""
@@ -252,31 +268,53 @@ class QuotaEngine:
             # A definition that changed what it measures during the read made
             # this reading another quota's: it must not become the base.
             if current is not None and _scope(current) == _scope(d):
-                self.pending.observe(at, reading, end)
+                self.pending.observe(at, reading, end, self._read_round)
             readings[at] = self.pending.with_outstanding(at, reading)
 
+    def _split_reads(self, todo: Todo) -> tuple[list[At], list[At]]:
+        """The (quota, period)s to read now and those left for a later check (the cap)."""
+        due = [at for at in todo if not self._closed(*at)]
+        cap = self.max_reads_per_check
+        if cap is None or len(due) <= cap:
+            return due, []
+        # Never read first (-1: no lower bound to stand in), then the longest
+        # unread; sorted() is stable, so ties keep their order.
+        by_age = sorted(due, key=self.pending.read_round)
+        return by_age[:cap], by_age[cap:]
+
     async def _run(
-        self, todo: Todo, now: datetime, settle_upto: int | None = None
+        self,
+        todo: Todo,
+        now: datetime,
+        settle_upto: int | None = None,
+        durable_seqs: Collection[int] = (),
     ) -> list[Outgoing]:
         ordered = sorted(todo.items(), key=lambda kv: kv[0])
+        read, later = self._split_reads(todo)
+        self._read_round += 1
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
         # period it visits, in ascending order, so it skips what is skipped
         # here; the quota feed may still change states during the read.
         try:
             readings = await self.usage.read(
-                [
-                    (key, start, d, end)
-                    for (key, start), (d, end, _) in ordered
-                    if not self._closed(key, start)
-                ]
+                [(key, start, *todo[(key, start)][:2]) for key, start in sorted(read)]
             )
         finally:
+            # Left for later whether the read worked or not.
+            for at in later:
+                self._deferred.setdefault(at, todo[at])
             if settle_upto is not None:
                 # The batches written before this read are in it (or dropped);
                 # with no await from here on, `early` cannot run in between.
-                self.pending.settle(settle_upto)
+                # Those left out of it keep the tokens this write made durable.
+                self.pending.settle(settle_upto, fold=set(later), durable=durable_seqs)
         self._lower_bounds(readings, todo)
+        for at in later:
+            # Exact about this worker's events; other workers' wait for the read.
+            bound = self.pending.lower_bound(at)
+            if bound is not None:
+                readings[at] = bound
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
         for (key, start), (d, end, event_id) in ordered:

@@ -159,6 +159,9 @@ class WorkerSettings:
         checks quotas without traffic: changed definitions, periods that ended. It also checks
         every quota once at start, which gives the early check its base (a quota that was never
         read waits for its event's write before it can alert).
+    quota_max_reads_per_check: TOKENPULSE_QUOTA_MAX_READS_PER_CHECK (200); quota periods one
+        check reads from the store at most (~2 ms of store CPU each). The others count this
+        worker's own events exactly and are read at a later check (docs/streams.md).
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
@@ -205,6 +208,7 @@ class WorkerSettings:
     write_min_interval_ms: int = 200
     write_max_interval_ms: int = 1000
     quota_check_interval_s: float = 5.0
+    quota_max_reads_per_check: int = 200
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
@@ -260,6 +264,12 @@ class WorkerSettings:
                 f"TOKENPULSE_QUOTA_CHECK_INTERVAL_S must be within (0, 3600], "
                 f"got {self.quota_check_interval_s}",
                 details={"setting": "TOKENPULSE_QUOTA_CHECK_INTERVAL_S"},
+            )
+        if not 1 <= self.quota_max_reads_per_check <= 1_000_000:
+            raise ConfigError(
+                f"TOKENPULSE_QUOTA_MAX_READS_PER_CHECK must be within 1..1000000, "
+                f"got {self.quota_max_reads_per_check}",
+                details={"setting": "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK"},
             )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
@@ -323,6 +333,7 @@ class WorkerSettings:
                 _num(env, "TOKENPULSE_WRITE_MAX_INTERVAL_MS", max(1000, write_min_interval_ms))
             ),
             quota_check_interval_s=_num(env, "TOKENPULSE_QUOTA_CHECK_INTERVAL_S", 5.0),
+            quota_max_reads_per_check=int(_num(env, "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", 200)),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),

@@ -494,6 +494,52 @@ def test_quota_crossings_alert_once_and_raised_limit_resolves(
     assert workers[0].terminate() == 0
 
 
+def test_quota_reads_over_the_cap_still_alert_every_crossing_once(
+    env: Env, workers: list[Worker]
+) -> None:
+    """Seven quotas, at most two read per check: each crossing alerts once.
+
+    The six agents' crossings are this worker's own events (counted exactly
+    while their quota waits for its read); the fleet's 100 % needs rows
+    another writer put in the store, found when its read comes round.
+    """
+    agents = [f"fleet/a{i}" for i in range(6)]
+    for tenant, limit in [(a, 1000) for a in agents] + [("fleet", 10_000)]:
+        q = QuotaDefinition(quota_id="q", tenant_id=tenant, metric="input", period="day",
+                            limit=limit, thresholds_pct=(50, 100))  # fmt: skip
+        put_quota(env, q)
+    workers.append(Worker(env, "w1", TOKENPULSE_QUOTA_MAX_READS_PER_CHECK="2",
+                          TOKENPULSE_QUOTA_CHECK_INTERVAL_S="1"))  # fmt: skip
+    now = datetime.now(UTC)
+    for i in range(10):  # a batch per round: every agent's quota touched each time
+        batch = [record(event(a, i, occurred_at=now, input_tokens=100)) for a in agents]
+        produce(env.bootstrap, env.topics.usage, batch)
+    expected = sorted([(a, pct) for a in agents for pct in (50, 100)] + [("fleet", 50)])
+    alerts = [decode_quota_alert(m.value) for m in read_all(env.bootstrap, env.topics.alerts, 13)]
+    assert sorted((a.tenant_id, a.threshold_pct) for a in alerts) == expected
+    # The agents' whole usage is 1,000 each: counted once, never twice.
+    assert {int(a.used) for a in alerts if a.tenant_id != "fleet" and a.threshold_pct == 100} == {
+        1000
+    }
+    # Another writer's 4,000 tokens, then one batch touching four quotas.
+    env.client.insert(f"{env.database}.usage_events",
+                      [["other-1", "fleet/other", now, "m-large", 4000, 0]],
+                      column_names=["event_id", "tenant_id", "occurred_at", "model",
+                                    "input_tokens", "output_tokens"])  # fmt: skip
+    produce(env.bootstrap, env.topics.usage,
+            [record(event(t, 0, occurred_at=now, input_tokens=1))
+             for t in ("fleet/a0", "fleet/a1", "fleet/a2", "fleet/new")])  # fmt: skip
+    alerts = [decode_quota_alert(m.value) for m in read_all(env.bootstrap, env.topics.alerts, 14)]
+    assert sorted((a.tenant_id, a.threshold_pct) for a in alerts) == sorted(
+        [*expected, ("fleet", 100)]
+    )
+    assert len({a.alert_id for a in alerts}) == 14
+    assert [int(a.used) for a in alerts if a.threshold_pct == 100 and a.tenant_id == "fleet"] == [
+        10_004
+    ]
+    assert workers[0].terminate() == 0
+
+
 def test_a_token_quota_alerts_before_its_crossing_event_is_written(
     env: Env, workers: list[Worker]
 ) -> None:
