@@ -291,15 +291,15 @@ class QuotaEngine:
     ) -> list[Outgoing]:
         ordered = sorted(todo.items(), key=lambda kv: kv[0])
         read, later = self._split_reads(todo)
+        now_read = set(read)
         self._read_round += 1
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
         # period it visits, in ascending order, so it skips what is skipped
         # here; the quota feed may still change states during the read.
         try:
-            readings = await self.usage.read(
-                [(key, start, *todo[(key, start)][:2]) for key, start in sorted(read)]
-            )
+            due = [(key, start, d, end) for (key, start), (d, end, _) in ordered]
+            readings = await self.usage.read([r for r in due if r[:2] in now_read])
         finally:
             # Left for later whether the read worked or not.
             for at in later:
