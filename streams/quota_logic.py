@@ -68,6 +68,32 @@ def period_bounds(period: str, at: datetime, timezone: str = "UTC") -> tuple[dat
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+_MINUTE_BOUNDS: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}
+_MINUTE_BOUNDS_MAX = 65_536
+
+
+def minute_period_bounds(
+    period: str, at: datetime, timezone: str = "UTC"
+) -> tuple[datetime, datetime]:
+    """`period_bounds`, remembered per UTC minute of `at`: the quota engine asks per event.
+
+    Exact: a period whose bounds are whole UTC minutes holds the whole minute
+    of any instant in it. Bounds that are not (a zone's historic offset with
+    seconds) are computed every time.
+    """
+    if at.tzinfo is None:
+        return period_bounds(period, at, timezone)  # refuses it
+    key = (period, timezone, int(at.timestamp() // 60))
+    bounds = _MINUTE_BOUNDS.get(key)
+    if bounds is None:
+        bounds = period_bounds(period, at, timezone)
+        if all(b.microsecond == 0 and b.timestamp() % 60 == 0 for b in bounds):
+            if len(_MINUTE_BOUNDS) >= _MINUTE_BOUNDS_MAX:
+                _MINUTE_BOUNDS.clear()  # bounded: rebuilt from the minutes in use
+            _MINUTE_BOUNDS[key] = bounds
+    return bounds
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
     input_tokens: int = 0

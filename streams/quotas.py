@@ -37,6 +37,7 @@ from tokenpulse.streams.quota_logic import (
     Amount,
     crossed_thresholds,
     evaluate,
+    minute_period_bounds,
     period_bounds,
 )
 from tokenpulse.streams.quota_pending import At, PendingUsage
@@ -92,7 +93,7 @@ class QuotaEngine:
         self.state_topic = state_topic
         self.definitions: dict[bytes, QuotaDefinition] = {}
         self.states: dict[bytes, QuotaState] = {}
-        self._by_tenant: dict[str, list[QuotaDefinition]] = defaultdict(list)
+        self._by_tenant: dict[str, list[tuple[bytes, QuotaDefinition]]] = defaultdict(list)
         # watches() cache, cleared on definition changes: the tenants asked
         # about, and those of them that a quota covers.
         self._asked: set[str] = set()
@@ -122,7 +123,8 @@ class QuotaEngine:
                 self._recheck.add(key)
         self._by_tenant = defaultdict(list)
         for d in self.definitions.values():
-            self._by_tenant[d.tenant_id].append(d)
+            # With its state key: asked per event, built once here.
+            self._by_tenant[d.tenant_id].append((quota_state_key(d.tenant_id, d.quota_id), d))
         self._asked.clear()
         self._covered.clear()
 
@@ -162,11 +164,12 @@ class QuotaEngine:
             self.states[key] = value
 
     # -- checks ---------------------------------------------------------------------
-    def _matching(self, tenant_id: str, model: str) -> Iterable[QuotaDefinition]:
+    def _matching(self, tenant_id: str, model: str) -> Iterable[tuple[bytes, QuotaDefinition]]:
+        """(state key, definition) of every quota that counts this tenant's model."""
         for level in tenant_lineage(tenant_id):
-            for d in self._by_tenant.get(level, ()):
+            for key, d in self._by_tenant.get(level, ()):
                 if d.model is None or d.model == model:
-                    yield d
+                    yield key, d
 
     async def check(
         self,
@@ -188,9 +191,9 @@ class QuotaEngine:
         todo: Todo = self._deferred
         self._deferred = {}
         for touch in touches:
-            for d in self._matching(touch.tenant_id, touch.model):
-                start, end = period_bounds(d.period, touch.occurred_at, d.timezone)
-                todo[(quota_state_key(d.tenant_id, d.quota_id), start)] = (d, end, touch.event_id)
+            for key, d in self._matching(touch.tenant_id, touch.model):
+                start, end = minute_period_bounds(d.period, touch.occurred_at, d.timezone)
+                todo[(key, start)] = (d, end, touch.event_id)
         for key in sorted(self._recheck):
             d_opt = self.definitions.get(key)
             if d_opt is not None:
@@ -240,11 +243,11 @@ class QuotaEngine:
                 ev.output_tokens,
                 ev.reasoning_tokens,
             )
-            for d in self._matching(ev.tenant_id, ev.model):
+            for key, d in self._matching(ev.tenant_id, ev.model):
                 if d.metric == "cost" and not priced:
                     continue
-                start, end = period_bounds(d.period, ev.occurred_at, d.timezone)
-                at = (quota_state_key(d.tenant_id, d.quota_id), start)
+                start, end = minute_period_bounds(d.period, ev.occurred_at, d.timezone)
+                at = (key, start)
                 if self._closed(*at):
                     continue
                 self.pending.add(seq, at, ev.tenant_id, ev.model, tokens)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import random
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tokenpulse.streams.quota_logic import (
+    PERIODS,
     crossed_thresholds,
     evaluate,
+    minute_period_bounds,
     period_bounds,
     tenant_levels,
     tenant_matches,
@@ -75,3 +78,21 @@ def test_raised_limit_resolves() -> None:
 def test_threshold_arithmetic_is_exact() -> None:
     assert crossed_thresholds(333, 1000, (33,)) == frozenset({33})
     assert crossed_thresholds(329, 1000, (33,)) == frozenset()
+
+
+def test_period_bounds_remembered_per_minute_equal_the_computed_ones() -> None:
+    rnd = random.Random(4)
+    # Amsterdam's offset was +00:19:32 until 1937: its days did not start on a minute.
+    zones = ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "Europe/Amsterdam", "America/St_Johns")
+    start, span_s = datetime(1920, 1, 1, tzinfo=UTC), 200 * 365 * 86400
+    instants = [start + timedelta(seconds=rnd.uniform(0, span_s)) for _ in range(400)]
+    instants += [datetime(1930, 5, 3, 23, 40, 27, 999999, tzinfo=UTC),  # Amsterdam's midnight
+                 datetime(1930, 5, 3, 23, 40, 28, tzinfo=UTC)]  # fmt: skip
+    for at in instants:
+        for period in PERIODS:
+            for zone in zones:
+                for probe in (at, at.replace(second=0, microsecond=0), at):  # misses, then hits
+                    want = period_bounds(period, probe, zone)
+                    assert minute_period_bounds(period, probe, zone) == want
+    with pytest.raises(ValueError, match="aware"):
+        minute_period_bounds("day", datetime(2026, 1, 1))
