@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -59,6 +59,8 @@ class Touch(NamedTuple):
 
 
 Todo = dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]]
+# A quota period an event counts toward: (state key, start), definition, end.
+Period = tuple[tuple[bytes, datetime], QuotaDefinition, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +173,35 @@ class QuotaEngine:
                 if d.model is None or d.model == model:
                     yield key, d
 
+    def _periods_of(self) -> Callable[[str, str, datetime], list[Period]]:
+        """The quota periods an event counts toward, remembered for one batch.
+
+        Per (tenant, model, UTC minute): the batch's events of one tenant
+        mostly share their minute, and a period whose bounds are whole
+        minutes holds the whole minute. Bounds that are not (a zone's
+        historic offset with seconds) are worked out per event.
+        """
+        memo: dict[tuple[str, str, float], list[Period]] = {}
+        matching = self._matching
+
+        def periods(tenant_id: str, model: str, occurred_at: datetime) -> list[Period]:
+            minute = (tenant_id, model, occurred_at.timestamp() // 60)
+            found = memo.get(minute)
+            if found is not None:
+                return found
+            found = []
+            whole = True
+            for key, d in matching(tenant_id, model):
+                start, end = minute_period_bounds(d.period, occurred_at, d.timezone)
+                whole = whole and not (start.second or start.microsecond)
+                whole = whole and not (end.second or end.microsecond)
+                found.append(((key, start), d, end))
+            if whole:
+                memo[minute] = found
+            return found
+
+        return periods
+
     async def check(
         self,
         touches: Iterable[Touch],
@@ -190,10 +221,10 @@ class QuotaEngine:
         now = now or datetime.now(UTC)
         todo: Todo = self._deferred
         self._deferred = {}
+        periods = self._periods_of()
         for touch in touches:
-            for key, d in self._matching(touch.tenant_id, touch.model):
-                start, end = minute_period_bounds(d.period, touch.occurred_at, d.timezone)
-                todo[(key, start)] = (d, end, touch.event_id)
+            for at, d, end in periods(touch.tenant_id, touch.model, touch.occurred_at):
+                todo[at] = (d, end, touch.event_id)
         for key in sorted(self._recheck):
             d_opt = self.definitions.get(key)
             if d_opt is not None:
@@ -233,25 +264,33 @@ class QuotaEngine:
         now = now or datetime.now(UTC)
         watches = self.watches
         priced = self.usage.pricebook is not None
+        periods = self._periods_of()
         todo: Todo = {}
+        # The batch's tokens per (quota period, tenant, model), added to the
+        # bounds once each: the same sums as an add per event, for less work.
+        sums: dict[tuple[At, str, str], list[int]] = {}
         for ev in events:
             if not watches(ev.tenant_id):
                 continue
-            tokens = (
-                ev.input_tokens,
-                ev.cached_input_tokens,
-                ev.output_tokens,
-                ev.reasoning_tokens,
-            )
-            for key, d in self._matching(ev.tenant_id, ev.model):
-                if d.metric == "cost" and not priced:
+            for at, d, end in periods(ev.tenant_id, ev.model, ev.occurred_at):
+                if (d.metric == "cost" and not priced) or self._closed(*at):
                     continue
-                start, end = minute_period_bounds(d.period, ev.occurred_at, d.timezone)
-                at = (key, start)
-                if self._closed(*at):
-                    continue
-                self.pending.add(seq, at, ev.tenant_id, ev.model, tokens)
+                acc = sums.get((at, ev.tenant_id, ev.model))
+                if acc is None:
+                    sums[(at, ev.tenant_id, ev.model)] = [
+                        ev.input_tokens,
+                        ev.cached_input_tokens,
+                        ev.output_tokens,
+                        ev.reasoning_tokens,
+                    ]
+                else:
+                    acc[0] += ev.input_tokens
+                    acc[1] += ev.cached_input_tokens
+                    acc[2] += ev.output_tokens
+                    acc[3] += ev.reasoning_tokens
                 todo[at] = (d, end, ev.event_id)
+        for (at, tenant_id, model), (inp, cached, out, reasoning) in sums.items():
+            self.pending.add(seq, at, tenant_id, model, (inp, cached, out, reasoning))
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
         for at, (d, end, event_id) in sorted(todo.items(), key=lambda kv: kv[0]):

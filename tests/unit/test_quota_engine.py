@@ -138,3 +138,43 @@ def test_covered_stays_exact_when_its_cache_is_full(monkeypatch: pytest.MonkeyPa
     assert engine.covered({"acme/a", "other1"}) == {"acme/a"}
     assert engine.watches("acme/t3")
     assert not engine.watches("globex")
+
+
+class Periods(Reader):
+    """Records the periods each batched read asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[list[datetime]] = []
+
+    async def usage_many(self, requests: Sequence[UsageRequest]) -> list[Usage]:
+        self.starts.append([r.start for r in requests])
+        return await super().usage_many(requests)
+
+
+async def test_events_of_one_minute_in_two_periods_count_toward_both() -> None:
+    """A batch's events share their period per minute, unless a bound splits the minute.
+
+    Amsterdam's offset was +00:19:32 until 1937: its day of 1930-05-04
+    began at 23:40:28 UTC, inside a minute.
+    """
+    reader = Periods()
+    engine = _engine(reader)
+    d = QuotaDefinition(quota_id="ams", tenant_id="acme", metric="input", period="day",
+                        limit=100, timezone="Europe/Amsterdam")  # fmt: skip
+    engine.apply_definition(quota_state_key("acme", "ams"), d)
+    engine._recheck.clear()
+    before = datetime(1930, 5, 3, 23, 40, 27, 500000, tzinfo=UTC)
+    after = datetime(1930, 5, 3, 23, 40, 28, 500000, tzinfo=UTC)
+    await engine.check([Touch("acme/a", "m", before, "e1"), Touch("acme/a", "m", after, "e2")])
+    (starts,) = reader.starts
+    assert starts == [period_bounds("day", before, "Europe/Amsterdam")[0],
+                      period_bounds("day", after, "Europe/Amsterdam")[0]]  # fmt: skip
+    assert starts[0] != starts[1]
+    # Whole-minute periods: the minute's events share one, read once.
+    engine.apply_definition(quota_state_key("acme", "ams"), None)
+    engine.apply_definition(quota_state_key("acme", "q1"), _quota(100))
+    engine._recheck.clear()
+    now = datetime(2026, 11, 25, 12, 0, 30, tzinfo=UTC)
+    await engine.check([Touch("acme/a", "m", now, "e3"), Touch("acme/b", "m", now, "e4")])
+    assert reader.starts[1] == [period_bounds("day", now)[0]]
