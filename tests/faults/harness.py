@@ -165,7 +165,23 @@ class Worker:
         self._fh.close()
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
+
+
+def log_tail(log: Path, chars: int = 4000) -> str:
+    """The end of a worker's log, and its first error line if the end no longer shows it.
+
+    A worker that fails at start logs its cause first and then a cascade of
+    shutdown errors (Faust's services stopping half started): the end alone
+    hid the cause of one CI failure (round 15).
+    """
+    text = log.read_text(errors="replace")
+    end = text[-chars:]
+    markers = ('"level": "error"', "Traceback", "[ERROR]", "ERROR")
+    first = next((ln for ln in text.splitlines() if any(m in ln for m in markers)), "")
+    if not first or first in end:
+        return end
+    return f"first error line: {first[:chars]}\n... last {chars} characters:\n{end}"
 
 
 def start_worker(

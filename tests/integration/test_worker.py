@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from tests.faults.harness import group_size
+from tests.faults.harness import group_size, log_tail
 from tokenpulse.schemas import (
     QuotaAlert,
     QuotaDefinition,
@@ -143,7 +143,7 @@ class Worker:
         self._fh.close()
 
     def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
+        return log_tail(self.log)
 
 
 @pytest.fixture
