@@ -14,14 +14,42 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tokenpulse.errors import InvalidRecord
+from tokenpulse.errors import InvalidRecord, ServiceUnavailable
 from tokenpulse.schemas.quota import decode_quota_definition, decode_quota_state
 from tokenpulse.streams.quotas import QuotaEngine
 
 log = logging.getLogger("tokenpulse.streams.quota_feed")
+
+METADATA_RETRY_S = 0.5
+
+
+async def topic_partitions(consumer: Any, topic: str, deadline: float) -> set[int]:
+    """The partitions of `topic`, waiting for the metadata of a topic created a moment ago.
+
+    A topic `ensure_topics` has just created may be missing from the
+    client's metadata for a while. Taking "no partitions" then would leave
+    the feed following nothing: a worker without quota definitions, which
+    never alerts and says nothing. Waited for until `deadline` (the event
+    loop's clock), then a clear error.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        if loop.time() > deadline:
+            raise ServiceUnavailable(
+                f"Kafka has no partitions for the quota topic {topic!r}: was it created "
+                "(`tokenpulse worker` creates it at start) and is the broker healthy?",
+                details={"topic": topic},
+            )
+        await consumer._client.force_metadata_update()
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(METADATA_RETRY_S)
 
 
 class QuotaFeed:
@@ -61,18 +89,15 @@ class QuotaFeed:
         )
         await consumer.start()
         self._consumer = consumer
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         tps = []
         for topic in (self.quotas_topic, self.state_topic):
-            parts = consumer.partitions_for_topic(topic)
-            if parts is None:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
+            parts = await topic_partitions(consumer, topic, deadline)
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         while not await self._caught_up(consumer, ends):
             if loop.time() > deadline:
                 raise TimeoutError("quota topics not read to the end in time")
