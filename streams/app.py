@@ -172,11 +172,18 @@ class Runtime:
             self.webhook.offer(decode_quota_alert(body).alert_id, body)
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Per assigned usage partition: highwater - next offset to process."""
+        """Per assigned usage partition: highwater - next offset to process.
+
+        Also asked by the metrics endpoint's HTTP thread at any moment of the
+        start. Faust's `app.consumer` builds the consumer on first use, bound
+        to the calling thread's event loop; built by a scrape, it crashed the
+        worker's start ("got Future attached to a different loop", round 15).
+        So a consumer the worker has not built yet has no lag to report.
+        """
         p = self.processor
-        consumer: Any = self.app.consumer
+        consumer: Any = getattr(self.app, "_consumer", None)
         out: dict[tuple[str, int], int] = {}
-        if p is None:
+        if p is None or consumer is None:
             return out
         try:
             assigned = [
