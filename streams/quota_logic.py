@@ -68,6 +68,15 @@ def period_bounds(period: str, at: datetime, timezone: str = "UTC") -> tuple[dat
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+def on_whole_minutes(bounds: tuple[datetime, datetime]) -> bool:
+    """Whether both bounds (UTC, as `period_bounds` returns them) are whole minutes.
+
+    Then the period holds the whole minute of any instant in it, so its
+    bounds may be remembered per minute.
+    """
+    return all(b.second == 0 and b.microsecond == 0 for b in bounds)
+
+
 _MINUTE_BOUNDS: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}
 _MINUTE_BOUNDS_MAX = 65_536
 
@@ -87,7 +96,7 @@ def minute_period_bounds(
     bounds = _MINUTE_BOUNDS.get(key)
     if bounds is None:
         bounds = period_bounds(period, at, timezone)
-        if all(b.microsecond == 0 and b.timestamp() % 60 == 0 for b in bounds):
+        if on_whole_minutes(bounds):
             if len(_MINUTE_BOUNDS) >= _MINUTE_BOUNDS_MAX:
                 _MINUTE_BOUNDS.clear()  # bounded: rebuilt from the minutes in use
             _MINUTE_BOUNDS[key] = bounds

@@ -38,6 +38,7 @@ from tokenpulse.streams.quota_logic import (
     crossed_thresholds,
     evaluate,
     minute_period_bounds,
+    on_whole_minutes,
     period_bounds,
 )
 from tokenpulse.streams.quota_pending import At, PendingUsage
@@ -60,7 +61,7 @@ class Touch(NamedTuple):
 
 Todo = dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]]
 # A quota period an event counts toward: (state key, start), definition, end.
-Period = tuple[tuple[bytes, datetime], QuotaDefinition, datetime]
+Period = tuple[At, QuotaDefinition, datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,10 +193,9 @@ class QuotaEngine:
             found = []
             whole = True
             for key, d in matching(tenant_id, model):
-                start, end = minute_period_bounds(d.period, occurred_at, d.timezone)
-                whole = whole and not (start.second or start.microsecond)
-                whole = whole and not (end.second or end.microsecond)
-                found.append(((key, start), d, end))
+                bounds = minute_period_bounds(d.period, occurred_at, d.timezone)
+                whole = whole and on_whole_minutes(bounds)
+                found.append(((key, bounds[0]), d, bounds[1]))
             if whole:
                 memo[minute] = found
             return found

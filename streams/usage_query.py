@@ -219,14 +219,16 @@ _HOUR_S = 3600
 
 
 def _hours_and_minutes(
-    lo: int, hi: int, bounds: Sequence[int]
+    bounds: Sequence[int],
 ) -> tuple[tuple[int, int, list[int]] | None, list[tuple[int, int]]]:
-    """How to read [lo, hi) (epoch seconds on the minute): by the hour, by the minute.
+    """How to read [first bound, last bound) by the hour and by the minute.
 
-    Hours: (first, last, split) for the whole hours in [first, last) except
-    the `split` ones, or None if there is none. Minutes: the [a, b) ranges
-    of [lo, hi) in hours that one of `bounds` splits (adjacent ones merged).
+    `bounds`: sorted epoch seconds on the minute. Hours: (first, last,
+    split) for the whole hours in [first, last) except the `split` ones, or
+    None if there is none. Minutes: the [a, b) ranges in hours that one of
+    `bounds` splits (adjacent ones merged).
     """
+    lo, hi = bounds[0], bounds[-1]
     split = sorted({b - b % _HOUR_S for b in bounds if b % _HOUR_S})
     first = -(-lo // _HOUR_S) * _HOUR_S
     last = hi - hi % _HOUR_S
@@ -468,7 +470,7 @@ class ClickHouseUsageReader:
         def dt(epoch_s: int) -> str:
             return f"toDateTime({p.bind('UInt32', epoch_s)}, 'UTC')"
 
-        hours, minutes = _hours_and_minutes(bounds[0], bounds[-1], bounds)
+        hours, minutes = _hours_and_minutes(bounds)
         parts = []
         if hours is not None:
             first, last, split = hours

@@ -276,27 +276,27 @@ H = 3600
 
 def test_periods_on_the_hour_are_read_by_the_hour_only() -> None:
     month = (0, 30 * 24 * H)
-    assert _hours_and_minutes(*month, month) == ((0, 30 * 24 * H, []), [])
+    assert _hours_and_minutes(month) == ((0, 30 * 24 * H, []), [])
 
 
 def test_an_hour_that_a_bound_splits_is_read_by_the_minute() -> None:
     # A day in Asia/Kolkata (+05:30): its first and last half hours by the minute.
     lo, hi = 18 * H + 1800, 42 * H + 1800
-    assert _hours_and_minutes(lo, hi, [lo, hi]) == (
+    assert _hours_and_minutes([lo, hi]) == (
         (19 * H, 42 * H, []),
         [(lo, 19 * H), (42 * H, hi)],
     )
     # A minute quota inside a UTC day: its hour is cut out of the hours.
     bounds = [0, 7 * H + 1800, 7 * H + 1860, 24 * H]
-    assert _hours_and_minutes(0, 24 * H, bounds) == ((0, 24 * H, [7 * H]), [(7 * H, 8 * H)])
+    assert _hours_and_minutes(bounds) == ((0, 24 * H, [7 * H]), [(7 * H, 8 * H)])
 
 
 def test_a_period_within_one_hour_is_read_by_the_minute_only() -> None:
     lo, hi = 7 * H + 1800, 7 * H + 1860
-    assert _hours_and_minutes(lo, hi, [lo, hi]) == (None, [(lo, hi)])
+    assert _hours_and_minutes([lo, hi]) == (None, [(lo, hi)])
     # Two minute quotas in adjacent hours: one range of minutes.
     bounds = [7 * H + 3540, 7 * H + 3600 + 60]
-    assert _hours_and_minutes(bounds[0], bounds[1], bounds) == (None, [(bounds[0], bounds[1])])
+    assert _hours_and_minutes(bounds) == (None, [(bounds[0], bounds[1])])
 
 
 async def test_a_chunk_with_split_hours_reads_both_tables_in_one_query() -> None:
