@@ -27,8 +27,8 @@ from tokenpulse.schemas.signing import Keyring
 from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.partitions import PartitionState, PartitionTable, Slice
-from tokenpulse.streams.quotas import Outgoing, QuotaEngine, Touch
-from tokenpulse.streams.records import Counters, InRecord, RecordDecoder, Work, touch
+from tokenpulse.streams.quotas import Counted, Outgoing, QuotaEngine, Touch
+from tokenpulse.streams.records import Counters, InRecord, RecordDecoder, Work
 from tokenpulse.streams.retry import FlowControl, RetryAbandoned, SinkRetrier
 
 log = logging.getLogger("tokenpulse.streams.processor")
@@ -394,7 +394,7 @@ class UsageProcessor:
         if to_write:
             await self._write(to_write)
         commits: dict[str, dict[int, int]] = {}
-        touches = [t for p in group for t in p.touches]
+        touches: list[Counted] = [t for p in group for t in p.touches]
         quotas = self.quotas
         for state, batch in slices:
             if batch.events:
@@ -407,9 +407,7 @@ class UsageProcessor:
             if quotas is not None:
                 covered = quotas.covered(set(map(_TENANT_ID, batch.events)))
                 if covered:
-                    touches += [
-                        touch(a.event) for a in batch.events if a.event.tenant_id in covered
-                    ]
+                    touches += [a.event for a in batch.events if a.event.tenant_id in covered]
         pending = [a for p in group for a in p.pending]
         quota_outs: list[Outgoing] = []
         if self.quotas is not None and touches:

@@ -74,7 +74,8 @@ def on_whole_minutes(bounds: tuple[datetime, datetime]) -> bool:
     Then the period holds the whole minute of any instant in it, so its
     bounds may be remembered per minute.
     """
-    return all(b.second == 0 and b.microsecond == 0 for b in bounds)
+    start, end = bounds
+    return not (start.second or start.microsecond or end.second or end.microsecond)
 
 
 _MINUTE_BOUNDS: dict[tuple[str, str, int], tuple[datetime, datetime]] = {}

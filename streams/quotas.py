@@ -15,12 +15,13 @@ bound is announced then, without waiting for the write and the read.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from tokenpulse.schemas.quota import (
     QuotaAlert,
@@ -59,6 +60,19 @@ class Touch(NamedTuple):
     event_id: str
 
 
+class Counted(Protocol):
+    """What the quota engine reads of an event (a UsageEvent or a Touch)."""
+
+    @property
+    def tenant_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def occurred_at(self) -> datetime: ...
+    @property
+    def event_id(self) -> str: ...
+
+
 Todo = dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]]
 # A quota period an event counts toward: (state key, start), definition, end.
 Period = tuple[At, QuotaDefinition, datetime]
@@ -89,7 +103,14 @@ class QuotaEngine:
         # exact about this worker's own events, and read at a later check,
         # the never read first, then the longest unread.
         self.max_reads_per_check = max_reads_per_check
+        # The deferred reads: the entry per (quota, period), and a heap of
+        # (read round, order, at) that gives the longest unread first. The
+        # heap may hold stale items (an `at` read or dropped since): skipped
+        # when they come up, so a check costs what it touches plus the cap,
+        # not the fleet's thousands of deferred quotas.
         self._deferred: Todo = {}
+        self._queue: list[tuple[int, int, At]] = []
+        self._queued = 0
         self._read_round = 0
         self.usage = QuotaUsage(reader, pricebook)
         self.alerts_topic = alerts_topic
@@ -101,35 +122,47 @@ class QuotaEngine:
         # about, and those of them that a quota covers.
         self._asked: set[str] = set()
         self._covered: set[str] = set()
+        # _matching() cache, cleared on definition changes too.
+        self._matches: dict[tuple[str, str], list[tuple[bytes, QuotaDefinition]]] = {}
         self._recheck: set[bytes] = set()  # changed definitions: re-evaluate now
         self.pending = PendingUsage()  # lower bounds of usage (tokens and cost) for `early`
         self.alerts_sent = 0
 
     # -- topic readers feed these -------------------------------------------------
     def apply_definition(self, key: bytes, value: QuotaDefinition | None) -> None:
+        # Incremental, not rebuilt from every definition: a file of 10,000
+        # quotas arrives as 10,000 records (quadratic when each rebuilt it).
         old = self.definitions.pop(key, None)
-        for at in [at for at in self._deferred if at[0] == key]:
-            del self._deferred[at]  # a changed definition is checked again anyway
-        if old is None or value is None or _scope(old) != _scope(value):
-            self.pending.forget_quota(key)  # its numbers measured something else
-            if old is not None and value is not None:
-                # So did the state's `used`: a check starts from the new
-                # measure (states never go down within a period).
-                self.states.pop(key, None)
+        if old is not None:
+            mine = [e for e in self._by_tenant[old.tenant_id] if e[1] is not old]
+            if mine:
+                self._by_tenant[old.tenant_id] = mine
+            else:
+                del self._by_tenant[old.tenant_id]
+            # A deferred read of the old definition is dropped when it is due
+            # (`check`): an index here would cost every check more than this.
+            if value is None or _scope(old) != _scope(value):
+                self.pending.forget_quota(key)  # its numbers measured something else
+                if value is not None:
+                    # So did the state's `used`: a check starts from the new
+                    # measure (states never go down within a period).
+                    self.states.pop(key, None)
+        # (A key without a definition has no bounds: they are only kept for
+        # the current definitions, and a delete forgot them.)
         if value is not None:
             self.definitions[key] = value
+            # With its state key: asked per event, built once here.
+            state_key = quota_state_key(value.tenant_id, value.quota_id)
+            self._by_tenant[value.tenant_id].append((state_key, value))
             if (
                 old is None
                 or old.limit != value.limit
                 or old.thresholds_pct != value.thresholds_pct
             ):
                 self._recheck.add(key)
-        self._by_tenant = defaultdict(list)
-        for d in self.definitions.values():
-            # With its state key: asked per event, built once here.
-            self._by_tenant[d.tenant_id].append((quota_state_key(d.tenant_id, d.quota_id), d))
         self._asked.clear()
         self._covered.clear()
+        self._matches.clear()
 
     def watches(self, tenant_id: str) -> bool:
         """Whether any quota covers this tenant (on any level of its lineage)."""
@@ -167,44 +200,68 @@ class QuotaEngine:
             self.states[key] = value
 
     # -- checks ---------------------------------------------------------------------
-    def _matching(self, tenant_id: str, model: str) -> Iterable[tuple[bytes, QuotaDefinition]]:
-        """(state key, definition) of every quota that counts this tenant's model."""
-        for level in tenant_lineage(tenant_id):
-            for key, d in self._by_tenant.get(level, ()):
-                if d.model is None or d.model == model:
-                    yield key, d
+    def _matching(self, tenant_id: str, model: str) -> list[tuple[bytes, QuotaDefinition]]:
+        """(state key, definition) of every quota that counts this tenant's model.
 
-    def _periods_of(self) -> Callable[[str, str, datetime], list[Period]]:
-        """The quota periods an event counts toward, remembered for one batch.
-
-        Per (tenant, model, UTC minute): the batch's events of one tenant
-        mostly share their minute, and a period whose bounds are whole
-        minutes holds the whole minute. Bounds that are not (a zone's
-        historic offset with seconds) are worked out per event.
+        Remembered per (tenant, model) until the definitions change: asked
+        per distinct (tenant, model, minute) of every batch, twice.
         """
-        memo: dict[tuple[str, str, float], list[Period]] = {}
-        matching = self._matching
+        found = self._matches.get((tenant_id, model))
+        if found is None:
+            found = [
+                (key, d)
+                for level in tenant_lineage(tenant_id)
+                for key, d in self._by_tenant.get(level, ())
+                if d.model is None or d.model == model
+            ]
+            if len(self._matches) >= _WATCH_CACHE_MAX:
+                self._matches.clear()  # bounded, like the watches cache
+            self._matches[(tenant_id, model)] = found
+        return found
 
-        def periods(tenant_id: str, model: str, occurred_at: datetime) -> list[Period]:
-            minute = (tenant_id, model, occurred_at.timestamp() // 60)
-            found = memo.get(minute)
-            if found is not None:
-                return found
-            found = []
-            whole = True
-            for key, d in matching(tenant_id, model):
-                bounds = minute_period_bounds(d.period, occurred_at, d.timezone)
-                whole = whole and on_whole_minutes(bounds)
-                found.append(((key, bounds[0]), d, bounds[1]))
+    def _periods(
+        self, tenant_id: str, model: str, occurred_at: datetime
+    ) -> tuple[list[Period], bool]:
+        """The quota periods an event counts toward, and whether all of them hold its UTC minute.
+
+        They do when their bounds are whole minutes; a zone's historic offset
+        with seconds (Amsterdam before 1937) can split a minute.
+        """
+        found: list[Period] = []
+        whole = True
+        for key, d in self._matching(tenant_id, model):
+            bounds = minute_period_bounds(d.period, occurred_at, d.timezone)
+            whole = whole and on_whole_minutes(bounds)
+            found.append(((key, bounds[0]), d, bounds[1]))
+        return found, whole
+
+    def _counted(
+        self, events: Sequence[Counted], tokens: bool
+    ) -> Iterator[tuple[list[Period], _Group]]:
+        """The batch's events per (tenant, model, UTC minute), each group with its quota periods.
+
+        A batch's events of one tenant mostly share their minute, so the
+        periods are worked out once per group, not per event. A group whose
+        periods do not hold its whole minute is split back into its events.
+        """
+        groups = _by_minute(events, tokens)
+        split: set[_Minute] = set()
+        for minute, g in groups.items():
+            sample = g[1]
+            found, whole = self._periods(sample.tenant_id, sample.model, sample.occurred_at)
             if whole:
-                memo[minute] = found
-            return found
-
-        return periods
+                yield found, g
+            else:
+                split.add(minute)
+        if split:
+            for i, ev in enumerate(events):
+                if _minute_of(ev) in split:
+                    found, _ = self._periods(ev.tenant_id, ev.model, ev.occurred_at)
+                    yield found, _group(i, ev, tokens)
 
     async def check(
         self,
-        touches: Iterable[Touch],
+        touches: Iterable[Counted],
         now: datetime | None = None,
         *,
         settle_upto: int | None = None,
@@ -219,12 +276,13 @@ class QuotaEngine:
         Quotas a previous check left unread are due again.
         """
         now = now or datetime.now(UTC)
-        todo: Todo = self._deferred
-        self._deferred = {}
-        periods = self._periods_of()
-        for touch in touches:
-            for at, d, end in periods(touch.tenant_id, touch.model, touch.occurred_at):
-                todo[at] = (d, end, touch.event_id)
+        todo: Todo = {}
+        last: dict[At, int] = {}  # the batch's last event of each period names it
+        for found, g in self._counted(list(touches), tokens=False):
+            for at, d, end in found:
+                if last.get(at, -1) < g[0]:
+                    last[at] = g[0]
+                    todo[at] = (d, end, g[2])
         for key in sorted(self._recheck):
             d_opt = self.definitions.get(key)
             if d_opt is not None:
@@ -262,33 +320,30 @@ class QuotaEngine:
         without a price book (its state is unknown either way).
         """
         now = now or datetime.now(UTC)
-        watches = self.watches
         priced = self.usage.pricebook is not None
-        periods = self._periods_of()
+        events = list(events)
+        covered = self.covered({ev.tenant_id for ev in events})
         todo: Todo = {}
+        last: dict[At, int] = {}  # the batch's last event of each period names it
         # The batch's tokens per (quota period, tenant, model), added to the
         # bounds once each: the same sums as an add per event, for less work.
         sums: dict[tuple[At, str, str], list[int]] = {}
-        for ev in events:
-            if not watches(ev.tenant_id):
-                continue
-            for at, d, end in periods(ev.tenant_id, ev.model, ev.occurred_at):
+        for found, g in self._counted([e for e in events if e.tenant_id in covered], tokens=True):
+            sample = g[1]
+            for at, d, end in found:
                 if (d.metric == "cost" and not priced) or self._closed(*at):
                     continue
-                acc = sums.get((at, ev.tenant_id, ev.model))
+                acc = sums.get((at, sample.tenant_id, sample.model))
                 if acc is None:
-                    sums[(at, ev.tenant_id, ev.model)] = [
-                        ev.input_tokens,
-                        ev.cached_input_tokens,
-                        ev.output_tokens,
-                        ev.reasoning_tokens,
-                    ]
+                    sums[(at, sample.tenant_id, sample.model)] = g[3:7]
                 else:
-                    acc[0] += ev.input_tokens
-                    acc[1] += ev.cached_input_tokens
-                    acc[2] += ev.output_tokens
-                    acc[3] += ev.reasoning_tokens
-                todo[at] = (d, end, ev.event_id)
+                    acc[0] += g[3]
+                    acc[1] += g[4]
+                    acc[2] += g[5]
+                    acc[3] += g[6]
+                if last.get(at, -1) < g[0]:
+                    last[at] = g[0]
+                    todo[at] = (d, end, g[2])
         for (at, tenant_id, model), (inp, cached, out, reasoning) in sums.items():
             self.pending.add(seq, at, tenant_id, model, (inp, cached, out, reasoning))
         alerts: list[Outgoing] = []
@@ -314,15 +369,47 @@ class QuotaEngine:
             readings[at] = self.pending.with_outstanding(at, reading)
 
     def _split_reads(self, todo: Todo) -> tuple[list[At], list[At]]:
-        """The (quota, period)s to read now and those left for a later check (the cap)."""
+        """The (quota, period)s to read now, and those of `todo` left for a later check (the cap).
+
+        Read: up to the cap, the never read first (-1: no lower bound to
+        stand in), then the longest unread, from `todo` and the deferred
+        reads of earlier checks (first on a tie: they waited). A deferred
+        one that is read joins `todo`; one whose definition changed or whose
+        period closed since is dropped.
+        """
         due = [at for at in todo if not self._closed(*at)]
+        for at in due:
+            self._deferred.pop(at, None)  # touched again: `todo` has its newest entry
         cap = self.max_reads_per_check
-        if cap is None or len(due) <= cap:
+        if cap is None:
             return due, []
-        # Never read first (-1: no lower bound to stand in), then the longest
-        # unread; sorted() is stable, so ties keep their order.
-        by_age = sorted(due, key=self.pending.read_round)
-        return by_age[:cap], by_age[cap:]
+        round_of = self.pending.read_round
+        fresh = sorted(due, key=round_of)  # stable: ties keep their order
+        read: list[At] = []
+        i = 0
+        queue = self._queue
+        while len(read) < cap:
+            while queue and queue[0][2] not in self._deferred:
+                heapq.heappop(queue)  # stale: read or dropped since
+            if i < len(fresh) and (not queue or round_of(fresh[i]) < queue[0][0]):
+                read.append(fresh[i])
+                i += 1
+            elif queue:
+                at = heapq.heappop(queue)[2]
+                entry = self._deferred.pop(at)
+                if self.definitions.get(at[0]) is entry[0] and not self._closed(*at):
+                    todo[at] = entry
+                    read.append(at)
+            else:
+                break
+        return read, fresh[i:]
+
+    def _defer(self, todo: Todo, later: list[At]) -> None:
+        for at in later:
+            if at not in self._deferred:
+                self._queued += 1
+                heapq.heappush(self._queue, (self.pending.read_round(at), self._queued, at))
+            self._deferred[at] = todo[at]
 
     async def _run(
         self,
@@ -331,21 +418,26 @@ class QuotaEngine:
         settle_upto: int | None = None,
         durable_seqs: Collection[int] = (),
     ) -> list[Outgoing]:
-        ordered = sorted(todo.items(), key=lambda kv: kv[0])
+        """Read (up to the cap), then evaluate `todo` and the deferred reads read now.
+
+        A deferred read that nothing touched since is evaluated only when
+        read: its bound has not moved since it was evaluated.
+        """
         read, later = self._split_reads(todo)
-        now_read = set(read)
+        read.sort()
         self._read_round += 1
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
         # period it visits, in ascending order, so it skips what is skipped
         # here; the quota feed may still change states during the read.
+        done = False
         try:
-            due = [(key, start, d, end) for (key, start), (d, end, _) in ordered]
-            readings = await self.usage.read([r for r in due if r[:2] in now_read])
+            readings = await self.usage.read([(*at, *todo[at][:2]) for at in read])
+            done = True
         finally:
-            # Left for later whether the read worked or not.
-            for at in later:
-                self._deferred.setdefault(at, todo[at])
+            # Left for later whether the read worked or not; a failed read's
+            # quotas wait with them (a tick or the next write reads them).
+            self._defer(todo, later if done else read + later)
             if settle_upto is not None:
                 # The batches written before this read are in it (or dropped);
                 # with no await from here on, `early` cannot run in between.
@@ -359,13 +451,12 @@ class QuotaEngine:
                 readings[at] = bound
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
-        for (key, start), (d, end, event_id) in ordered:
-            if (key, start) not in readings or self._closed(key, start):
+        for at in sorted(readings):
+            if self._closed(*at):
                 continue
-            used, pricing, reason = self.usage.measure(key, d, start, readings[(key, start)])
-            self._evaluate_one(
-                (key, start), d, end, event_id, used, pricing, reason, now, alerts, states
-            )
+            d, end, event_id = todo[at]
+            used, pricing, reason = self.usage.measure(at[0], d, at[1], readings[at])
+            self._evaluate_one(at, d, end, event_id, used, pricing, reason, now, alerts, states)
         return alerts + states
 
     def _evaluate_one(
@@ -447,6 +538,56 @@ class QuotaEngine:
             )
             self.states[key] = new_state
             states.append(Outgoing(self.state_topic, key, encode_quota_state(new_state)))
+
+
+# (tenant, model, UTC day ordinal, hour, minute): the events that share their quota periods.
+_Minute = tuple[str, str, int, int, int]
+# [index of the group's last event, its first event, the last event's id, then,
+# when tokens are summed: input, cached input, output, reasoning tokens].
+_Group = list[Any]
+
+
+def _minute_of(ev: Counted) -> _Minute:
+    at = ev.occurred_at
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    return (ev.tenant_id, ev.model, at.toordinal(), at.hour, at.minute)
+
+
+def _group(i: int, ev: Any, tokens: bool) -> _Group:
+    if tokens:
+        return [
+            i,
+            ev,
+            ev.event_id,
+            ev.input_tokens,
+            ev.cached_input_tokens,
+            ev.output_tokens,
+            ev.reasoning_tokens,
+        ]
+    return [i, ev, ev.event_id]
+
+
+def _by_minute(events: Sequence[Any], tokens: bool) -> dict[_Minute, _Group]:
+    """`events` grouped by `_minute_of` (inlined: this runs per event)."""
+    groups: dict[_Minute, _Group] = {}
+    for i, ev in enumerate(events):
+        at = ev.occurred_at
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
+        minute = (ev.tenant_id, ev.model, at.toordinal(), at.hour, at.minute)
+        g = groups.get(minute)
+        if g is None:
+            groups[minute] = _group(i, ev, tokens)
+            continue
+        g[0] = i
+        g[2] = ev.event_id
+        if tokens:
+            g[3] += ev.input_tokens
+            g[4] += ev.cached_input_tokens
+            g[5] += ev.output_tokens
+            g[6] += ev.reasoning_tokens
+    return groups
 
 
 def _scope(d: QuotaDefinition) -> tuple[object, ...]:

@@ -192,6 +192,32 @@ async def test_a_crossing_of_the_lower_bound_is_announced_before_the_write() -> 
     assert engine.early(2, [_event(2, 1)], NOW) == []  # 56: nothing new
 
 
+async def test_a_batch_over_several_minutes_and_tenants_counts_every_token_once() -> None:
+    """Events are summed per (tenant, model, minute): the bound holds each one once,
+    and an alert names the batch's last event of the period, whatever its group."""
+    reader = StoreReader()
+    engine = _engine(reader)
+    await engine.check([_touch(0)], NOW, settle_upto=0)  # base 0
+    minute = timedelta(minutes=1)
+    batch = [
+        _event(1, 10, NOW),
+        _event(2, 10, NOW + minute, tenant="acme/b"),
+        _event(3, 10, NOW + minute),
+        _event(4, 10, NOW + 2 * minute),
+        _event(5, 10, NOW + 2 * minute + timedelta(seconds=30)),
+        _event(6, 10, NOW),  # the first group's minute again, last in the batch
+    ]
+    outs = engine.early(1, batch, NOW)
+    alert = decode_quota_alert(next(o.value for o in outs if o.topic == "alerts"))
+    assert (alert.threshold_pct, alert.used, alert.event_id) == (50, 60, "e6")
+    assert engine.pending.lower_bound(AT) == Usage(60, 6)
+    # The durable check names the last touch of the period too.
+    reader.input_tokens = 90
+    outs = await engine.check(batch[::-1], NOW, settle_upto=1)
+    alert = decode_quota_alert(next(o.value for o in outs if o.topic == "alerts"))
+    assert (alert.threshold_pct, alert.event_id) == (80, "e1")
+
+
 async def test_without_a_store_reading_the_early_check_waits_for_the_durable_one() -> None:
     reader = StoreReader()
     engine = _engine(reader)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from tests.unit.test_quota_early import StoreReader, _always_commits
 from tests.unit.test_streams_processor import MemorySink, Sent
@@ -164,8 +167,12 @@ async def test_a_changed_definition_is_not_left_deferred_with_its_old_measure() 
     assert list(engine._deferred) == [(_key("t1"), START)]
     engine.apply_definition(_key("t1"), QuotaDefinition(
         quota_id="q", tenant_id="t1", metric="output", period="day", limit=5))  # fmt: skip
-    assert engine._deferred == {}
     assert engine._recheck == {_key("t1")}  # checked again as the new definition
+    store.tokens["t1"] = 7  # input tokens: what the old definition measured
+    await engine.check((), NOW)
+    assert store.reads[-1] == ["t1"]  # once
+    assert engine.states[_key("t1")].used == 0  # no output tokens: the new measure
+    assert engine._deferred == {}
 
 
 async def test_the_processor_folds_its_write_into_the_quotas_left_unread() -> None:
@@ -193,3 +200,64 @@ async def test_the_processor_folds_its_write_into_the_quotas_left_unread() -> No
     start, _ = period_bounds("day", now)
     bounds = [engine.pending.lower_bound((_key(t), start)) for t in ("acme", "beta")]
     assert bounds == [Usage(15, 0), Usage(27, 0)]  # what the store has
+
+
+async def test_a_deferred_read_is_made_once_even_when_touched_again() -> None:
+    store = Store()
+    engine = _engine(store, cap=1)
+    engine._recheck.clear()
+    await engine.check(_touches("t0", "t1"), NOW)  # t1 deferred
+    await engine.check(_touches("t1"), NOW)  # touched again: read now, not left queued
+    await engine.check((), NOW)
+    await engine.check((), NOW)
+    assert store.reads == [["t0"], ["t1"]]
+    assert engine._deferred == {}
+
+
+async def test_a_deferred_read_of_a_deleted_quota_is_dropped_unread() -> None:
+    store = Store()
+    engine = _engine(store, cap=1)
+    engine._recheck.clear()
+    await engine.check(_touches("t0", "t1", "t2"), NOW)
+    engine.apply_definition(_key("t1"), None)
+    await engine.check((), NOW)
+    await engine.check((), NOW)
+    assert store.reads == [["t0"], ["t2"]]
+    assert engine._deferred == {}
+
+
+async def test_deferred_quotas_nothing_touched_are_evaluated_only_when_read() -> None:
+    """Their bounds have not moved: evaluating thousands of them per check was
+    most of a fleet's check cost (bench/quota_engine_bench.py)."""
+    store = Store()
+    engine = _engine(store, cap=2)
+    engine._recheck.clear()
+    for _ in range(3):  # every quota read once: all have a bound
+        await engine.check(_touches(*TENANTS), NOW)
+    await engine.check(_touches(*TENANTS), NOW)  # 2 read, 3 deferred and evaluated
+    evaluated: list[bytes] = []
+    evaluate = engine._evaluate_one
+
+    def counting(at: tuple[bytes, datetime], *args: Any) -> None:
+        evaluated.append(at[0])
+        evaluate(at, *args)
+
+    engine._evaluate_one = counting  # type: ignore[method-assign]
+    await engine.check((), NOW)
+    assert len(evaluated) == 2 == len(store.reads[-1])  # the two read, no other
+    await engine.check(_touches("t0"), NOW)  # touched: evaluated (read or not)
+    assert _key("t0") in evaluated[2:]
+
+
+async def test_the_quotas_of_a_failed_read_wait_for_the_next_check() -> None:
+    store = Store()
+    engine = _engine(store, cap=1)
+    engine._recheck.clear()
+    store.tokens = {}  # every read fails (KeyError): the store is away
+    with pytest.raises(KeyError):
+        await engine.check(_touches("t0", "t1"), NOW)
+    assert set(engine._deferred) == {(_key("t0"), START), (_key("t1"), START)}
+    store.tokens = dict.fromkeys(TENANTS, 0)
+    await engine.check((), NOW)
+    await engine.check((), NOW)
+    assert store.reads == [["t0"], ["t0"], ["t1"]]
