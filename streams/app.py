@@ -198,6 +198,26 @@ class Runtime:
             log.debug("consumer lag unavailable", exc_info=True)
         return out
 
+    def sole_owner(self) -> int | None:
+        """The consumer generation while this worker is assigned every usage partition, else None.
+
+        None during a rebalance and before the consumer knows the topic: the
+        quota engine then reads the store after every write (QuotaEngine).
+        """
+        consumer: Any = getattr(self.app, "_consumer", None)
+        if consumer is None or getattr(self.app, "rebalancing", True):
+            return None
+        topic = self.settings.topics.usage
+        try:
+            count = consumer.topic_partitions(topic)
+            assigned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
+        except Exception:  # a consumer mid-rebalance or stopping: not known to be alone
+            log.debug("usage partitions unavailable", exc_info=True)
+            return None
+        if not count or assigned != set(range(count)):
+            return None
+        return int(self.app.consumer_generation_id)
+
     def keyring(self) -> Keyring | None:
         s = self.settings
         if not s.verify_signatures:
@@ -304,6 +324,8 @@ class Runtime:
             state_topic=s.topics.state,
             pricebook=pricebook,
             max_reads_per_check=s.quota_max_reads_per_check,
+            sole_owner=self.sole_owner,
+            reread_s=s.quota_reread_s,
         )
         self.feed = QuotaFeed(
             self.engine,

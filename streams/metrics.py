@@ -57,6 +57,17 @@ class _Collector(Collector):
         for reason, n in sorted(c.rejected_by_reason.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        quotas = getattr(p, "quotas", None)
+        if quotas is not None:
+            checked = CounterMetricFamily(
+                "tokenpulse_quota_periods_checked",
+                "quota periods evaluated by the durable check: read from the store, or exact "
+                "without a read (this worker owns every usage partition)",
+                labels=["source"],
+            )
+            checked.add_metric(["store"], quotas.periods_read)
+            checked.add_metric(["sole_owner"], quotas.periods_exact)
+            yield checked
         hooks = CounterMetricFamily(
             "tokenpulse_webhook_events", "alert webhook outcomes", labels=["outcome"]
         )

@@ -28,6 +28,7 @@ priced at the month's margin like the rest).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from datetime import datetime
 
@@ -52,8 +53,9 @@ def _add(split: Split, key: tuple[str, str], tokens: tuple[int, int, int, int]) 
 
 class PendingUsage:
     def __init__(self) -> None:
-        # Reading, period end, and the engine's read round it came from.
-        self._base: dict[At, tuple[Bound, datetime, int]] = {}
+        # Reading, period end, the engine's read round it came from, and until
+        # when (the engine's clock) it is exact about every writer (see `exact`).
+        self._base: dict[At, tuple[Bound, datetime, int, float]] = {}
         # Per prepared batch (seq, ascending) and (quota, period): its tokens.
         self._batches: dict[int, dict[At, Split]] = {}
         self._outstanding: dict[At, Split] = {}
@@ -88,8 +90,8 @@ class PendingUsage:
             for at, split in self._batches.pop(seq).items():
                 self._subtract(at, split)
                 if seq in durable and at in fold and at in self._base:
-                    reading, end, read_round = self._base[at]
-                    self._base[at] = (_plus(reading, split), end, read_round)
+                    reading, end, read_round, exact_until_s = self._base[at]
+                    self._base[at] = (_plus(reading, split), end, read_round, exact_until_s)
 
     def _subtract(self, at: At, split: Split) -> None:
         total = self._outstanding.get(at)
@@ -106,9 +108,32 @@ class PendingUsage:
         if not total:
             del self._outstanding[at]
 
-    def observe(self, at: At, durable: Bound, end: datetime, read_round: int = 0) -> None:
-        """What the store returned for `at` (a period ending at `end`): durable events only."""
-        self._base[at] = (durable, end, read_round)
+    def observe(
+        self,
+        at: At,
+        durable: Bound,
+        end: datetime,
+        read_round: int = 0,
+        exact_until_s: float = -math.inf,
+    ) -> None:
+        """What the store returned for `at` (a period ending at `end`): durable events only.
+
+        `exact_until_s`: until then the base, with this worker's durable
+        writes folded in (`settle`), is the store's total: no other writer
+        can add to it (the engine's sole-owner rule). Never, by default.
+        """
+        self._base[at] = (durable, end, read_round, exact_until_s)
+
+    def exact(self, at: At, now_s: float) -> bool:
+        """Whether `at`'s base is still the store's total at `now_s` (no read needed)."""
+        base = self._base.get(at)
+        return base is not None and now_s < base[3]
+
+    def drop_exactness(self) -> None:
+        """Another writer may have joined (a rebalance): every base is only a bound again."""
+        for at, (reading, end, read_round, exact_until_s) in list(self._base.items()):
+            if exact_until_s != -math.inf:
+                self._base[at] = (reading, end, read_round, -math.inf)
 
     def read_round(self, at: At) -> int:
         """The read round of `at`'s base; -1 if the store was never read for it."""
@@ -135,7 +160,7 @@ class PendingUsage:
 
     def forget_ended(self, now: datetime) -> None:
         """Drop the bases of periods that ended (bounded memory across periods)."""
-        for at in [at for at, (_, end, _) in self._base.items() if end <= now]:
+        for at in [at for at, (_, end, _, _) in self._base.items() if end <= now]:
             del self._base[at]
 
 

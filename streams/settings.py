@@ -162,6 +162,10 @@ class WorkerSettings:
     quota_max_reads_per_check: TOKENPULSE_QUOTA_MAX_READS_PER_CHECK (200); quota periods one
         check reads from the store at most (~2 ms of store CPU each). The others count this
         worker's own events exactly and are read at a later check (docs/streams.md).
+    quota_reread_s: TOKENPULSE_QUOTA_REREAD_S (60 s); while this worker is assigned every
+        partition of the usage topic, no other worker writes usage: a quota period read from
+        the store stays exact with this worker's own writes added, and is read again only this
+        long after its last read (for writers outside the pipeline). 0: read after every write.
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
@@ -209,6 +213,7 @@ class WorkerSettings:
     write_max_interval_ms: int = 1000
     quota_check_interval_s: float = 5.0
     quota_max_reads_per_check: int = 200
+    quota_reread_s: float = 60.0
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
@@ -270,6 +275,12 @@ class WorkerSettings:
                 f"TOKENPULSE_QUOTA_MAX_READS_PER_CHECK must be within 1..1000000, "
                 f"got {self.quota_max_reads_per_check}",
                 details={"setting": "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK"},
+            )
+        if not 0 <= self.quota_reread_s <= 86_400:
+            raise ConfigError(
+                f"TOKENPULSE_QUOTA_REREAD_S must be within 0..86400 (0: read after every "
+                f"write), got {self.quota_reread_s}",
+                details={"setting": "TOKENPULSE_QUOTA_REREAD_S"},
             )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
@@ -334,6 +345,7 @@ class WorkerSettings:
             ),
             quota_check_interval_s=_num(env, "TOKENPULSE_QUOTA_CHECK_INTERVAL_S", 5.0),
             quota_max_reads_per_check=int(_num(env, "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", 200)),
+            quota_reread_s=_num(env, "TOKENPULSE_QUOTA_REREAD_S", 60.0),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),

@@ -21,6 +21,7 @@ def test_defaults_and_environment() -> None:
     assert s.flush_interval_ms == 0  # what arrived is prepared at once (early quota checks)
     assert s.quota_check_interval_s == 5.0
     assert s.quota_max_reads_per_check == 200
+    assert s.quota_reread_s == 60.0
     assert s.write_max_interval_ms == 1000  # only while the worker is behind
     s = WorkerSettings.from_env(
         {
@@ -31,9 +32,11 @@ def test_defaults_and_environment() -> None:
             "TOKENPULSE_FLUSH_INTERVAL_MS": "500",
             "TOKENPULSE_QUOTA_CHECK_INTERVAL_S": "0.5",
             "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK": "7",
+            "TOKENPULSE_QUOTA_REREAD_S": "0",
         }
     )
     assert s.quota_max_reads_per_check == 7
+    assert s.quota_reread_s == 0.0
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (1, 0, 0)
     assert s.flush_interval_ms == 500
     assert s.quota_check_interval_s == 0.5
@@ -59,6 +62,8 @@ def test_defaults_and_environment() -> None:
         ("TOKENPULSE_QUOTA_CHECK_INTERVAL_S", "0"),
         ("TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", "0"),
         ("TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", "many"),
+        ("TOKENPULSE_QUOTA_REREAD_S", "-1"),
+        ("TOKENPULSE_QUOTA_REREAD_S", "86401"),
     ],
 )
 def test_out_of_range_is_refused_naming_the_setting(name: str, value: str) -> None:

@@ -122,8 +122,13 @@ def test_json_log_lines_carry_extras_and_mask_secrets() -> None:
 
 
 def test_metrics_are_read_from_the_processor_counters() -> None:
+    class Quotas:
+        periods_read = 3
+        periods_exact = 11
+
     class Proc:
         counters = Counters(records=7, accepted=5, duplicates=1, late=2, rows_written=5, alerts=1)
+        quotas = Quotas()
 
     Proc.counters.rejected_by_reason["malformed_json"] = 1
     metrics = WorkerMetrics(lambda: Proc(), lambda: {("usage", 3): 42})
@@ -140,5 +145,7 @@ def test_metrics_are_read_from_the_processor_counters() -> None:
         'tokenpulse_webhook_events_total{outcome="delivered"} 1.0',
         'tokenpulse_consumer_lag{partition="3",topic="usage"} 42.0',
         "tokenpulse_sink_batch_seconds_count 1.0",
+        'tokenpulse_quota_periods_checked_total{source="store"} 3.0',
+        'tokenpulse_quota_periods_checked_total{source="sole_owner"} 11.0',
     ):
         assert line in text, text
