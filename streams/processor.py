@@ -368,8 +368,13 @@ class UsageProcessor:
         events = [e for e in events if e.tenant_id in covered]
         if not events:
             return
-        self._seq += 1
-        out.seq = self._seq
+        if not out.seq:
+            # One seq per batch, also when its events come in two parts (new
+            # for sure, then new after a confirmation): the check after its
+            # write settles and folds by the batch's seq, and a part under
+            # another seq left the bounds without joining their bases.
+            self._seq += 1
+            out.seq = self._seq
         outs = self.quotas.early(out.seq, events, now)
         if not outs:
             return

@@ -12,6 +12,9 @@ that a rule switched off (reread_s 0, no sole_owner) reads every time.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from tests.unit.test_quota_early import StoreReader, _always_commits
 from tests.unit.test_quota_read_cap import (
     NOW,
     TENANTS,
@@ -22,7 +25,10 @@ from tests.unit.test_quota_read_cap import (
     _touches,
     _used,
 )
-from tokenpulse.schemas import QuotaDefinition
+from tests.unit.test_streams_processor import MemorySink, Sent
+from tokenpulse.schemas import QuotaDefinition, UsageEvent, encode_usage_event
+from tokenpulse.streams.processor import InRecord, UsageProcessor
+from tokenpulse.streams.quota_logic import Usage, period_bounds
 from tokenpulse.streams.quotas import Outgoing, QuotaEngine
 
 
@@ -187,3 +193,35 @@ async def test_exact_quotas_leave_the_read_cap_to_the_others() -> None:
     assert store.reads == [["t0", "t1"], ["t2", "t3"]]
     assert engine._deferred == {}
     assert [_used(engine, t) for t in ("t0", "t1", "t2", "t3")] == [2, 2, 1, 1]
+
+
+async def test_a_batch_checked_early_twice_folds_all_its_tokens() -> None:
+    """A batch with events new for sure and events new after a confirmation
+    query goes through `early` twice; both parts' tokens must join the base
+    that stands in for the store (a lost part stayed lost until the re-read)."""
+    sink = MemorySink()
+    reader = StoreReader(sink)
+    engine = QuotaEngine(reader, alerts_topic="alerts", state_topic="state",  # type: ignore[arg-type]
+                         max_reads_per_check=200, sole_owner=Owner(), reread_s=60.0)  # fmt: skip
+    d = QuotaDefinition(quota_id="q", tenant_id="acme", metric="input", period="day", limit=100)
+    engine.apply_definition(_key("acme"), d)
+    p = UsageProcessor(sink=sink, producer=Sent(), committer=_always_commits, dlq_topic="dlq",
+                       keyring=None, quotas=engine)  # fmt: skip
+    now = datetime.now(UTC)
+
+    def rec(offset: int, tokens: int) -> InRecord:
+        ev = UsageEvent(event_id=f"e{offset}", tenant_id="acme/a", occurred_at=now, model="m",
+                        input_tokens=tokens, output_tokens=0)  # fmt: skip
+        return InRecord("usage", 0, offset, b"acme/a", encode_usage_event(ev))
+
+    await p.process([rec(0, 10)])  # the read: the base
+    dedup = p.partitions.parts[("usage", 0)].dedup
+    dedup.cold_until_s = 0.0  # warm: only the filter's positives are confirmed
+    # e2 "maybe seen" (as a false positive of the filter would be): confirmed new.
+    dedup.remember("e2", p.clock())
+    await p.process([rec(1, 5), rec(2, 7)])
+    await p.process([rec(3, 1)])
+    assert reader.reads == 1
+    start, _ = period_bounds("day", now)
+    assert engine.pending.lower_bound((_key("acme"), start)) == Usage(23, 0)  # the store's
+    assert p.counters.confirmations == 2  # the cold first batch, then e2 alone
