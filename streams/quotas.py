@@ -304,13 +304,15 @@ class QuotaEngine:
                 if last.get(at, -1) < g[0]:
                     last[at] = g[0]
                     todo[at] = (d, end, g[2])
+        rechecks: set[At] = set()
         for key in sorted(self._recheck):
             d_opt = self.definitions.get(key)
             if d_opt is not None:
                 start, end = period_bounds(d_opt.period, now, d_opt.timezone)
                 todo.setdefault((key, start), (d_opt, end, ""))
+                rechecks.add((key, start))
         self._recheck.clear()
-        return await self._run(todo, now, settle_upto, durable_seqs)
+        return await self._run(todo, now, settle_upto, durable_seqs, rechecks)
 
     async def roll_periods(self, now: datetime | None = None) -> list[Outgoing]:
         """A period that ended resolves: publish the new period's (usually ok) state."""
@@ -451,11 +453,16 @@ class QuotaEngine:
         now: datetime,
         settle_upto: int | None = None,
         durable_seqs: Collection[int] = (),
+        rechecks: Collection[At] = (),
     ) -> list[Outgoing]:
         """Read (up to the cap), then evaluate `todo` and the deferred reads read now.
 
         A deferred read that nothing touched since is evaluated only when
-        read: its bound has not moved since it was evaluated.
+        read: its bound has not moved since it was evaluated. Neither is an
+        exact one (the sole-owner rule) unless its definition changed
+        (`rechecks`): `early` evaluated it at this value or a higher one
+        when the batches that moved it were prepared (or, had it no base
+        then, the check whose read gave it one did, their tokens included).
         """
         epoch = self.sole_owner() if self.sole_owner is not None and self.reread_s > 0 else None
         if epoch != self._epoch:
@@ -490,7 +497,7 @@ class QuotaEngine:
         # Exact only if no rebalance began or ended while the store was read.
         sole = epoch is not None and self.sole_owner is not None and self.sole_owner() == epoch
         self._lower_bounds(readings, todo, now_s + self.reread_s if sole else -math.inf)
-        for at in later + exact:
+        for at in later + [at for at in exact if at in rechecks]:
             # Exact about this worker's events; other workers' wait for the read.
             bound = self.pending.lower_bound(at)
             if bound is not None:

@@ -13,6 +13,7 @@ that a rule switched off (reread_s 0, no sole_owner) reads every time.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from tests.unit.test_quota_early import StoreReader, _always_commits
 from tests.unit.test_quota_read_cap import (
@@ -225,3 +226,30 @@ async def test_a_batch_checked_early_twice_folds_all_its_tokens() -> None:
     start, _ = period_bounds("day", now)
     assert engine.pending.lower_bound((_key("acme"), start)) == Usage(23, 0)  # the store's
     assert p.counters.confirmations == 2  # the cold first batch, then e2 alone
+
+
+async def test_exact_quotas_are_evaluated_early_not_again_unless_their_limit_changed() -> None:
+    store = Store()
+    engine = _engine(store, Owner(), Clock())
+    writer = Writer(engine, store)
+    await writer.write({"t0": 10, "t1": 10})  # read: evaluated by the check
+    evaluated: list[bytes] = []
+    evaluate = engine._evaluate_one
+
+    def counting(at: tuple[bytes, datetime], *args: Any) -> None:
+        evaluated.append(at[0])
+        evaluate(at, *args)
+
+    engine._evaluate_one = counting  # type: ignore[method-assign]
+    await writer.write({"t0": 10, "t1": 10})
+    # Once each, by `early`: the durable check has nothing to add.
+    assert sorted(evaluated) == [_key("t0"), _key("t1")]
+    # A lowered limit is evaluated at once on the exact total, without a read.
+    engine.apply_definition(_key("t0"), QuotaDefinition(
+        quota_id="q", tenant_id="t0", metric="input", period="day", limit=35))  # fmt: skip
+    outs = await engine.check((), NOW)
+    assert _alerts(outs) == [("t0", 50, 20)]
+    assert store.reads == [["t0", "t1"]]
+    outs = await writer.write({"t0": 10})
+    assert _alerts(outs) == [("t0", 80, 30)]
+    assert store.reads == [["t0", "t1"]]
