@@ -70,6 +70,19 @@ def _alerts(outs: Sequence[Outgoing]) -> list[tuple[str, int, int]]:
     return [(a.tenant_id, a.threshold_pct, int(a.used)) for a in alerts]
 
 
+def evaluations(engine: QuotaEngine) -> list[bytes]:
+    """From now on, the state key of every quota period the engine evaluates, in order."""
+    evaluated: list[bytes] = []
+    evaluate = engine._evaluate_one
+
+    def counting(at: tuple[bytes, datetime], *args: Any) -> None:
+        evaluated.append(at[0])
+        evaluate(at, *args)
+
+    engine._evaluate_one = counting  # type: ignore[method-assign]
+    return evaluated
+
+
 def _used(engine: QuotaEngine, tenant: str) -> int | None:
     bound = engine.pending.lower_bound((_key(tenant), START))
     return None if bound is None else bound.input_tokens  # type: ignore[union-attr]
@@ -235,14 +248,7 @@ async def test_deferred_quotas_nothing_touched_are_evaluated_only_when_read() ->
     for _ in range(3):  # every quota read once: all have a bound
         await engine.check(_touches(*TENANTS), NOW)
     await engine.check(_touches(*TENANTS), NOW)  # 2 read, 3 deferred and evaluated
-    evaluated: list[bytes] = []
-    evaluate = engine._evaluate_one
-
-    def counting(at: tuple[bytes, datetime], *args: Any) -> None:
-        evaluated.append(at[0])
-        evaluate(at, *args)
-
-    engine._evaluate_one = counting  # type: ignore[method-assign]
+    evaluated = evaluations(engine)
     await engine.check((), NOW)
     assert len(evaluated) == 2 == len(store.reads[-1])  # the two read, no other
     await engine.check(_touches("t0"), NOW)  # touched: evaluated (read or not)

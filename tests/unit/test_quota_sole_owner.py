@@ -13,7 +13,6 @@ that a rule switched off (reread_s 0, no sole_owner) reads every time.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from tests.unit.test_quota_early import StoreReader, _always_commits
 from tests.unit.test_quota_read_cap import (
@@ -25,6 +24,7 @@ from tests.unit.test_quota_read_cap import (
     _key,
     _touches,
     _used,
+    evaluations,
 )
 from tests.unit.test_streams_processor import MemorySink, Sent
 from tokenpulse.schemas import QuotaDefinition, UsageEvent, encode_usage_event
@@ -233,14 +233,7 @@ async def test_exact_quotas_are_evaluated_early_not_again_unless_their_limit_cha
     engine = _engine(store, Owner(), Clock())
     writer = Writer(engine, store)
     await writer.write({"t0": 10, "t1": 10})  # read: evaluated by the check
-    evaluated: list[bytes] = []
-    evaluate = engine._evaluate_one
-
-    def counting(at: tuple[bytes, datetime], *args: Any) -> None:
-        evaluated.append(at[0])
-        evaluate(at, *args)
-
-    engine._evaluate_one = counting  # type: ignore[method-assign]
+    evaluated = evaluations(engine)
     await writer.write({"t0": 10, "t1": 10})
     # Once each, by `early`: the durable check has nothing to add.
     assert sorted(evaluated) == [_key("t0"), _key("t1")]
