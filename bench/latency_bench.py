@@ -10,6 +10,11 @@ table per run; bench/ab.sh pairs it with an older commit.
 
     .venv/bin/python bench/latency_bench.py 40000
     bench/ab.sh 1d57c71 3 latency_bench.py 40000
+    .venv/bin/python bench/latency_bench.py 20000 --team-quotas   # a budget per team
+
+`--team-quotas` also puts a day quota (never crossed) on each of the
+generator's 100 teams, so that every write's quota check touches 100
+quotas, as for a fleet with a budget per team.
 
 Without KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack
 is started.
@@ -52,6 +57,7 @@ def main() -> int:
     parser.add_argument("rate_eps", type=float)
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--alert-quotas", type=int, default=50)
+    parser.add_argument("--team-quotas", action="store_true")
     # A fresh broker spends much of its first minute compiling (C2): without a
     # warm-up, that JIT time is measured as the pipeline's (see jit_cpu_s).
     parser.add_argument("--warmup-s", type=float, default=20.0)
@@ -67,6 +73,9 @@ def main() -> int:
         try:
             pipe.setup()
             _put_alert_quotas(pipe, alert_tenants(config, res.load), limit=10_000)
+            if args.team_quotas:
+                teams = [f"{load.FRESH_ORG}/team-{t}" for t in range(100)]
+                _put_alert_quotas(pipe, teams, limit=10**15)
             warmup = load.fleet(2_000, 50, seed=7)
             backlog = asyncio.run(
                 load.produce_backlog(services.bootstrap, pipe.topics.usage, warmup, envelope=False)
