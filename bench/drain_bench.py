@@ -13,7 +13,9 @@ machine's busy %). One run, one table; read the ratios, not the digits.
         "" TOKENPULSE_QUOTA_MAX_READS_PER_CHECK=1000000    # budgeted agents: the read cap
 
 `--quotas N` puts a day quota (never crossed) on N of the fleet's tenants
-before the worker starts, so every write's quota check reads them.
+before the worker starts, so every write's quota check touches them.
+`--envelopes` sends the backlog as the SDK batches it (envelopes of many
+events per record) instead of one event per record.
 
 A variant is "" (the defaults) or NAME=VALUE[,NAME=VALUE...]. Without
 KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack is started.
@@ -72,7 +74,11 @@ def parse_variant(text: str) -> dict[str, str]:
 
 
 def drain(
-    services: Services, records: list[FleetRecord], env: Mapping[str, str], quotas: list[str]
+    services: Services,
+    records: list[FleetRecord],
+    env: Mapping[str, str],
+    quotas: list[str],
+    envelope: bool = False,
 ) -> Drained:
     """One fresh pipeline, the backlog, one worker with `env` on top of the defaults."""
     pipe = Pipeline(services, "drain" + uuid.uuid4().hex[:8], "d")
@@ -81,7 +87,7 @@ def drain(
         if quotas:
             _put_alert_quotas(pipe, quotas, limit=10**15)
         backlog = asyncio.run(
-            load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=False)
+            load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=envelope)
         )
         with environment(env):  # the worker inherits it when drain_backlog starts it
             return drain_backlog(pipe, backlog.expected_events, None)
@@ -95,6 +101,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--quotas", type=int, default=0)
+    parser.add_argument("--envelopes", action="store_true")
     args = parser.parse_args()
     variants = [(v or "defaults", parse_variant(v)) for v in args.variants]
     records = load.fleet(args.events, args.tenants, seed=5)
@@ -102,7 +109,7 @@ def main() -> int:
     rows: list[tuple[str, Drained]] = []
     with sigterm_unwinds(), obtain_services() as services:
         for name, env in variants:
-            result = drain(services, records, env, quotas)
+            result = drain(services, records, env, quotas, args.envelopes)
             rows.append((name, result))
             sys.stderr.write(f"{name}: {result[0]:,.0f} events/s\n")
     base = rows[0][1][0]

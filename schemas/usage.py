@@ -105,6 +105,14 @@ class _Envelope(msgspec.Struct):
     event_id: Any = msgspec.UNSET
 
 
+class _EnvelopeOfEvents(msgspec.Struct):
+    """_Envelope whose events all decode: the whole envelope in one msgspec call."""
+
+    batch: list[UsageEvent]
+    schema_version: int = SCHEMA_VERSION
+    event_id: Any = msgspec.UNSET
+
+
 class _BatchOut(msgspec.Struct):
     batch: Sequence[UsageEvent]
     schema_version: int = SCHEMA_VERSION
@@ -112,10 +120,15 @@ class _BatchOut(msgspec.Struct):
 
 _DECODER: Final = msgspec.json.Decoder(UsageEvent)
 _ENVELOPE_DECODER: Final = msgspec.json.Decoder(_Envelope)
+_ENVELOPE_EVENTS_DECODER: Final = msgspec.json.Decoder(_EnvelopeOfEvents)
 _ENCODER: Final = msgspec.json.Encoder()
 _MISSING_RE: Final = re.compile(r"missing required field `([^`]+)`")
 _PATH_RE: Final = re.compile(r"at `\$\.([A-Za-z0-9_]+)|in `\$\.([A-Za-z0-9_]+)`")
 _BATCH_MARKER: Final = b'"batch"'
+# How every envelope of the SDK starts (join_batch, encode_batch): such a
+# record is decoded as an envelope first. Trying it as one event first parsed
+# the whole envelope for nothing (5 % of the worker's samples in an SDK drain).
+ENVELOPE_PREFIX: Final = b'{"batch":['
 
 
 def _reject(reason: RejectReason, detail: str, field: str | None = None) -> InvalidRecord:
@@ -236,6 +249,13 @@ def decode_usage_record(data: bytes | bytearray | memoryview) -> list[UsageEvent
         data = bytes(data)
     if len(data) > MAX_RECORD_BYTES:
         return [_too_large(len(data))]
+    if data.startswith(ENVELOPE_PREFIX):
+        batch = _decode_envelope(data)
+        if batch is not None and (len(batch) > 1 or isinstance(batch[0], UsageEvent)
+                                  or "batch_index" in batch[0].details):  # fmt: skip
+            return batch
+        # Not an envelope after all, or a broken one: the verdict of the path
+        # below (an event with a "batch" field first is still an event).
     # A single event first: the common record, and an envelope can never
     # decode as one (it has no event_id). Only a record that fails is
     # searched for the envelope's key (the search cost 0.7 us per record).
@@ -261,6 +281,18 @@ def verdicts_of_non_event(data: bytes, error: InvalidRecord) -> list[UsageEvent 
 
 def _decode_envelope(data: bytes) -> list[UsageEvent | InvalidRecord] | None:
     """The envelope's verdicts, or None when the record is a single event."""
+    # The common envelope, every event valid, in one call (a call per event
+    # cost ~0.3 us more an event); anything else takes the path below, which
+    # gives each event its own verdict.
+    with contextlib.suppress(msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        whole = _ENVELOPE_EVENTS_DECODER.decode(data)
+        if (
+            whole.event_id is msgspec.UNSET
+            and whole.schema_version == SCHEMA_VERSION
+            and whole.batch
+        ):
+            with contextlib.suppress(InvalidRecord):
+                return list(map(_check_cross_field, whole.batch))
     try:
         env = _ENVELOPE_DECODER.decode(data)
     except msgspec.ValidationError as exc:

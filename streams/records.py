@@ -20,6 +20,7 @@ from tokenpulse.schemas._reasons import RejectReason
 from tokenpulse.schemas.dlq import dlq_record_for, encode_dlq_record
 from tokenpulse.schemas.signing import Keyring, verify_record
 from tokenpulse.schemas.usage import (
+    ENVELOPE_PREFIX,
     MAX_RECORD_BYTES,
     UsageEvent,
     decode_usage_event,
@@ -147,7 +148,12 @@ class RecordDecoder:
             accepted_before = len(accepted)
             value = rec.value
             not_event: InvalidRecord | None = None
-            if fast and type(value) is bytes and len(value) <= size_limit:
+            if (
+                fast
+                and type(value) is bytes
+                and len(value) <= size_limit
+                and not value.startswith(ENVELOPE_PREFIX)  # an SDK envelope: decoded below
+            ):
                 try:
                     event = decode_usage_event(value)
                 except InvalidRecord as exc:

@@ -25,6 +25,7 @@ from tokenpulse.schemas import (
     tenant_within,
     validate_event,
 )
+from tokenpulse.schemas import usage as usage_module
 from tokenpulse.schemas.vectors import INDEX_FILE, VECTORS_DIR
 
 VECTORS = list(iter_vectors())
@@ -87,6 +88,62 @@ def test_batch_rejections_carry_their_index() -> None:
     assert isinstance(results[0], UsageEvent)
     assert isinstance(results[1], InvalidRecord)
     assert results[1].details["batch_index"] == 1
+
+
+def _verdicts(results: list[UsageEvent | InvalidRecord]) -> list[object]:
+    return [r if isinstance(r, UsageEvent) else (r.reason, r.field, r.details) for r in results]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b"]}",  # an SDK envelope of two events
+        b'],"schema_version":1}',
+        b'],"schema_version":2}',  # unsupported
+        b"],",  # truncated
+        b'],"event_id":"top"}',  # an event id at the top: not an envelope
+    ],
+)
+def test_an_envelope_is_decoded_first_with_the_event_first_verdicts(
+    tail: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records starting like the SDK's envelopes skip the single-event attempt
+    (it parsed the whole envelope for nothing); the verdicts must not change."""
+    good = encode_usage_event(_event(event_id="a"))
+    bad = good.replace(b'"input_tokens":100', b'"input_tokens":-1')
+    for body in (good + b"," + bad, good, b"", b'{"x":1}'):
+        raw = b'{"batch":[' + body + tail
+        fast = _verdicts(decode_usage_record(raw))
+        monkeypatch.setattr(usage_module, "ENVELOPE_PREFIX", b"\0never")
+        assert _verdicts(decode_usage_record(raw)) == fast, raw
+        monkeypatch.undo()
+    # An event with a "batch" field of its own first is still an event.
+    event = b'{"batch":[1],' + good[1:]
+    assert decode_usage_record(event) == [_event(event_id="a")]
+
+
+def test_an_envelope_decoded_whole_gives_the_per_event_verdicts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole envelope in one msgspec call, or each event on its own: same verdicts."""
+    good = encode_usage_event(_event(event_id="a"))
+    other = encode_usage_event(_event(event_id="b", tenant_id="beta/x"))
+    cross = good.replace(b'"input_tokens":100', b'"input_tokens":1,"cached_input_tokens":5')
+    bad_type = good.replace(b'"input_tokens":100', b'"input_tokens":"100"')
+    bodies = [good + b"," + other, good, cross, good + b"," + cross, other + b"," + bad_type]
+
+    class Never:
+        def decode(self, data: bytes) -> None:
+            raise msgspec.ValidationError("per event")
+
+    for body in bodies:
+        raw = b'{"batch":[' + body + b'],"schema_version":1}'
+        whole = _verdicts(decode_usage_record(raw))
+        monkeypatch.setattr(usage_module, "_ENVELOPE_EVENTS_DECODER", Never())
+        assert _verdicts(decode_usage_record(raw)) == whole, raw
+        monkeypatch.undo()
+    assert _verdicts(decode_usage_record(b'{"batch":[' + cross + b"]}"))[0] == (
+        "cached_exceeds_input", "cached_input_tokens", {"batch_index": 0})  # fmt: skip
 
 
 def test_record_too_large() -> None:
