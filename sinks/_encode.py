@@ -37,7 +37,9 @@ __all__ = [
     "FORMAT",
     "PARSE_SETTINGS",
     "encode_events",
+    "encode_fragments",
     "event_columns",
+    "join_fragments",
 ]
 
 # (column, ClickHouse type) in insert order.
@@ -145,6 +147,28 @@ def event_columns(events: Iterable[AcceptedEvent]) -> list[list[Any]]:
     return cols
 
 
+Fragments = tuple[bytes, ...]  # per column of EVENT_COLUMNS: its JSON values, comma-separated
+
+
+def encode_fragments(events: Iterable[AcceptedEvent]) -> Fragments:
+    """Each column's values as `encode_events` writes them, without the column's brackets.
+
+    The body of several batches is their fragments joined (`join_fragments`):
+    the same bytes as `encode_events` over all their events, but each
+    batch's encoded when it is prepared, not on the write's critical path.
+    Raises as `encode_events` does.
+    """
+    return tuple(orjson.dumps(col, option=_OPTIONS)[1:-1] for col in _checked_columns(events))
+
+
+def join_fragments(parts: Iterable[Fragments]) -> bytes:
+    """The JSONCompactColumns body of batches encoded by `encode_fragments`, in order."""
+    kept = [p for p in parts if p[0]]  # a batch without events has empty fragments
+    if not kept:
+        return orjson.dumps([[] for _ in EVENT_COLUMNS])
+    return b"[" + b",".join(b"[" + b",".join(col) + b"]" for col in zip(*kept, strict=True)) + b"]"
+
+
 def encode_events(events: Iterable[AcceptedEvent]) -> bytes:
     """The JSONCompactColumns body (uncompressed) of these events, columns as EVENT_COLUMNS.
 
@@ -152,8 +176,12 @@ def encode_events(events: Iterable[AcceptedEvent]) -> bytes:
     integer beyond 64 bits, a non-string attribute key, a NaN or infinite
     gpu_seconds) rather than write a lossy stand-in.
     """
+    return orjson.dumps(_checked_columns(events), option=_OPTIONS)
+
+
+def _checked_columns(events: Iterable[AcceptedEvent]) -> list[list[Any]]:
     cols = event_columns(events)
     # filter(None, ...) drops None and 0.0, both fine; what is left must be finite.
     if not all(map(math.isfinite, filter(None, cols[_GPU]))):
         raise ValueError("gpu_seconds must be finite (or None) to be stored exactly")
-    return orjson.dumps(cols, option=_OPTIONS)
+    return cols

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tokenpulse.schemas import UsageEvent
 
@@ -61,6 +61,9 @@ class SinkBatch:
     # Set when the range is written again after a write of it may have landed
     # in part: the new write must not be taken for a retry of the old one.
     token_suffix: str = ""
+    # The events as the sink will send them, when it encoded them ahead
+    # (`UsageSink.encode_ahead`); None: encoded at the write.
+    encoded: Any = field(default=None, compare=False, repr=False)
 
     @property
     def token(self) -> str:
@@ -77,6 +80,15 @@ class UsageSink(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; pending writes are not the sink's to keep."""
+
+    def encode_ahead(self, events: Sequence[AcceptedEvent]) -> Any:
+        """The events in this sink's wire form, for `SinkBatch.encoded`; None: not ahead.
+
+        Called when the batch is prepared, while the previous write is in
+        flight, so that the write itself only joins what is encoded. None
+        (the default, or a value it cannot encode) leaves it to the write.
+        """
+        return None
 
     @abc.abstractmethod
     async def write(self, batch: SinkBatch) -> None:

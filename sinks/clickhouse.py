@@ -33,10 +33,12 @@ from tokenpulse.sinks._encode import (
     FORMAT,
     PARSE_SETTINGS,
     encode_events,
+    encode_fragments,
     event_columns,
+    join_fragments,
 )
 from tokenpulse.sinks._retry import RetryPolicy, SinkWriteError, with_retries
-from tokenpulse.sinks.base import SinkBatch, UsageSink
+from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
 from tokenpulse.sinks.migrations.ddl import check_identifier
 from tokenpulse.sinks.migrations.versions import WORKER_OBJECTS
 
@@ -200,7 +202,10 @@ def occurred_bounds(occurred: Iterable[datetime]) -> tuple[datetime, datetime]:
 
 
 def _body(batches: Sequence[SinkBatch], compress: bool) -> bytes:
-    body = encode_events(e for b in batches for e in b.events)
+    if all(b.encoded is not None for b in batches):
+        body = join_fragments(b.encoded for b in batches)
+    else:
+        body = encode_events(e for b in batches for e in b.events)
     if not compress:
         return body
     # One LZ4 frame, as clickhouse-connect sends its own inserts
@@ -347,6 +352,15 @@ class ClickHouseSink(UsageSink):
 
     async def write(self, batch: SinkBatch) -> None:
         await self.write_many([batch])
+
+    def encode_ahead(self, events: Sequence[AcceptedEvent]) -> Any:
+        # The insert body's per-column fragments, made while the write before
+        # is in flight: encoding a full group at the write took 0.4 s of its
+        # 1.1-1.8 s (143,000 rows, an SDK envelope drain), the worker waiting.
+        try:
+            return encode_fragments(events)
+        except (TypeError, ValueError):
+            return None  # the write encodes it again and names the problem
 
     async def write_many(self, batches: Sequence[SinkBatch]) -> None:
         """One insert of every event of these batches; idempotent per `group_token`.

@@ -348,7 +348,10 @@ class UsageProcessor:
             sl.state.pending_ids.update(map(_EVENT_ID, accepted))
             first = sl.fresh[0].offset
             tag = sl.state.replay_tag if first <= sl.state.verify_upto else ""
-            batch = SinkBatch(sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag)
+            encoded = self.sink.encode_ahead(accepted) if accepted else None
+            batch = SinkBatch(
+                sl.topic, sl.partition, first, sl.fresh[-1].offset, accepted, tag, encoded
+            )
             out.slices.append((sl.state, batch))
         if covered and confirmed:
             await self._early_quotas(out, confirmed, covered, ingested_at)

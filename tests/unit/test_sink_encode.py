@@ -11,7 +11,13 @@ import orjson
 import pytest
 
 from tokenpulse.schemas import UsageEvent
-from tokenpulse.sinks._encode import COLUMN_NAMES, EVENT_COLUMNS, encode_events
+from tokenpulse.sinks._encode import (
+    COLUMN_NAMES,
+    EVENT_COLUMNS,
+    encode_events,
+    encode_fragments,
+    join_fragments,
+)
 from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
 from tokenpulse.sinks.clickhouse import (
     MAX_PLAIN_TOKEN_CHARS,
@@ -126,6 +132,31 @@ def test_a_non_finite_gpu_seconds_is_refused_not_written_as_null(bad: float) -> 
     # Validation rejects these on decode; a struct built in Python is not validated.
     with pytest.raises(ValueError, match="finite"):
         encode_events([_acc(0), _acc(1, gpu_seconds=bad)])
+
+
+def test_batches_encoded_ahead_join_into_the_same_body() -> None:
+    """The body of a group from its batches' fragments is byte for byte `encode_events`."""
+    batches = [
+        [_acc(0, event_id=NASTY[:100], gpu_seconds=0.1, attributes={NASTY: "v"})],
+        [],  # a batch without events
+        [_acc(o, partition=1, gpu_seconds=None, cached_input_tokens=1) for o in range(5)],
+        [_acc(9, partition=2, occurred_at=T0 + timedelta(days=400))._replace(late=True)],
+    ]
+    fragments = [encode_fragments(events) for events in batches]
+    for n in range(len(batches) + 1):
+        expected = encode_events([e for events in batches[:n] for e in events])
+        assert join_fragments(fragments[:n]) == expected
+
+
+@pytest.mark.parametrize("bad", [math.inf, 2**64])
+async def test_what_cannot_be_encoded_ahead_is_left_to_the_write_which_refuses_it(
+    bad: float,
+) -> None:
+    sink = ClickHouseSink.__new__(ClickHouseSink)  # no connection: the encoding only
+    field = "gpu_seconds" if isinstance(bad, float) else "input_tokens"
+    events = [_acc(0), _acc(1, **{field: bad})]
+    assert sink.encode_ahead(events) is None
+    assert sink.encode_ahead(events[:1]) == encode_fragments(events[:1])
 
 
 def test_an_integer_beyond_64_bits_is_refused() -> None:
