@@ -15,14 +15,14 @@ store will hold once those events land:
   period only grows, so the bound is low, never high.
 
 A threshold that the lower bound crosses is crossed for sure, so the alert
-can go out as soon as the batch is prepared.
+can go out as soon as the batch is prepared. What is only a bound is never
+harmful: dropping entries (a revoked batch, a failed read, a changed
+definition) makes the bound lower and the alert waits for the durable check.
 
 A base can also be *exact* for a while (`exact`): while this worker is the
 only one writing usage (it owns every partition), its last reading plus
 this worker's durable writes folded in since (`settle`) is the store's
-total, and the engine evaluates it without reading again. What is only a bound is never
-harmful: dropping entries (a revoked batch, a failed read, a changed
-definition) makes the bound lower and the alert waits for the durable check.
+total, and the engine evaluates it without reading again.
 
 Tokens are kept per (tenant, model) and kind (input, cached input, output,
 reasoning), raw as the events carry them, so the bound serves both kinds of
