@@ -15,7 +15,8 @@ machine's busy %). One run, one table; read the ratios, not the digits.
 `--quotas N` puts a day quota (never crossed) on N of the fleet's tenants
 before the worker starts, so every write's quota check touches them.
 `--envelopes` sends the backlog as the SDK batches it (envelopes of many
-events per record) instead of one event per record.
+events per record) instead of one event per record. `--workers N` drains it
+with N workers in one group (the worker column is one of them).
 
 A variant is "" (the defaults) or NAME=VALUE[,NAME=VALUE...]. Without
 KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack is started.
@@ -79,9 +80,15 @@ def drain(
     env: Mapping[str, str],
     quotas: list[str],
     envelope: bool = False,
+    workers: int = 1,
 ) -> Drained:
-    """One fresh pipeline, the backlog, one worker with `env` on top of the defaults."""
+    """One fresh pipeline, the backlog, `workers` workers with `env` on top of the defaults.
+
+    With several, the others start first, in the same group: the measured
+    one (its CPU is the worker column) joins them when the drain starts.
+    """
     pipe = Pipeline(services, "drain" + uuid.uuid4().hex[:8], "d")
+    others: list[Pipeline] = []
     try:
         pipe.setup()
         if quotas:
@@ -89,9 +96,14 @@ def drain(
         backlog = asyncio.run(
             load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=envelope)
         )
-        with environment(env):  # the worker inherits it when drain_backlog starts it
+        with environment(env):  # the workers inherit it
+            for i in range(workers - 1):
+                others.append(pipe.sibling(f"d{i + 2}"))
+                others[-1].start_worker()
             return drain_backlog(pipe, backlog.expected_events, None)
     finally:
+        for other in others:
+            other.stop_worker()
         pipe.teardown()
 
 
@@ -102,6 +114,7 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=200)
     parser.add_argument("--quotas", type=int, default=0)
     parser.add_argument("--envelopes", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     variants = [(v or "defaults", parse_variant(v)) for v in args.variants]
     records = load.fleet(args.events, args.tenants, seed=5)
@@ -109,7 +122,7 @@ def main() -> int:
     rows: list[tuple[str, Drained]] = []
     with sigterm_unwinds(), obtain_services() as services:
         for name, env in variants:
-            result = drain(services, records, env, quotas, args.envelopes)
+            result = drain(services, records, env, quotas, args.envelopes, args.workers)
             rows.append((name, result))
             sys.stderr.write(f"{name}: {result[0]:,.0f} events/s\n")
     base = rows[0][1][0]

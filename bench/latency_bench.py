@@ -14,7 +14,9 @@ table per run; bench/ab.sh pairs it with an older commit.
 
 `--team-quotas` also puts a day quota (never crossed) on each of the
 generator's 100 teams, so that every write's quota check touches 100
-quotas, as for a fleet with a budget per team.
+quotas, as for a fleet with a budget per team. `--workers N` runs N
+workers in one group (the worker column is the first; each team is one key,
+so one partition and one worker).
 
 Without KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack
 is started.
@@ -58,6 +60,7 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=30.0)
     parser.add_argument("--alert-quotas", type=int, default=50)
     parser.add_argument("--team-quotas", action="store_true")
+    parser.add_argument("--workers", type=int, default=1)
     # A fresh broker spends much of its first minute compiling (C2): without a
     # warm-up, that JIT time is measured as the pipeline's (see jit_cpu_s).
     parser.add_argument("--warmup-s", type=float, default=20.0)
@@ -70,6 +73,7 @@ def main() -> int:
 
     with sigterm_unwinds(), obtain_services() as services:
         pipe = Pipeline(services, "lat" + uuid.uuid4().hex[:8], "l")
+        others = [pipe.sibling(f"l{i + 2}") for i in range(args.workers - 1)]
         try:
             pipe.setup()
             _put_alert_quotas(pipe, alert_tenants(config, res.load), limit=10_000)
@@ -81,12 +85,14 @@ def main() -> int:
                 load.produce_backlog(services.bootstrap, pipe.topics.usage, warmup, envelope=False)
             )
             worker = pipe.start_worker()
-            pipe.wait_rows(backlog.expected_events, 300)
             named = {
                 "worker": worker,
                 "broker": services.broker_pid,
                 "endpoint": services.store_pid,
             }
+            for i, other in enumerate(others):
+                named[f"worker {i + 2}"] = other.start_worker()
+            pipe.wait_rows(backlog.expected_events, 300)
             pids = {name: pid for name, pid in named.items() if pid is not None}
             if args.warmup_s > 0:
                 _warm_up(pipe, args.rate_eps, args.warmup_s, say)
@@ -104,6 +110,8 @@ def main() -> int:
             rows1, busy1, t1 = pipe.rows(), machine_busy_s(), time.time()
             cpu1, req1 = _cpu_s(pids), _endpoint_requests(services.clickhouse_url)
         finally:
+            for other in others:
+                other.stop_worker()
             pipe.teardown()
     # CPU over the whole phase, including the tail after the generator stopped.
     per_event = {name: (cpu1[name] - cpu0[name]) / max(rows1 - rows0, 1) * 1e6 for name in cpu1}

@@ -204,6 +204,25 @@ class Runtime:
         None during a rebalance and before the consumer knows the topic: the
         quota engine then reads the store after every write (QuotaEngine).
         """
+        assigned = self._usage_assignment()
+        if assigned is None:
+            return None
+        generation, partitions, count = assigned
+        if not count or partitions != set(range(count)):
+            return None
+        return generation
+
+    def generation(self) -> int | None:
+        """The consumer generation while this worker holds usage partitions, else None.
+
+        None during a rebalance, before an assignment and with none: the
+        quota engine's quiet rule trusts a base only within one generation.
+        """
+        assigned = self._usage_assignment()
+        return None if assigned is None or not assigned[1] else assigned[0]
+
+    def _usage_assignment(self) -> tuple[int, set[int], int] | None:
+        """(generation, assigned usage partitions, the topic's count); None mid-rebalance."""
         consumer: Any = getattr(self.app, "_consumer", None)
         if consumer is None or getattr(self.app, "rebalancing", True):
             return None
@@ -211,12 +230,10 @@ class Runtime:
         try:
             count = consumer.topic_partitions(topic)
             assigned = {tp.partition for tp in consumer.assignment() if tp.topic == topic}
-        except Exception:  # a consumer mid-rebalance or stopping: not known to be alone
+        except Exception:  # a consumer mid-rebalance or stopping: not known
             log.debug("usage partitions unavailable", exc_info=True)
             return None
-        if not count or assigned != set(range(count)):
-            return None
-        return int(self.app.consumer_generation_id)
+        return int(self.app.consumer_generation_id), assigned, int(count or 0)
 
     def keyring(self) -> Keyring | None:
         s = self.settings
@@ -326,6 +343,8 @@ class Runtime:
             max_reads_per_check=s.quota_max_reads_per_check,
             sole_owner=self.sole_owner,
             reread_s=s.quota_reread_s,
+            generation=self.generation,
+            quiet_reread_s=s.quota_quiet_reread_s,
         )
         self.feed = QuotaFeed(
             self.engine,

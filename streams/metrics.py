@@ -62,11 +62,13 @@ class _Collector(Collector):
             checked = CounterMetricFamily(
                 "tokenpulse_quota_periods_checked",
                 "quota periods evaluated by the durable check: read from the store, or exact "
-                "without a read (this worker owns every usage partition)",
+                "without a read (sole_owner: this worker owns every usage partition; quiet: its "
+                "last read showed no other worker's tokens)",
                 labels=["source"],
             )
             checked.add_metric(["store"], quotas.periods_read)
             checked.add_metric(["sole_owner"], quotas.periods_exact)
+            checked.add_metric(["quiet"], quotas.periods_quiet)
             yield checked
         hooks = CounterMetricFamily(
             "tokenpulse_webhook_events", "alert webhook outcomes", labels=["outcome"]

@@ -76,25 +76,26 @@ class PendingUsage:
         _add(self._batches.setdefault(seq, {}).setdefault(at, {}), key, tokens)
         _add(self._outstanding.setdefault(at, {}), key, tokens)
 
-    def settle(
-        self, upto_seq: int, *, fold: Collection[At] = (), durable: Collection[int] = ()
-    ) -> None:
+    def settle(self, upto_seq: int, *, durable: Collection[int] = ()) -> None:
         """Batches up to `upto_seq` are durable (their read returned) or dropped.
 
         Completions run in sequence order, so a batch below a completed one
         that is still here was dropped (revoked, stopping): either way it
         leaves the bound.
 
-        `fold`: (quota, period)s that the read after this write left out (the
-        engine's cap on reads per check). The tokens of the `durable` batches
-        join their base instead: the base was read before this write, so
+        The tokens of the `durable` batches join the base of every (quota,
+        period) they count toward: the base was read before this write, so
         base + this worker's own durable writes since is still exact about
-        this worker's events. A dropped batch never joins a base.
+        this worker's events. For a period the read after this write left
+        out (the engine's cap, an exact base), that is its new bound; for
+        one it read, the reading replaces the base right after, and the two
+        agreeing shows that no other writer added to it in between
+        (`confirms`). A dropped batch never joins a base.
         """
         for seq in [s for s in self._batches if s <= upto_seq]:
             for at, split in self._batches.pop(seq).items():
                 self._subtract(at, split)
-                if seq in durable and at in fold and at in self._base:
+                if seq in durable and at in self._base:
                     reading, end, read_round, exact_until_s = self._base[at]
                     self._base[at] = (_plus(reading, split), end, read_round, exact_until_s)
 
@@ -129,10 +130,27 @@ class PendingUsage:
         """
         self._base[at] = (durable, end, read_round, exact_until_s)
 
+    def confirms(self, at: At, reading: Bound, since_round: int) -> bool:
+        """Whether `reading` holds exactly `at`'s base with this worker's writes folded in.
+
+        True only for a base read at `since_round` or later (the current
+        ownership): then no other writer added tokens to the period between
+        the two reads (usage only grows; this worker's durable writes are in
+        both), which is what lets the engine trust a base for a while
+        without a worker being alone (its quiet rule).
+        """
+        base = self._base.get(at)
+        return base is not None and base[2] >= since_round and _total(base[0]) == _total(reading)
+
     def exact(self, at: At, now_s: float) -> bool:
         """Whether `at`'s base is still the store's total at `now_s` (no read needed)."""
         base = self._base.get(at)
         return base is not None and now_s < base[3]
+
+    def trusted_until(self, at: At) -> float:
+        """Until when `at`'s base is exact (-inf: it is not, or there is none)."""
+        base = self._base.get(at)
+        return -math.inf if base is None else base[3]
 
     def drop_exactness(self) -> None:
         """Another writer may have joined (a rebalance): every base is only a bound again."""
@@ -167,6 +185,13 @@ class PendingUsage:
         """Drop the bases of periods that ended (bounded memory across periods)."""
         for at in [at for at, (_, end, _, _) in self._base.items() if end <= now]:
             del self._base[at]
+
+
+def _total(bound: Bound) -> int:
+    """Every token a reading or bound counts, whatever its kind."""
+    if isinstance(bound, Usage):
+        return bound.input_tokens + bound.output_tokens
+    return sum(sum(r.before.values()) + sum(r.within.values()) for r in bound)
 
 
 def _plus(bound: Bound, split: Split) -> Bound:

@@ -98,6 +98,8 @@ class QuotaEngine:
         max_reads_per_check: int | None = None,
         sole_owner: Callable[[], int | None] | None = None,
         reread_s: float = 0.0,
+        generation: Callable[[], int | None] | None = None,
+        quiet_reread_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reader = reader
@@ -127,8 +129,31 @@ class QuotaEngine:
         # were up to 200 a check, one check a write: ~2 ms of endpoint CPU each.
         self.sole_owner = sole_owner
         self.reread_s = reread_s
+        # The quiet rule, for a worker that is not alone. `generation()`: the
+        # consumer generation while this worker has an assignment, else None.
+        # A period whose read shows exactly its previous base plus this
+        # worker's own writes since (no other writer added to it, as for a
+        # tenant whose events all land in this worker's partitions: the
+        # usage topic is keyed by tenant) is trusted like a sole owner's for
+        # `quiet_reread_s`, then read again. A read that finds other tokens
+        # starts over: a period that several workers write is read after
+        # every write, as before. What it trades: a crossing that needs a
+        # worker's tokens that the others have not read yet is seen by the
+        # others up to `quiet_reread_s` late (the writer's own next check sees
+        # it at once). 0: read after every write.
+        self.generation = generation
+        self.quiet_reread_s = quiet_reread_s
         self.clock = clock
-        self._epoch: int | None = None  # sole_owner() at the last check
+        # (generation, alone) at the last check, and the first read round in it.
+        self._epoch: tuple[int, bool] | None = None
+        self._epoch_round = 0
+        # Periods a check touched while their base was trusted (either rule),
+        # not read since: each is read once its trust ends, touched again or
+        # not (a tick does it), so a crossing its last touch made with tokens
+        # this worker did not see is found then. A heap of (trusted until,
+        # order, at) gives the first to end; stale items are skipped.
+        self._trusted: Todo = {}
+        self._trust_ends: list[tuple[float, int, At]] = []
         self.usage = QuotaUsage(reader, pricebook)
         self.alerts_topic = alerts_topic
         self.state_topic = state_topic
@@ -148,6 +173,7 @@ class QuotaEngine:
         # read by the sole-owner rule (exported as metrics).
         self.periods_read = 0
         self.periods_exact = 0
+        self.periods_quiet = 0  # ... and by the quiet rule
 
     # -- topic readers feed these -------------------------------------------------
     def apply_definition(self, key: bytes, value: QuotaDefinition | None) -> None:
@@ -378,10 +404,30 @@ class QuotaEngine:
                 self._evaluate_one(at, d, end, event_id, used, pricing, reason, now, alerts, states)
         return alerts + states
 
+    def _ownership(self) -> tuple[int, bool] | None:
+        """(generation, alone) while a rule may trust a base without a read, else None."""
+        if self.sole_owner is not None and self.reread_s > 0:
+            alone = self.sole_owner()
+            if alone is not None:
+                return alone, True
+        if self.generation is not None and self.quiet_reread_s > 0:
+            current = self.generation()
+            if current is not None:
+                return current, False
+        return None
+
     def _lower_bounds(
-        self, readings: dict[tuple[bytes, datetime], Reading], todo: Todo, exact_until_s: float
+        self,
+        readings: dict[tuple[bytes, datetime], Reading],
+        todo: Todo,
+        now_s: float,
+        epoch: tuple[int, bool] | None,
     ) -> None:
-        """Durable readings become the bounds' bases, and count what is on its way."""
+        """Durable readings become the bounds' bases, and count what is on its way.
+
+        `epoch`: the ownership the read was made in, None if it changed
+        during the read: then no base is trusted without the next read.
+        """
         for at, reading in readings.items():
             if reading is None:
                 continue
@@ -390,10 +436,14 @@ class QuotaEngine:
             # A definition that changed what it measures during the read made
             # this reading another quota's: it must not become the base.
             if current is not None and _scope(current) == _scope(d):
+                until = -math.inf
                 # A cost quota without prices gets no tokens from `early`: its
                 # base could not follow this worker's writes.
-                counted = d.metric != "cost" or self.usage.pricebook is not None
-                until = exact_until_s if counted else -math.inf
+                if epoch is not None and (d.metric != "cost" or self.usage.pricebook is not None):
+                    if epoch[1]:
+                        until = now_s + self.reread_s
+                    elif self.pending.confirms(at, reading, self._epoch_round):
+                        until = now_s + self.quiet_reread_s
                 self.pending.observe(at, reading, end, self._read_round, until)
             readings[at] = self.pending.with_outstanding(at, reading)
 
@@ -416,6 +466,8 @@ class QuotaEngine:
             for at in due:
                 (exact if self.pending.exact(at, now_s) else need).append(at)
             due = need
+            self._trust(todo, exact)
+        due += self._trust_ended(todo, now_s)
         cap = self.max_reads_per_check
         if cap is None:
             return due, [], exact
@@ -439,6 +491,31 @@ class QuotaEngine:
             else:
                 break
         return read, fresh[i:], exact
+
+    def _trust(self, todo: Todo, exact: list[At]) -> None:
+        """Remember trusted periods touched now, to read each when its trust ends."""
+        for at in exact:
+            if at not in self._trusted:
+                self._queued += 1
+                until = self.pending.trusted_until(at)
+                heapq.heappush(self._trust_ends, (until, self._queued, at))
+            self._trusted[at] = todo[at]
+
+    def _trust_ended(self, todo: Todo, now_s: float) -> list[At]:
+        """Touched trusted periods whose trust ended since: due for a read (they join `todo`)."""
+        due: list[At] = []
+        ends = self._trust_ends
+        while ends and ends[0][0] <= now_s:
+            at = heapq.heappop(ends)[2]
+            entry = self._trusted.pop(at, None)
+            if entry is None or at in todo:
+                continue  # read since, or touched now
+            if self.pending.exact(at, now_s):
+                self._trusted[at] = entry  # read and trusted again: its newer item stands
+            elif self.definitions.get(at[0]) is entry[0] and not self._closed(*at):
+                todo[at] = entry
+                due.append(at)
+        return due
 
     def _defer(self, todo: Todo, later: list[At]) -> None:
         for at in later:
@@ -464,18 +541,24 @@ class QuotaEngine:
         when the batches that moved it were prepared (or, had it no base
         then, the check whose read gave it one did, their tokens included).
         """
-        epoch = self.sole_owner() if self.sole_owner is not None and self.reread_s > 0 else None
+        epoch = self._ownership()
         if epoch != self._epoch:
             # Ownership changed (a rebalance, a new generation): another worker
             # may have written since any base was read.
             self.pending.drop_exactness()
             self._epoch = epoch
+            self._epoch_round = self._read_round + 1
         now_s = self.clock()
         read, later, exact = self._split_reads(todo, now_s)
         read.sort()
+        for at in read:
+            self._trusted.pop(at, None)  # its trust starts again from this read, if at all
         self._read_round += 1
         self.periods_read += len(read)
-        self.periods_exact += len(exact)
+        if epoch is not None and epoch[1]:
+            self.periods_exact += len(exact)
+        else:
+            self.periods_quiet += len(exact)
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
         # period it visits, in ascending order, so it skips what is skipped
@@ -491,12 +574,10 @@ class QuotaEngine:
             if settle_upto is not None:
                 # The batches written before this read are in it (or dropped);
                 # with no await from here on, `early` cannot run in between.
-                # Those left out of it keep the tokens this write made durable.
-                fold = {*later, *exact}
-                self.pending.settle(settle_upto, fold=fold, durable=durable_seqs)
+                # The bases keep the tokens this write made durable.
+                self.pending.settle(settle_upto, durable=durable_seqs)
         # Exact only if no rebalance began or ended while the store was read.
-        sole = epoch is not None and self.sole_owner is not None and self.sole_owner() == epoch
-        self._lower_bounds(readings, todo, now_s + self.reread_s if sole else -math.inf)
+        self._lower_bounds(readings, todo, now_s, epoch if self._ownership() == epoch else None)
         for at in later + [at for at in exact if at in rechecks]:
             # Exact about this worker's events; other workers' wait for the read.
             bound = self.pending.lower_bound(at)

@@ -166,6 +166,11 @@ class WorkerSettings:
         partition of the usage topic, no other worker writes usage: a quota period read from
         the store stays exact with this worker's own writes added, and is read again only this
         long after its last read (for writers outside the pipeline). 0: read after every write.
+    quota_quiet_reread_s: TOKENPULSE_QUOTA_QUIET_REREAD_S (5 s); with other workers in the
+        group: a quota period whose read holds exactly its last reading plus this worker's own
+        writes since (no other worker added to it) is trusted that way, and read again only
+        this long after the read. A period that other workers also write is still read after
+        every write. 0: read after every write.
     dedup_horizon_s: TOKENPULSE_DEDUP_HORIZON_S; how long an event_id is remembered (48 h).
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
@@ -214,6 +219,7 @@ class WorkerSettings:
     quota_check_interval_s: float = 5.0
     quota_max_reads_per_check: int = 200
     quota_reread_s: float = 60.0
+    quota_quiet_reread_s: float = 5.0
     dedup_horizon_s: float = 48 * 3600.0
     dedup_warm_max_ids: int = 500_000
     allowed_lateness_s: float = 300.0
@@ -282,6 +288,12 @@ class WorkerSettings:
                 f"write), got {self.quota_reread_s}",
                 details={"setting": "TOKENPULSE_QUOTA_REREAD_S"},
             )
+        if not 0 <= self.quota_quiet_reread_s <= 86_400:
+            raise ConfigError(
+                f"TOKENPULSE_QUOTA_QUIET_REREAD_S must be within 0..86400 (0: read after every "
+                f"write), got {self.quota_quiet_reread_s}",
+                details={"setting": "TOKENPULSE_QUOTA_QUIET_REREAD_S"},
+            )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
                 f"TOKENPULSE_GC_GEN0_THRESHOLD must be >= 0 (0 = Python's defaults), "
@@ -346,6 +358,7 @@ class WorkerSettings:
             quota_check_interval_s=_num(env, "TOKENPULSE_QUOTA_CHECK_INTERVAL_S", 5.0),
             quota_max_reads_per_check=int(_num(env, "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", 200)),
             quota_reread_s=_num(env, "TOKENPULSE_QUOTA_REREAD_S", 60.0),
+            quota_quiet_reread_s=_num(env, "TOKENPULSE_QUOTA_QUIET_REREAD_S", 5.0),
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),

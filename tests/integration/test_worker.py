@@ -508,12 +508,14 @@ def test_quota_reads_over_the_cap_still_alert_every_crossing_once(
         q = QuotaDefinition(quota_id="q", tenant_id=tenant, metric="input", period="day",
                             limit=limit, thresholds_pct=(50, 100))  # fmt: skip
         put_quota(env, q)
-    # TOKENPULSE_QUOTA_REREAD_S=0: another writer is what the sole-owner rule
-    # (one worker owns every partition: no read needed) excludes; its
-    # re-read after that time is tested in test_worker_sole_owner.py.
+    # TOKENPULSE_QUOTA_REREAD_S=0 and _QUIET_REREAD_S=0: another writer is
+    # what the sole-owner and quiet rules (no read needed for a while)
+    # exclude; their re-reads are tested in test_worker_sole_owner.py and
+    # test_worker_quiet.py.
     workers.append(Worker(env, "w1", TOKENPULSE_QUOTA_MAX_READS_PER_CHECK="2",
                           TOKENPULSE_QUOTA_CHECK_INTERVAL_S="1",
-                          TOKENPULSE_QUOTA_REREAD_S="0"))  # fmt: skip
+                          TOKENPULSE_QUOTA_REREAD_S="0",
+                          TOKENPULSE_QUOTA_QUIET_REREAD_S="0"))  # fmt: skip
     now = datetime.now(UTC)
     for i in range(10):  # a batch per round: every agent's quota touched each time
         batch = [record(event(a, i, occurred_at=now, input_tokens=100)) for a in agents]

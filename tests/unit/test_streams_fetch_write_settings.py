@@ -22,6 +22,7 @@ def test_defaults_and_environment() -> None:
     assert s.quota_check_interval_s == 5.0
     assert s.quota_max_reads_per_check == 200
     assert s.quota_reread_s == 60.0
+    assert s.quota_quiet_reread_s == 5.0
     assert s.write_max_interval_ms == 1000  # only while the worker is behind
     s = WorkerSettings.from_env(
         {
@@ -33,10 +34,12 @@ def test_defaults_and_environment() -> None:
             "TOKENPULSE_QUOTA_CHECK_INTERVAL_S": "0.5",
             "TOKENPULSE_QUOTA_MAX_READS_PER_CHECK": "7",
             "TOKENPULSE_QUOTA_REREAD_S": "0",
+            "TOKENPULSE_QUOTA_QUIET_REREAD_S": "0.5",
         }
     )
     assert s.quota_max_reads_per_check == 7
     assert s.quota_reread_s == 0.0
+    assert s.quota_quiet_reread_s == 0.5
     assert (s.fetch_min_bytes, s.fetch_max_wait_ms, s.write_min_interval_ms) == (1, 0, 0)
     assert s.flush_interval_ms == 500
     assert s.quota_check_interval_s == 0.5
@@ -64,6 +67,8 @@ def test_defaults_and_environment() -> None:
         ("TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", "many"),
         ("TOKENPULSE_QUOTA_REREAD_S", "-1"),
         ("TOKENPULSE_QUOTA_REREAD_S", "86401"),
+        ("TOKENPULSE_QUOTA_QUIET_REREAD_S", "-0.1"),
+        ("TOKENPULSE_QUOTA_QUIET_REREAD_S", "86401"),
     ],
 )
 def test_out_of_range_is_refused_naming_the_setting(name: str, value: str) -> None:

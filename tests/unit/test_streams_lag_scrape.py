@@ -72,6 +72,11 @@ def test_sole_owner_is_the_generation_only_while_every_usage_partition_is_assign
     for consumer, expected in cases:
         app._consumer = cast(Any, consumer)
         assert runtime.sole_owner() == expected
+        assert runtime.generation() == 7  # some usage partitions: the generation
+    app._consumer = cast(Any, _Consumer(3, [TP("other", 5)]))
+    assert runtime.sole_owner() is None
+    assert runtime.generation() is None  # no usage partition: nothing to trust
     app._consumer = cast(Any, _Consumer(3, every))
     app.rebalancing = True
     assert runtime.sole_owner() is None  # mid-rebalance: not known to be alone
+    assert runtime.generation() is None

@@ -125,6 +125,7 @@ def test_metrics_are_read_from_the_processor_counters() -> None:
     class Quotas:
         periods_read = 3
         periods_exact = 11
+        periods_quiet = 4
 
     class Proc:
         counters = Counters(records=7, accepted=5, duplicates=1, late=2, rows_written=5, alerts=1)
@@ -147,5 +148,6 @@ def test_metrics_are_read_from_the_processor_counters() -> None:
         "tokenpulse_sink_batch_seconds_count 1.0",
         'tokenpulse_quota_periods_checked_total{source="store"} 3.0',
         'tokenpulse_quota_periods_checked_total{source="sole_owner"} 11.0',
+        'tokenpulse_quota_periods_checked_total{source="quiet"} 4.0',
     ):
         assert line in text, text

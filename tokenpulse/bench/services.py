@@ -151,6 +151,17 @@ class Pipeline:
         )
         asyncio.run(ensure_topics(settings))
 
+    def sibling(self, name: str) -> Pipeline:
+        """Another worker's handle on this pipeline: its topics, database and group.
+
+        Its worker has its own log and data dir; its setup and teardown are
+        this pipeline's (call neither on it).
+        """
+        other = Pipeline(self.services, "sibling", name, self.partitions)
+        other.prefix, other.topics = self.prefix, self.topics
+        other.database, other.group = self.database, self.group
+        return other
+
     def start_worker(self) -> int:
         env = dict(os.environ)
         env.update(
