@@ -20,9 +20,11 @@ harmful: dropping entries (a revoked batch, a failed read, a changed
 definition) makes the bound lower and the alert waits for the durable check.
 
 A base can also be *exact* for a while (`exact`): while this worker is the
-only one writing usage (it owns every partition), its last reading plus
-this worker's durable writes folded in since (`settle`) is the store's
-total, and the engine evaluates it without reading again.
+only one writing usage (it owns every partition), or while its reads show
+that no other worker writes the period (`confirms`: the engine's quiet
+rule), its last reading plus this worker's durable writes folded in since
+(`settle`) is the store's total, and the engine evaluates it without
+reading again.
 
 Tokens are kept per (tenant, model) and kind (input, cached input, output,
 reasoning), raw as the events carry them, so the bound serves both kinds of

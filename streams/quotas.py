@@ -15,7 +15,6 @@ bound is announced then, without waiting for the write and the read.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import time
@@ -45,6 +44,7 @@ from tokenpulse.streams.quota_logic import (
     period_bounds,
 )
 from tokenpulse.streams.quota_pending import At, PendingUsage
+from tokenpulse.streams.quota_reads import Entry, Plan, ReadPlanner, Todo
 from tokenpulse.streams.quota_usage import QuotaUsage, Reading
 from tokenpulse.streams.usage_query import UsageReader
 
@@ -75,7 +75,6 @@ class Counted(Protocol):
     def event_id(self) -> str: ...
 
 
-Todo = dict[tuple[bytes, datetime], tuple[QuotaDefinition, datetime, str]]
 # A quota period an event counts toward: (state key, start), definition, end.
 Period = tuple[At, QuotaDefinition, datetime]
 
@@ -103,57 +102,20 @@ class QuotaEngine:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.reader = reader
-        # At most this many (quota, period)s are read from the store in one
-        # check (None: all). A fleet whose writes touch thousands of budgeted
-        # tenants would otherwise spend the store's cores on reads (~2 ms of
-        # endpoint CPU a quota). The others are evaluated on their lower bound,
-        # exact about this worker's own events, and read at a later check,
-        # the never read first, then the longest unread.
-        self.max_reads_per_check = max_reads_per_check
-        # The deferred reads: the entry per (quota, period), and a heap of
-        # (read round, order, at) that gives the longest unread first. The
-        # heap may hold stale items (an `at` read or dropped since): skipped
-        # when they come up, so a check costs what it touches plus the cap,
-        # not the fleet's thousands of deferred quotas.
-        self._deferred: Todo = {}
-        self._queue: list[tuple[int, int, At]] = []
-        self._queued = 0
-        self._read_round = 0
-        # The sole-owner rule. `sole_owner()`: the consumer generation while
-        # this worker is assigned every partition of the usage topic, else
-        # None. Then no other worker writes usage, so a period's base, read in
-        # this generation with this worker's durable writes folded in since,
-        # is the store's total: a check evaluates it without a read, and reads
-        # it again only `reread_s` after its last read (a safety net for
-        # writers outside the pipeline; 0: read every time, as before). Reads
-        # were up to 200 a check, one check a write: ~2 ms of endpoint CPU each.
-        self.sole_owner = sole_owner
-        self.reread_s = reread_s
-        # The quiet rule, for a worker that is not alone. `generation()`: the
-        # consumer generation while this worker has an assignment, else None.
-        # A period whose read shows exactly its previous base plus this
-        # worker's own writes since (no other writer added to it, as for a
-        # tenant whose events all land in this worker's partitions: the
-        # usage topic is keyed by tenant) is trusted like a sole owner's for
-        # `quiet_reread_s`, then read again. A read that finds other tokens
-        # starts over: a period that several workers write is read after
-        # every write, as before. What it trades: a crossing that needs a
-        # worker's tokens that the others have not read yet is seen by the
-        # others up to `quiet_reread_s` late (the writer's own next check sees
-        # it at once). 0: read after every write.
-        self.generation = generation
-        self.quiet_reread_s = quiet_reread_s
-        self.clock = clock
-        # (generation, alone) at the last check, and the first read round in it.
-        self._epoch: tuple[int, bool] | None = None
-        self._epoch_round = 0
-        # Periods a check touched while their base was trusted (either rule),
-        # not read since: each is read once its trust ends, touched again or
-        # not (a tick does it), so a crossing its last touch made with tokens
-        # this worker did not see is found then. A heap of (trusted until,
-        # order, at) gives the first to end; stale items are skipped.
-        self._trusted: Todo = {}
-        self._trust_ends: list[tuple[float, int, At]] = []
+        self.pending = PendingUsage()  # lower bounds of usage (tokens and cost) for `early`
+        # What each durable check reads, and what it trusts without a read
+        # (quota_reads.py: the cap on reads per check, the sole-owner and
+        # quiet rules). Reads were up to 200 a check, one check a write, at
+        # ~2 ms of endpoint CPU each.
+        self.reads = ReadPlanner(
+            self.pending,
+            max_reads_per_check=max_reads_per_check,
+            sole_owner=sole_owner,
+            reread_s=reread_s,
+            generation=generation,
+            quiet_reread_s=quiet_reread_s,
+            clock=clock,
+        )
         self.usage = QuotaUsage(reader, pricebook)
         self.alerts_topic = alerts_topic
         self.state_topic = state_topic
@@ -167,13 +129,21 @@ class QuotaEngine:
         # _matching() cache, cleared on definition changes too.
         self._matches: dict[tuple[str, str], list[tuple[bytes, QuotaDefinition]]] = {}
         self._recheck: set[bytes] = set()  # changed definitions: re-evaluate now
-        self.pending = PendingUsage()  # lower bounds of usage (tokens and cost) for `early`
         self.alerts_sent = 0
-        # Quota periods a check read from the store, and evaluated without a
-        # read by the sole-owner rule (exported as metrics).
-        self.periods_read = 0
-        self.periods_exact = 0
-        self.periods_quiet = 0  # ... and by the quiet rule
+
+    # Quota periods checks read from the store, and evaluated without a read
+    # by the sole-owner and the quiet rule (exported as metrics).
+    @property
+    def periods_read(self) -> int:
+        return self.reads.periods_read
+
+    @property
+    def periods_exact(self) -> int:
+        return self.reads.periods_exact
+
+    @property
+    def periods_quiet(self) -> int:
+        return self.reads.periods_quiet
 
     # -- topic readers feed these -------------------------------------------------
     def apply_definition(self, key: bytes, value: QuotaDefinition | None) -> None:
@@ -357,6 +327,13 @@ class QuotaEngine:
         state = self.states.get(key)
         return state is not None and start < state.period_start
 
+    def _period_closed(self, at: At) -> bool:
+        return self._closed(*at)
+
+    def _current(self, at: At, entry: Entry) -> bool:
+        """Whether a waiting read's entry still has the quota's definition."""
+        return self.definitions.get(at[0]) is entry[0]
+
     def early(
         self, seq: int, events: Iterable[UsageEvent], now: datetime | None = None
     ) -> list[Outgoing]:
@@ -404,30 +381,15 @@ class QuotaEngine:
                 self._evaluate_one(at, d, end, event_id, used, pricing, reason, now, alerts, states)
         return alerts + states
 
-    def _ownership(self) -> tuple[int, bool] | None:
-        """(generation, alone) while a rule may trust a base without a read, else None."""
-        if self.sole_owner is not None and self.reread_s > 0:
-            alone = self.sole_owner()
-            if alone is not None:
-                return alone, True
-        if self.generation is not None and self.quiet_reread_s > 0:
-            current = self.generation()
-            if current is not None:
-                return current, False
-        return None
-
     def _lower_bounds(
-        self,
-        readings: dict[tuple[bytes, datetime], Reading],
-        todo: Todo,
-        now_s: float,
-        epoch: tuple[int, bool] | None,
+        self, readings: dict[tuple[bytes, datetime], Reading], todo: Todo, plan: Plan
     ) -> None:
         """Durable readings become the bounds' bases, and count what is on its way.
 
-        `epoch`: the ownership the read was made in, None if it changed
-        during the read: then no base is trusted without the next read.
+        A base is trusted without a read for a while if a rule allows it
+        (ReadPlanner.trusted_until) and the ownership held during the read.
         """
+        epoch = self.reads.held(plan)
         for at, reading in readings.items():
             if reading is None:
                 continue
@@ -440,89 +402,9 @@ class QuotaEngine:
                 # A cost quota without prices gets no tokens from `early`: its
                 # base could not follow this worker's writes.
                 if epoch is not None and (d.metric != "cost" or self.usage.pricebook is not None):
-                    if epoch[1]:
-                        until = now_s + self.reread_s
-                    elif self.pending.confirms(at, reading, self._epoch_round):
-                        until = now_s + self.quiet_reread_s
-                self.pending.observe(at, reading, end, self._read_round, until)
+                    until = self.reads.trusted_until(at, reading, epoch, plan.now_s)
+                self.pending.observe(at, reading, end, self.reads.read_round, until)
             readings[at] = self.pending.with_outstanding(at, reading)
-
-    def _split_reads(self, todo: Todo, now_s: float) -> tuple[list[At], list[At], list[At]]:
-        """The (quota, period)s to read now, those of `todo` left for a later check (the cap),
-        and those of `todo` whose base is exact (the sole-owner rule: no read owed).
-
-        Read: up to the cap, the never read first (-1: no lower bound to
-        stand in), then the longest unread, from `todo` and the deferred
-        reads of earlier checks (first on a tie: they waited). A deferred
-        one that is read joins `todo`; one whose definition changed or whose
-        period closed since is dropped.
-        """
-        due = [at for at in todo if not self._closed(*at)]
-        for at in due:
-            self._deferred.pop(at, None)  # touched again: `todo` has its newest entry
-        exact: list[At] = []
-        if self._epoch is not None:
-            need: list[At] = []
-            for at in due:
-                (exact if self.pending.exact(at, now_s) else need).append(at)
-            due = need
-            self._trust(todo, exact)
-        due += self._trust_ended(todo, now_s)
-        cap = self.max_reads_per_check
-        if cap is None:
-            return due, [], exact
-        round_of = self.pending.read_round
-        fresh = sorted(due, key=round_of)  # stable: ties keep their order
-        read: list[At] = []
-        i = 0
-        queue = self._queue
-        while len(read) < cap:
-            while queue and queue[0][2] not in self._deferred:
-                heapq.heappop(queue)  # stale: read or dropped since
-            if i < len(fresh) and (not queue or round_of(fresh[i]) < queue[0][0]):
-                read.append(fresh[i])
-                i += 1
-            elif queue:
-                at = heapq.heappop(queue)[2]
-                entry = self._deferred.pop(at)
-                if self.definitions.get(at[0]) is entry[0] and not self._closed(*at):
-                    todo[at] = entry
-                    read.append(at)
-            else:
-                break
-        return read, fresh[i:], exact
-
-    def _trust(self, todo: Todo, exact: list[At]) -> None:
-        """Remember trusted periods touched now, to read each when its trust ends."""
-        for at in exact:
-            if at not in self._trusted:
-                self._queued += 1
-                until = self.pending.trusted_until(at)
-                heapq.heappush(self._trust_ends, (until, self._queued, at))
-            self._trusted[at] = todo[at]
-
-    def _trust_ended(self, todo: Todo, now_s: float) -> list[At]:
-        """Touched trusted periods whose trust ended since: due for a read (they join `todo`)."""
-        due: list[At] = []
-        ends = self._trust_ends
-        while ends and ends[0][0] <= now_s:
-            at = heapq.heappop(ends)[2]
-            entry = self._trusted.pop(at, None)
-            if entry is None or at in todo:
-                continue  # read since, or touched now
-            if self.pending.exact(at, now_s):
-                self._trusted[at] = entry  # read and trusted again: its newer item stands
-            elif self.definitions.get(at[0]) is entry[0] and not self._closed(*at):
-                todo[at] = entry
-                due.append(at)
-        return due
-
-    def _defer(self, todo: Todo, later: list[At]) -> None:
-        for at in later:
-            if at not in self._deferred:
-                self._queued += 1
-                heapq.heappush(self._queue, (self.pending.read_round(at), self._queued, at))
-            self._deferred[at] = todo[at]
 
     async def _run(
         self,
@@ -541,24 +423,8 @@ class QuotaEngine:
         when the batches that moved it were prepared (or, had it no base
         then, the check whose read gave it one did, their tokens included).
         """
-        epoch = self._ownership()
-        if epoch != self._epoch:
-            # Ownership changed (a rebalance, a new generation): another worker
-            # may have written since any base was read.
-            self.pending.drop_exactness()
-            self._epoch = epoch
-            self._epoch_round = self._read_round + 1
-        now_s = self.clock()
-        read, later, exact = self._split_reads(todo, now_s)
-        read.sort()
-        for at in read:
-            self._trusted.pop(at, None)  # its trust starts again from this read, if at all
-        self._read_round += 1
-        self.periods_read += len(read)
-        if epoch is not None and epoch[1]:
-            self.periods_exact += len(exact)
-        else:
-            self.periods_quiet += len(exact)
+        plan = self.reads.plan(todo, self._period_closed, self._current)
+        read, later, exact = plan.read, plan.later, plan.exact
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
         # period it visits, in ascending order, so it skips what is skipped
@@ -570,14 +436,13 @@ class QuotaEngine:
         finally:
             # Left for later whether the read worked or not; a failed read's
             # quotas wait with them (a tick or the next write reads them).
-            self._defer(todo, later if done else read + later)
+            self.reads.defer(todo, later if done else read + later)
             if settle_upto is not None:
                 # The batches written before this read are in it (or dropped);
                 # with no await from here on, `early` cannot run in between.
                 # The bases keep the tokens this write made durable.
                 self.pending.settle(settle_upto, durable=durable_seqs)
-        # Exact only if no rebalance began or ended while the store was read.
-        self._lower_bounds(readings, todo, now_s, epoch if self._ownership() == epoch else None)
+        self._lower_bounds(readings, todo, plan)
         for at in later + [at for at in exact if at in rechecks]:
             # Exact about this worker's events; other workers' wait for the read.
             bound = self.pending.lower_bound(at)

@@ -39,6 +39,7 @@ CHECKED = "tokenpulse_quota_periods_checked_total"
 # Keyed by tenant: a0, a3, a4, a5 land in partition 1, a1, a2, a7 in 0, a6 in
 # 3 (Kafka's murmur2 over 4 partitions), so both workers have agents.
 AGENTS = [f"fleet/a{i}" for i in range(8)]
+WARM = 64  # warm-up tenants: every one of the 4 partitions gets some
 
 
 def unique_alerts(pipeline: Env, count: int, timeout_s: float) -> dict[str, QuotaAlert]:
@@ -49,6 +50,16 @@ def unique_alerts(pipeline: Env, count: int, timeout_s: float) -> dict[str, Quot
         alerts = {a.alert_id: a for a in (decode_quota_alert(m.value) for m in msgs)}
         if len(alerts) >= count or time.monotonic() > deadline:
             return alerts
+
+
+def split_between(pipeline: Env, ports: list[int]) -> bool:
+    """Whether each worker reports usage partitions of its own (none is alone any more)."""
+    owned = [
+        {k for k in scrape(p) if k.startswith("tokenpulse_consumer_lag{")
+         and f'topic="{pipeline.topics.usage}"' in k}
+        for p in ports
+    ]  # fmt: skip
+    return all(owned) and not owned[0] & owned[1]
 
 
 def test_two_workers_read_quiet_quotas_less_and_alert_exactly(
@@ -66,11 +77,26 @@ def test_two_workers_read_quiet_quotas_less_and_alert_exactly(
                               TOKENPULSE_QUOTA_QUIET_REREAD_S=str(QUIET_S),
                               TOKENPULSE_QUOTA_CHECK_INTERVAL_S="1"))  # fmt: skip
     wait_until(lambda: group_size(env.bootstrap, env.group) == 2, 120, "both to join", workers)
+    # Joined is not yet assigned: until the rebalance ends, the first worker
+    # still owns every partition (the sole-owner rule, not this test's). A
+    # worker reports a partition's lag once it processed a record of it.
+    rounds = [0]
+
+    def split() -> bool:
+        i = rounds[0] = rounds[0] + 1
+        produce(env.bootstrap, env.topics.usage,
+                [record(event(f"warm/{t}", i)) for t in range(WARM)])  # fmt: skip
+        time.sleep(0.5)
+        return split_between(env, ports)
+
+    wait_until(split, 120, "the partitions split", workers)
+    base = WARM * rounds[0]  # no quota covers the warm-up tenants
+    wait_until(lambda: env.rows() == base, 60, "the warm-up rows", workers)
     now = datetime.now(UTC)
     for i in range(10):  # a write per round and worker: every quota touched each time
         batch = [record(event(a, i, occurred_at=now, input_tokens=100)) for a in AGENTS]
         produce(env.bootstrap, env.topics.usage, batch)
-        n = len(AGENTS) * (i + 1)
+        n = base + len(AGENTS) * (i + 1)
         wait_until(lambda n=n: env.rows() == n, 60, f"{n} rows", workers)
     # Each agent's 50 % at exactly 1,000 (its own worker's events); the
     # fleet's 25 % and 50 % once each (both workers may announce one: same id).

@@ -126,7 +126,7 @@ async def test_a_sole_owner_keeps_its_own_rule() -> None:
     store = Store()
     clock = Clock()
     engine = _engine(store, Owner(), clock, quiet_s=5.0)
-    engine.sole_owner = Owner()  # alone in generation 1: one read, then reread_s (60 s)
+    engine.reads.sole_owner = Owner()  # alone in generation 1: one read, then reread_s (60 s)
     writer = Writer(engine, store)
     await writer.write({"t0": 5})
     clock.now_s += 30.0
@@ -158,7 +158,7 @@ async def test_a_period_touched_while_trusted_is_read_when_the_trust_ends() -> N
         clock = Clock()
         engine = _engine(store, Owner(), clock, quiet_s=5.0)
         if alone:
-            engine.sole_owner, engine.reread_s = Owner(), 5.0
+            engine.reads.sole_owner, engine.reads.reread_s = Owner(), 5.0
         writer = Writer(engine, store)
         await writer.write({"t0": 5})
         await writer.write({"t0": 5})
@@ -174,3 +174,32 @@ async def test_a_period_touched_while_trusted_is_read_when_the_trust_ends() -> N
         assert _alerts(outs) == [("t0", 50, 60)]
         assert await engine.check((), NOW) == []  # read: nothing owed any more
         assert len(store.reads) == reads + 1
+
+
+async def test_a_trust_renewed_after_a_rebalance_still_ends_in_a_read() -> None:
+    """The first trust's end, met by a check that touches the period again, must
+    not swallow the renewed trust's end (its tick read)."""
+    store = Store()
+    clock = Clock()
+    generation = Owner()
+    engine = _engine(store, generation, clock, quiet_s=5.0)
+    writer = Writer(engine, store)
+    await writer.write({"t0": 5})
+    await writer.write({"t0": 5})  # trusted until 1005
+    clock.now_s += 1.0
+    await writer.write({"t0": 5})  # touched while trusted
+    generation.generation = 2
+    clock.now_s += 1.0
+    await writer.write({"t0": 5})  # a new generation: read
+    clock.now_s += 1.0
+    await writer.write({"t0": 5})  # read again, agrees: trusted until 1008
+    clock.now_s += 1.0
+    await writer.write({"t0": 5})  # touched while trusted
+    clock.now_s += 1.0
+    await writer.write({"t0": 5})  # 1005: the first trust's end, met by this touch
+    assert len(store.reads) == 4
+    store.tokens["t0"] += 40  # another worker's tokens
+    clock.now_s += 3.0
+    outs = await engine.check((), NOW)  # 1008: the renewed trust ended
+    assert len(store.reads) == 5
+    assert _alerts(outs) == [("t0", 50, 75)]

@@ -110,7 +110,7 @@ async def test_without_a_cap_every_touched_quota_is_read_in_one_check() -> None:
     engine._recheck.clear()
     await engine.check(_touches(*TENANTS), NOW)
     assert store.reads == [list(TENANTS)]
-    assert engine._deferred == {}
+    assert engine.reads.deferred == {}
 
 
 async def test_a_quota_left_unread_counts_this_workers_writes_exactly() -> None:
@@ -177,7 +177,7 @@ async def test_a_changed_definition_is_not_left_deferred_with_its_old_measure() 
     engine = _engine(store, cap=1)
     engine._recheck.clear()
     await engine.check(_touches("t0", "t1"), NOW)
-    assert list(engine._deferred) == [(_key("t1"), START)]
+    assert list(engine.reads.deferred) == [(_key("t1"), START)]
     engine.apply_definition(_key("t1"), QuotaDefinition(
         quota_id="q", tenant_id="t1", metric="output", period="day", limit=5))  # fmt: skip
     assert engine._recheck == {_key("t1")}  # checked again as the new definition
@@ -185,7 +185,7 @@ async def test_a_changed_definition_is_not_left_deferred_with_its_old_measure() 
     await engine.check((), NOW)
     assert store.reads[-1] == ["t1"]  # once
     assert engine.states[_key("t1")].used == 0  # no output tokens: the new measure
-    assert engine._deferred == {}
+    assert engine.reads.deferred == {}
 
 
 async def test_the_processor_folds_its_write_into_the_quotas_left_unread() -> None:
@@ -224,7 +224,7 @@ async def test_a_deferred_read_is_made_once_even_when_touched_again() -> None:
     await engine.check((), NOW)
     await engine.check((), NOW)
     assert store.reads == [["t0"], ["t1"]]
-    assert engine._deferred == {}
+    assert engine.reads.deferred == {}
 
 
 async def test_a_deferred_read_of_a_deleted_quota_is_dropped_unread() -> None:
@@ -236,7 +236,7 @@ async def test_a_deferred_read_of_a_deleted_quota_is_dropped_unread() -> None:
     await engine.check((), NOW)
     await engine.check((), NOW)
     assert store.reads == [["t0"], ["t2"]]
-    assert engine._deferred == {}
+    assert engine.reads.deferred == {}
 
 
 async def test_deferred_quotas_nothing_touched_are_evaluated_only_when_read() -> None:
@@ -262,7 +262,7 @@ async def test_the_quotas_of_a_failed_read_wait_for_the_next_check() -> None:
     store.tokens = {}  # every read fails (KeyError): the store is away
     with pytest.raises(KeyError):
         await engine.check(_touches("t0", "t1"), NOW)
-    assert set(engine._deferred) == {(_key("t0"), START), (_key("t1"), START)}
+    assert set(engine.reads.deferred) == {(_key("t0"), START), (_key("t1"), START)}
     store.tokens = dict.fromkeys(TENANTS, 0)
     await engine.check((), NOW)
     await engine.check((), NOW)

@@ -187,12 +187,12 @@ async def test_switched_off_or_without_an_owner_every_write_reads() -> None:
 async def test_exact_quotas_leave_the_read_cap_to_the_others() -> None:
     store = Store()
     engine = _engine(store, Owner(), Clock())
-    engine.max_reads_per_check = 2
+    engine.reads.max_reads_per_check = 2
     writer = Writer(engine, store)
     await writer.write({"t0": 1, "t1": 1})
     await writer.write({"t0": 1, "t1": 1, "t2": 1, "t3": 1})
     assert store.reads == [["t0", "t1"], ["t2", "t3"]]
-    assert engine._deferred == {}
+    assert engine.reads.deferred == {}
     assert [_used(engine, t) for t in ("t0", "t1", "t2", "t3")] == [2, 2, 1, 1]
 
 
