@@ -417,8 +417,8 @@ class QuotaEngine:
         """Read (up to the cap), then evaluate `todo` and the deferred reads read now.
 
         A deferred read that nothing touched since is evaluated only when
-        read: its bound has not moved since it was evaluated. Neither is an
-        exact one (the sole-owner rule) unless its definition changed
+        read: its bound has not moved since it was evaluated. Neither is a
+        trusted one (the sole-owner or quiet rule) unless its definition changed
         (`rechecks`): `early` evaluated it at this value or a higher one
         when the batches that moved it were prepared (or, had it no base
         then, the check whose read gave it one did, their tokens included).
