@@ -146,8 +146,7 @@ class PendingUsage:
 
     def exact(self, at: At, now_s: float) -> bool:
         """Whether `at`'s base is still the store's total at `now_s` (no read needed)."""
-        base = self._base.get(at)
-        return base is not None and now_s < base[3]
+        return now_s < self.trusted_until(at)
 
     def trusted_until(self, at: At) -> float:
         """Until when `at`'s base is exact (-inf: it is not, or there is none)."""

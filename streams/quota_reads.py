@@ -55,6 +55,8 @@ class ReadPlanner:
         self,
         pending: PendingUsage,
         *,
+        closed: Callable[[At], bool],
+        current: Callable[[At, Entry], bool],
         max_reads_per_check: int | None = None,
         sole_owner: Callable[[], int | None] | None = None,
         reread_s: float = 0.0,
@@ -63,6 +65,10 @@ class ReadPlanner:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pending = pending
+        # A period already closed (no alerts for the past), and whether a
+        # waiting read's entry still has its quota's definition.
+        self.closed = closed
+        self.current = current
         self.max_reads_per_check = max_reads_per_check  # None: no cap
         self.sole_owner = sole_owner
         self.reread_s = reread_s  # 0: the sole-owner rule is off
@@ -97,17 +103,12 @@ class ReadPlanner:
             if alone is not None:
                 return alone, True
         if self.generation is not None and self.quiet_reread_s > 0:
-            current = self.generation()
-            if current is not None:
-                return current, False
+            gen = self.generation()
+            if gen is not None:
+                return gen, False
         return None
 
-    def plan(
-        self,
-        todo: Todo,
-        closed: Callable[[At], bool],
-        current: Callable[[At, Entry], bool],
-    ) -> Plan:
+    def plan(self, todo: Todo) -> Plan:
         """What this check reads, leaves for later and trusts; the read round starts.
 
         Read: up to the cap, the never read first (-1: no lower bound to
@@ -125,7 +126,7 @@ class ReadPlanner:
             self._epoch = epoch
             self._epoch_round = self.read_round + 1
         now_s = self.clock()
-        due = [at for at in todo if not closed(at)]
+        due = [at for at in todo if not self.closed(at)]
         for at in due:
             self.deferred.pop(at, None)  # touched again: `todo` has its newest entry
         exact: list[At] = []
@@ -135,8 +136,8 @@ class ReadPlanner:
                 (exact if self.pending.exact(at, now_s) else need).append(at)
             due = need
             self._trust(todo, exact)
-        due += self._trust_ended(todo, now_s, closed, current)
-        read, later = self._capped(todo, due, closed, current)
+        due += self._trust_ended(todo, now_s)
+        read, later = self._capped(todo, due)
         read.sort()
         for at in read:
             self._trusted.pop(at, None)  # its trust starts again from this read, if at all
@@ -148,13 +149,7 @@ class ReadPlanner:
             self.periods_quiet += len(exact)
         return Plan(read, later, exact, epoch, now_s)
 
-    def _capped(
-        self,
-        todo: Todo,
-        due: list[At],
-        closed: Callable[[At], bool],
-        current: Callable[[At, Entry], bool],
-    ) -> tuple[list[At], list[At]]:
+    def _capped(self, todo: Todo, due: list[At]) -> tuple[list[At], list[At]]:
         cap = self.max_reads_per_check
         if cap is None:
             return due, []
@@ -172,7 +167,7 @@ class ReadPlanner:
             elif queue:
                 at = heapq.heappop(queue)[2]
                 entry = self.deferred.pop(at)
-                if current(at, entry) and not closed(at):
+                if self._still_due(at, entry):
                     todo[at] = entry
                     read.append(at)
             else:
@@ -188,13 +183,7 @@ class ReadPlanner:
                 heapq.heappush(self._trust_ends, (until, self._order, at))
             self._trusted[at] = todo[at]
 
-    def _trust_ended(
-        self,
-        todo: Todo,
-        now_s: float,
-        closed: Callable[[At], bool],
-        current: Callable[[At, Entry], bool],
-    ) -> list[At]:
+    def _trust_ended(self, todo: Todo, now_s: float) -> list[At]:
         """Touched trusted periods whose trust ended since: due for a read (they join `todo`)."""
         due: list[At] = []
         ends = self._trust_ends
@@ -205,10 +194,14 @@ class ReadPlanner:
                 # Read since; or read, trusted and touched again: its newer item stands.
                 continue
             del self._trusted[at]
-            if at not in todo and current(at, entry) and not closed(at):
+            if at not in todo and self._still_due(at, entry):
                 todo[at] = entry  # (one touched now is read, or deferred, with `todo`)
                 due.append(at)
         return due
+
+    def _still_due(self, at: At, entry: Entry) -> bool:
+        """A waiting read is still owed: same definition, period not closed."""
+        return self.current(at, entry) and not self.closed(at)
 
     def defer(self, todo: Todo, later: list[At]) -> None:
         """These periods of `todo` wait for a later check's read."""

@@ -109,6 +109,8 @@ class QuotaEngine:
         # ~2 ms of endpoint CPU each.
         self.reads = ReadPlanner(
             self.pending,
+            closed=self._closed,
+            current=self._current,
             max_reads_per_check=max_reads_per_check,
             sole_owner=sole_owner,
             reread_s=reread_s,
@@ -322,13 +324,10 @@ class QuotaEngine:
         self.pending.forget_ended(now)
         return await self._run(todo, now)
 
-    def _closed(self, key: bytes, start: datetime) -> bool:
+    def _closed(self, at: At) -> bool:
         """A late event of a period already closed: no alerts for the past."""
-        state = self.states.get(key)
-        return state is not None and start < state.period_start
-
-    def _period_closed(self, at: At) -> bool:
-        return self._closed(*at)
+        state = self.states.get(at[0])
+        return state is not None and at[1] < state.period_start
 
     def _current(self, at: At, entry: Entry) -> bool:
         """Whether a waiting read's entry still has the quota's definition."""
@@ -357,7 +356,7 @@ class QuotaEngine:
         for found, g in self._counted(list(events), tokens=True):
             sample = g[1]
             for at, d, end in found:
-                if (d.metric == "cost" and not priced) or self._closed(*at):
+                if (d.metric == "cost" and not priced) or self._closed(at):
                     continue
                 acc = sums.get((at, sample.tenant_id, sample.model))
                 if acc is None:
@@ -423,7 +422,7 @@ class QuotaEngine:
         when the batches that moved it were prepared (or, had it no base
         then, the check whose read gave it one did, their tokens included).
         """
-        plan = self.reads.plan(todo, self._period_closed, self._current)
+        plan = self.reads.plan(todo)
         read, later, exact = plan.read, plan.later, plan.exact
         # Read everything before evaluating anything: a failed read leaves the
         # states untouched. The loop below moves a key's state only to the
@@ -451,7 +450,7 @@ class QuotaEngine:
         alerts: list[Outgoing] = []
         states: list[Outgoing] = []
         for at in sorted(readings):
-            if self._closed(*at):
+            if self._closed(at):
                 continue
             d, end, event_id = todo[at]
             used, pricing, reason = self.usage.measure(at[0], d, at[1], readings[at])
