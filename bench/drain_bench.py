@@ -18,7 +18,10 @@ before the worker starts, so every write's quota check touches them.
 events per record) instead of one event per record. `--workers N` drains it
 with N workers in one group (the worker column is one of them).
 
-A variant is "" (the defaults) or NAME=VALUE[,NAME=VALUE...]. Without
+A variant is "" (the defaults) or NAME=VALUE[,NAME=VALUE...]; the item
+`signed` signs the backlog with one key per org and has the worker verify
+every record (its default; the other variants trust the broker's ACLs, as
+`tokenpulse bench` does). Without
 KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL a temporary local stack is started.
 """
 
@@ -37,6 +40,7 @@ from tokenpulse.bench.run import DrainCpu, _put_alert_quotas, drain_backlog
 from tokenpulse.bench.services import Pipeline, Services, obtain_services
 from tokenpulse.cli.bench import sigterm_unwinds
 from tokenpulse.fleet import FleetRecord
+from tokenpulse.simulate import org_of
 
 Drained = tuple[float, DrainCpu]  # events/s, where the CPU went
 
@@ -64,9 +68,15 @@ def environment(changes: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+SIGNED = "signed"
+
+
 def parse_variant(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in filter(None, text.split(",")):
+        if item == SIGNED:
+            out[SIGNED] = "1"
+            continue
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("TOKENPULSE_"):
             raise SystemExit(f"variant item {item!r}: expected TOKENPULSE_NAME=VALUE")
@@ -89,13 +99,20 @@ def drain(
     """
     pipe = Pipeline(services, "drain" + uuid.uuid4().hex[:8], "d")
     others: list[Pipeline] = []
+    env = dict(env)
+    secrets = None
+    if env.pop(SIGNED, None):
+        secrets = pipe.sign_with_org_keys(org_of(r.tenant_id) for r in records)
     try:
         pipe.setup()
         if quotas:
             _put_alert_quotas(pipe, quotas, limit=10**15)
         backlog = asyncio.run(
-            load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=envelope)
-        )
+            load.produce_backlog(
+                services.bootstrap, pipe.topics.usage, records, envelope=envelope,
+                org_secrets=secrets,
+            )
+        )  # fmt: skip
         with environment(env):  # the workers inherit it
             for i in range(workers - 1):
                 others.append(pipe.sibling(f"d{i + 2}"))

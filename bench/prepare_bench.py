@@ -14,9 +14,11 @@ cores with the broker and the endpoint; this measures the worker's part
 alone, in CPU time.
 
 Prints one row: the median of 7 passes (a fresh processor each), us of CPU
-per record.
+per record. With `--signed`, every record carries its org's signature
+headers (one key per org, as `tokenpulse simulate` signs) and the processor
+verifies them against a keyring: the worker's default.
 
-    .venv/bin/python bench/prepare_bench.py
+    .venv/bin/python bench/prepare_bench.py [--signed]
     bench/ab.sh fb696e5 6 prepare_bench.py     # against an older commit
 """
 
@@ -32,7 +34,9 @@ from typing import Any
 
 from tokenpulse.fleet import FleetConfig, generate
 from tokenpulse.schemas import QuotaDefinition, quota_state_key
+from tokenpulse.schemas.signing import Keyring, sign_record
 from tokenpulse.schemas.usage import encode_usage_event
+from tokenpulse.simulate import org_of
 from tokenpulse.sinks._encode import encode_events
 from tokenpulse.sinks.base import SinkBatch, UsageSink
 from tokenpulse.streams.processor import InRecord, UsageProcessor
@@ -101,14 +105,24 @@ async def _commit(topic: str, offsets: Mapping[int, int]) -> bool:
     return True
 
 
-def _batches() -> list[list[InRecord]]:
+def _secret(org: str) -> bytes:
+    return org.encode().ljust(32, b"k")
+
+
+def _batches(keyring: Keyring | None) -> list[list[InRecord]]:
     """The fleet's records over the partitions, cut into hand-over batches."""
     per_partition: list[list[InRecord]] = [[] for _ in range(PARTITIONS)]
     for n, rec in enumerate(generate(FleetConfig(events=RECORDS, tenants=2_000))):
         value = rec.raw if rec.event is None else encode_usage_event(rec.event)
         partition = n % PARTITIONS
         records = per_partition[partition]
-        fields = (TOPIC, partition, len(records), rec.tenant_id.encode(), value, (), 1)
+        headers: tuple[tuple[str, bytes | None], ...] = ()
+        if keyring is not None:
+            org = org_of(rec.tenant_id)
+            keyring.add(org, "k1", _secret(org))
+            signed = sign_record(value, tenant_id=org, key_id="k1", secret=_secret(org))
+            headers = tuple(signed)
+        fields = (TOPIC, partition, len(records), rec.tenant_id.encode(), value, headers, 1)
         records.append(new_tuple(InRecord, fields))
     per_batch = BATCH // PARTITIONS
     out = []
@@ -117,13 +131,13 @@ def _batches() -> list[list[InRecord]]:
     return out
 
 
-async def _pass(batches: list[list[InRecord]]) -> float:
+async def _pass(batches: list[list[InRecord]], keyring: Keyring | None) -> float:
     processor = UsageProcessor(
         sink=_EncodingSink(),
         producer=_Sent(),
         committer=_commit,
         dlq_topic="dlq",
-        keyring=None,
+        keyring=keyring,
         quotas=quota_engine(),
     )
     started = time.process_time()
@@ -133,9 +147,10 @@ async def _pass(batches: list[list[InRecord]]) -> float:
 
 
 def main() -> int:
-    batches = _batches()
+    keyring = Keyring() if "--signed" in sys.argv[1:] else None
+    batches = _batches(keyring)
     records = sum(map(len, batches))
-    seconds = [asyncio.run(_pass(batches)) for _ in range(PASSES)]
+    seconds = [asyncio.run(_pass(batches, keyring)) for _ in range(PASSES)]
     print("| worker CPU, us/record |")
     print("| --- |")
     print(f"| {statistics.median(seconds) / records * 1e6:.2f} |")

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROWS = (
     "worker sustained, 1 event/record",
     "worker sustained, SDK envelopes",
+    "worker sustained, signed and verified, 1 event/record",
     "raw kafka-consumer-perf-test",
     "raw kafka-producer-perf-test",
     "quixstreams peer (per-minute -> ClickHouse)",

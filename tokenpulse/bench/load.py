@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tokenpulse.fleet import FleetConfig, FleetRecord, RecordKind, generate
-from tokenpulse.schemas import UsageEvent
+from tokenpulse.schemas import UsageEvent, sign_record
 from tokenpulse.sdk import ProducerConfig, UsageProducer
+from tokenpulse.simulate import SIGNING_KEY_ID, org_of
 
 FRESH_ORG = "fresh"
 # The sampled events' tenants: the freshness poll reads only their primary-key
@@ -66,7 +68,14 @@ def uniform_tenants(tenants: int, per_tenant: int, tag: str) -> list[FleetRecord
     return out
 
 
-def _config(bootstrap: str, topic: str, envelope: bool) -> ProducerConfig:
+def _config(
+    bootstrap: str,
+    topic: str,
+    envelope: bool,
+    org: str = "",
+    org_secrets: Mapping[str, bytes] | None = None,
+) -> ProducerConfig:
+    signed = org_secrets is not None
     # A large buffer: the backlog is produced as fast as the SDK can, never dropped.
     return ProducerConfig(
         bootstrap_servers=bootstrap,
@@ -75,39 +84,66 @@ def _config(bootstrap: str, topic: str, envelope: bool) -> ProducerConfig:
         buffer_max_events=200_000,
         block_timeout_s=120.0,
         linger_ms=20,
+        signing_tenant_id=org if signed else None,
+        signing_key_id=SIGNING_KEY_ID if signed else None,
+        signing_secret=org_secrets[org] if org_secrets is not None else None,
     )
 
 
 async def produce_backlog(
-    bootstrap: str, topic: str, records: list[FleetRecord], *, envelope: bool
+    bootstrap: str,
+    topic: str,
+    records: list[FleetRecord],
+    *,
+    envelope: bool,
+    org_secrets: Mapping[str, bytes] | None = None,
 ) -> Backlog:
-    """Send `records` through one UsageProducer (malformed ones through a bare producer)."""
+    """Send `records` through the SDK (malformed ones through a bare producer).
+
+    With `org_secrets` every record is signed by its org's key, as
+    `tokenpulse simulate` signs: one UsageProducer per org (the SDK signs
+    as one tenant), the malformed records with their tenant's key.
+    """
     from aiokafka import AIOKafkaProducer
 
     out = Backlog(records=len(records))
     seen: set[str] = set()
     raw = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producers: dict[str, UsageProducer] = {}
     started = time.perf_counter()
     await raw.start()
     try:
-        async with UsageProducer(_config(bootstrap, topic, envelope)) as producer:
-            for rec in records:
-                if rec.kind is RecordKind.MALFORMED:
-                    assert rec.raw is not None
-                    out.malformed += 1
-                    await raw.send(topic, rec.raw, key=rec.tenant_id.encode())
-                    continue
-                assert rec.event is not None
-                await producer.record_event(rec.event)
-                if rec.event.event_id not in seen:
-                    seen.add(rec.event.event_id)
-                    out.expected_events += 1
+        for rec in records:
+            org = org_of(rec.tenant_id) if org_secrets is not None else ""
+            if rec.kind is RecordKind.MALFORMED:
+                assert rec.raw is not None
+                out.malformed += 1
+                headers = None
+                if org_secrets is not None and org in org_secrets:
+                    headers = sign_record(
+                        rec.raw, tenant_id=org, key_id=SIGNING_KEY_ID, secret=org_secrets[org]
+                    )
+                await raw.send(topic, rec.raw, key=rec.tenant_id.encode(), headers=headers)
+                continue
+            assert rec.event is not None
+            producer = producers.get(org)
+            if producer is None:
+                producer = UsageProducer(_config(bootstrap, topic, envelope, org, org_secrets))
+                await producer.start()
+                producers[org] = producer
+            await producer.record_event(rec.event)
+            if rec.event.event_id not in seen:
+                seen.add(rec.event.event_id)
+                out.expected_events += 1
+        for producer in producers.values():
             report = await producer.flush(timeout_s=300)
             if report.undelivered_count:
                 raise RuntimeError(f"{report.undelivered_count} backlog events undelivered")
         await raw.flush()
     finally:
         await raw.stop()
+        for producer in producers.values():
+            await producer.close(60)
     out.produce_s = time.perf_counter() - started
     return out
 

@@ -11,7 +11,11 @@ Phases, on one broker and one ClickHouse:
    freshness (produced -> queryable) of sampled events and alert latency
    (crossing event produced -> alert on the alerts topic) under each;
 4. many active tenants: peak RSS of the same worker;
-5. the same backlog in SDK batch envelopes into a fresh pipeline: events/s.
+5. the same backlog in SDK batch envelopes into a fresh pipeline: events/s;
+6. the single-record backlog signed by each org's key, into a fresh pipeline
+   whose worker verifies every signature (the worker's default; phases 2-5
+   run it with TOKENPULSE_VERIFY_SIGNATURES=false, broker ACLs as the trust
+   model): events/s.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tokenpulse.bench.services import (
 )
 from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
+from tokenpulse.simulate import org_of
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class Latency:
 class BenchResult:
     single_eps: float = 0.0
     envelope_eps: float = 0.0
+    signed_eps: float = 0.0  # one event per record, signed, the worker verifying
     raw_consume_rps: float = 0.0  # right before the drain
     raw_consume_after_rps: float = 0.0  # right after it, on the same topic
     raw_produce_rps: float = 0.0
@@ -144,6 +150,11 @@ class BenchResult:
         return [
             ("worker sustained, 1 event/record", f"{self.single_eps:,.0f} events/s", "100,000"),
             ("worker sustained, SDK envelopes", f"{self.envelope_eps:,.0f} events/s", "100,000"),
+            (
+                "worker sustained, signed and verified, 1 event/record",
+                f"{self.signed_eps:,.0f} events/s",
+                "100,000",
+            ),
             (
                 "raw kafka-consumer-perf-test, before / after the drain",
                 f"{self.raw_consume_rps:,.0f} / {self.raw_consume_after_rps:,.0f} records/s",
@@ -216,6 +227,7 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
     run_id = "bench" + uuid.uuid4().hex[:8]
     single = Pipeline(services, run_id, "single")
     envelope = Pipeline(services, run_id, "envelope")
+    signed = Pipeline(services, run_id, "signed")
     try:
         _raw_produce(config, services, single, res, say)
         _single(config, services, single, res, say)
@@ -236,9 +248,11 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
         _many_tenants(config, single, res, say)
         single.stop_worker()
         _envelope(config, envelope, res, say)
+        _signed(config, signed, res, say)
     finally:
         single.teardown()
         envelope.teardown()
+        signed.teardown()
     return res
 
 
@@ -583,6 +597,25 @@ def _envelope(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -
         load.produce_backlog(pipe.services.bootstrap, pipe.topics.usage, records, envelope=True)
     )
     res.envelope_eps, _ = drain_backlog(pipe, backlog.expected_events, None)
+    pipe.stop_worker()
+
+
+def _signed(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> None:
+    """The single-record backlog again, signed by each org's key, into a worker
+    that verifies every record: the worker's default (the other drains trust
+    the broker's ACLs, TOKENPULSE_VERIFY_SIGNATURES=false)."""
+    pipe.setup()
+    records = load.fleet(config.events, config.fleet_tenants, seed=5)
+    secrets = pipe.sign_with_org_keys(org_of(r.tenant_id) for r in records)
+    say(f"backlog: {len(records):,} fleet records, one event per record, signed")
+    backlog = asyncio.run(
+        load.produce_backlog(
+            pipe.services.bootstrap, pipe.topics.usage, records, envelope=False,
+            org_secrets=secrets,
+        )
+    )  # fmt: skip
+    res.signed_eps, _ = drain_backlog(pipe, backlog.expected_events, None)
+    say(f"  one verifying worker drains it: {res.signed_eps:,.0f} events/s")
     pipe.stop_worker()
 
 

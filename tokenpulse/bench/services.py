@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,9 @@ class Pipeline:
         self.group = f"{run_id}-{name}-workers"
         self.partitions = partitions
         self.worker: subprocess.Popen[bytes] | None = None
+        # Set: the worker verifies tenant signatures with this keyring (its
+        # default); None: it trusts the broker's ACLs (VERIFY_SIGNATURES=false).
+        self.keyring_file: Path | None = None
         self.log_path = services.home / f"worker-{name}.log"
         self._client: Any = None
 
@@ -160,7 +163,16 @@ class Pipeline:
         other = Pipeline(self.services, "sibling", name, self.partitions)
         other.prefix, other.topics = self.prefix, self.topics
         other.database, other.group = self.database, self.group
+        other.keyring_file = self.keyring_file
         return other
+
+    def sign_with_org_keys(self, orgs: Iterable[str]) -> dict[str, bytes]:
+        """Make the worker verify signatures, with one key per org (a keyring
+        in the services' home, as `tokenpulse simulate` keeps); the secrets."""
+        from tokenpulse.simulate import ensure_keyring
+
+        self.keyring_file = self.services.home / "bench-keyring.json"
+        return ensure_keyring(self.keyring_file, sorted(set(orgs)))
 
     def start_worker(self) -> int:
         env = dict(os.environ)
@@ -172,11 +184,12 @@ class Pipeline:
             TOKENPULSE_WORKER_GROUP=self.group,
             TOKENPULSE_TOPIC_PARTITIONS=str(self.partitions),
             TOKENPULSE_WORKER_DATA_DIR=str(self.services.home / f"worker-{self.name}"),
-            # The bench's agents do not sign: broker ACLs are the trust model here.
-            TOKENPULSE_VERIFY_SIGNATURES="false",
+            TOKENPULSE_VERIFY_SIGNATURES=str(self.keyring_file is not None).lower(),
             TOKENPULSE_LOGLEVEL="warning",
             TOKENPULSE_METRICS_PORT="0",  # no fixed port: other workers may share the host
         )
+        if self.keyring_file is not None:
+            env["TOKENPULSE_KEYRING_FILE"] = str(self.keyring_file)
         with self.log_path.open("ab") as log:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "tokenpulse", "worker"],
