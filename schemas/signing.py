@@ -84,6 +84,12 @@ class Keyring:
         # key for every record. Only keys the ring holds are cached (bounded by the ring);
         # add() and remove() clear it.
         self._resolved: dict[tuple[bytes, bytes], tuple[_Hash, _Hash, str]] = {}
+        # The file `from_file` read (None: built in code), and what `reload`
+        # knows of it: the stamp loaded, the one seen last, the one that failed.
+        self.path: Path | None = None
+        self._loaded: _Stamp | None = None
+        self._seen: _Stamp | None = None
+        self._failed: _Stamp | None = None
 
     def __repr__(self) -> str:  # never the secrets
         return f"Keyring(tenants={sorted(self._keys)})"
@@ -101,6 +107,39 @@ class Keyring:
 
     def __contains__(self, tenant_id: object) -> bool:
         return tenant_id in self._keys
+
+    @property
+    def key_count(self) -> int:
+        return sum(map(len, self._keys.values()))
+
+    def reload(self) -> bool:
+        """Take the keys of the keyring file again if it changed; True when they were replaced.
+
+        For a worker that looks every few seconds (TOKENPULSE_KEYRING_RELOAD_S):
+        a change is read at the first look that finds the file as it was at
+        the look before, so a file caught while being written is not read.
+        Raises ConfigError, once per version of the file, when the changed
+        file does not load or is gone; the keys in use stay until a version
+        that loads. A ring not read from a file never changes.
+        """
+        if self.path is None:
+            return False
+        stamp = _stamp(self.path)
+        seen, self._seen = self._seen, stamp
+        if stamp in (self._loaded, self._failed) or stamp != seen:
+            return False
+        if stamp == _GONE:
+            self._failed = stamp
+            raise ConfigError(f"keyring {self.path} is gone; keeping the keys in use")
+        try:
+            fresh = Keyring.from_file(self.path)
+        except ConfigError as exc:
+            self._failed = stamp
+            raise ConfigError(f"{exc.message}; keeping the keys in use") from None
+        self._keys = fresh._keys
+        self._resolved.clear()
+        self._loaded = stamp
+        return True
 
     def verifies(
         self, value: bytes, headers: Iterable[tuple[str, bytes | None]], tenant_id: str
@@ -163,6 +202,8 @@ class Keyring:
     @classmethod
     def from_file(cls, path: str | Path) -> Keyring:
         path = Path(path)
+        # Stamped before the read: a file changed during it is read again.
+        stamp = _stamp(path)
         try:
             raw = path.read_bytes()
             data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
@@ -179,7 +220,23 @@ class Keyring:
                 raise ConfigError(f"keyring {path}: tenant {tenant!r} must map key ids to secrets")
             for kid, text in kids.items():
                 ring.add(tenant, kid, parse_secret(str(text)))
+        ring.path = path
+        ring._loaded = ring._seen = stamp
         return ring
+
+
+_Stamp = tuple[int, int, int]  # a file's (mtime_ns, size, inode)
+
+
+_GONE: Final[_Stamp] = (0, -1, 0)
+
+
+def _stamp(path: Path) -> _Stamp:
+    try:
+        st = path.stat()
+    except OSError:
+        return _GONE
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def parse_secret(text: str) -> bytes:

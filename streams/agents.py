@@ -94,6 +94,13 @@ def build_worker(
     app.task(tick)
     app.timer(settings.quota_check_interval_s)(tick)
 
+    if settings.verify_signatures and settings.keyring_reload_s > 0:
+
+        async def reload_keyring() -> None:
+            runtime.reload_keyring()
+
+        app.timer(settings.keyring_reload_s)(reload_keyring)
+
     async def watch_loop() -> None:
         await runtime.watch_loop()
 

@@ -247,6 +247,25 @@ class Runtime:
             )
         return Keyring.from_file(s.keyring_file)
 
+    def reload_keyring(self) -> bool:
+        """Apply a changed keyring file (every TOKENPULSE_KEYRING_RELOAD_S); True when applied.
+
+        Rotation without a restart: the records a worker verifies after this
+        use the file's keys. A file that does not load is logged once and the
+        keys in use stay (Keyring.reload).
+        """
+        keyring = None if self.processor is None else self.processor.decoder.keyring
+        if keyring is None:
+            return False
+        try:
+            reloaded = keyring.reload()
+        except ConfigError as exc:
+            log.error("%s", exc.message)
+            return False
+        if reloaded:
+            log.info("keyring %s reloaded: %d keys", keyring.path, keyring.key_count)
+        return reloaded
+
     async def commit(self, topic: str, offsets: Mapping[int, int]) -> bool:
         consumer: Any = self.app.consumer
         assigned = consumer.assignment()

@@ -178,6 +178,10 @@ class WorkerSettings:
     allowed_lateness_s: TOKENPULSE_ALLOWED_LATENESS_S; window lateness before an event is late.
     verify_signatures: TOKENPULSE_VERIFY_SIGNATURES (default true).
     keyring_file: TOKENPULSE_KEYRING_FILE; the signing keys (required when verifying).
+    keyring_reload_s: TOKENPULSE_KEYRING_RELOAD_S (10 s); how often the worker looks at the
+        keyring file. A change is applied once the file has stayed the same for one look
+        (a file caught mid-write is not read); a file that does not load is logged and the
+        keys in use are kept. 0: read once at start.
     max_record_bytes: TOKENPULSE_MAX_RECORD_BYTES; larger records go to the DLQ.
     sink_retry_max_s: backoff ceiling while the sink is unavailable (it retries forever).
     pricebook_file: TOKENPULSE_PRICEBOOK; the billing price book that prices metric=cost quotas.
@@ -225,6 +229,7 @@ class WorkerSettings:
     allowed_lateness_s: float = 300.0
     verify_signatures: bool = True
     keyring_file: Path | None = None
+    keyring_reload_s: float = 10.0
     max_record_bytes: int = 1_048_576
     sink_retry_max_s: float = 30.0
     loglevel: str = "info"
@@ -293,6 +298,12 @@ class WorkerSettings:
                 f"TOKENPULSE_QUOTA_QUIET_REREAD_S must be within 0..86400 (0: read after every "
                 f"write), got {self.quota_quiet_reread_s}",
                 details={"setting": "TOKENPULSE_QUOTA_QUIET_REREAD_S"},
+            )
+        if not 0 <= self.keyring_reload_s <= 86_400:
+            raise ConfigError(
+                f"TOKENPULSE_KEYRING_RELOAD_S must be within 0..86400 (0: read once at start), "
+                f"got {self.keyring_reload_s}",
+                details={"setting": "TOKENPULSE_KEYRING_RELOAD_S"},
             )
         if self.gc_gen0_threshold < 0:
             raise ConfigError(
@@ -364,6 +375,7 @@ class WorkerSettings:
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),
             verify_signatures=_bool(env, "TOKENPULSE_VERIFY_SIGNATURES", True),
             keyring_file=Path(keyring) if keyring else None,
+            keyring_reload_s=_num(env, "TOKENPULSE_KEYRING_RELOAD_S", 10.0),
             max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
             loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
             pricebook_file=Path(pb) if (pb := env.get("TOKENPULSE_PRICEBOOK")) else None,

@@ -1,4 +1,4 @@
-"""Signed records through the processor: the per-record fast check and its verdicts.
+"""Signed records through the processor: the per-record fast check, its verdicts, reloads.
 
 `Keyring.verifies` / `signer_of` accept what `sign_record` writes with one
 HMAC from cached key states; anything else goes to `verify_record`, which
@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tokenpulse.errors import InvalidRecord
+from tokenpulse.errors import ConfigError, InvalidRecord
 from tokenpulse.schemas import Keyring, decode_dlq_record, sign_record, usage
 from tokenpulse.schemas.signing import _hmac_states, signature, verify_record
 from tokenpulse.streams.processor import InRecord, UsageProcessor
+from tokenpulse.streams.settings import WorkerSettings
 
 from .test_streams_processor import MemorySink, Sent, _ev
 
@@ -177,3 +181,79 @@ async def test_an_envelope_is_hashed_once_and_judged_per_event(
     # the forged envelope's events each by theirs.
     assert _dlq(sent) == [("bad_signature", 0), ("bad_signature", 1), ("bad_signature", 2)]
     assert calls == [len(envelope), len(forged)]  # one HMAC a record
+
+
+# -- the keyring file, read again while the worker runs ---------------------------------------
+
+
+def _write(path: Path, keys: dict[str, dict[str, str]]) -> None:
+    # Rename into place, as docs/trust-model.md asks; a fresh inode each time.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"tenants": keys}))
+    os.replace(tmp, path)
+
+
+def test_a_changed_keyring_file_is_applied_once_it_stays_the_same_for_one_look(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.json"
+    _write(path, {"acme": {"k1": "acme-secret"}})
+    ring = Keyring.from_file(path)
+    assert ring.verifies(VALUE, GOOD, "acme")
+    assert ring.key_count == 1
+    assert not ring.reload()  # unchanged
+    rotated = _signed(VALUE, kid="k2", secret=b"new")
+    _write(path, {"acme": {"k1": "acme-secret", "k2": "new"}})
+    assert not ring.reload()  # seen changing: not read yet (it may be mid-write)
+    assert not ring.verifies(VALUE, rotated, "acme")
+    assert ring.reload()  # the same at the next look: applied
+    assert ring.verifies(VALUE, rotated, "acme")
+    assert ring.verifies(VALUE, GOOD, "acme")
+    assert ring.key_count == 2
+    assert not ring.reload()
+    _write(path, {"acme": {"k2": "new"}})  # the old key retired
+    assert not ring.reload()
+    assert ring.reload()
+    assert not ring.verifies(VALUE, GOOD, "acme")  # the cached key states went with it
+    assert ring.verifies(VALUE, rotated, "acme")
+
+
+def test_a_keyring_file_that_does_not_load_keeps_the_keys_in_use_and_is_reported_once(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "keys.json"
+    _write(path, {"acme": {"k1": "acme-secret"}})
+    ring = Keyring.from_file(path)
+    path.with_suffix(".tmp").write_text('{"tenants": {"acme": ')  # truncated
+    os.replace(path.with_suffix(".tmp"), path)
+    assert not ring.reload()
+    with pytest.raises(ConfigError, match="keeping the keys in use") as info:
+        ring.reload()
+    assert "acme-secret" not in str(info.value)
+    assert not ring.reload()  # the same broken file: said once
+    assert ring.verifies(VALUE, GOOD, "acme")
+    path.unlink()
+    assert not ring.reload()
+    with pytest.raises(ConfigError, match="is gone"):
+        ring.reload()
+    assert not ring.reload()
+    assert ring.verifies(VALUE, GOOD, "acme")
+    _write(path, {"acme": {"k1": "acme-secret"}, "globex": {"g1": "g"}})
+    assert not ring.reload()
+    assert ring.reload()
+    assert ring.verifies(VALUE, _signed(VALUE, "globex", "g1", b"g"), "globex")
+
+
+def test_a_keyring_built_in_code_never_reloads() -> None:
+    ring = _ring()
+    assert ring.path is None
+    assert not ring.reload()
+
+
+def test_the_reload_setting() -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "CLICKHOUSE_URL": "http://h:8123/db"}
+    assert WorkerSettings.from_env(env).keyring_reload_s == 10.0
+    s = WorkerSettings.from_env({**env, "TOKENPULSE_KEYRING_RELOAD_S": "0"})
+    assert s.keyring_reload_s == 0.0
+    with pytest.raises(ConfigError, match="TOKENPULSE_KEYRING_RELOAD_S must be within"):
+        WorkerSettings.from_env({**env, "TOKENPULSE_KEYRING_RELOAD_S": "-1"})
