@@ -255,14 +255,17 @@ class Runtime:
         keys in use stay (Keyring.reload).
         """
         keyring = None if self.processor is None else self.processor.decoder.keyring
-        if keyring is None:
+        if self.processor is None or keyring is None:
             return False
+        counters = self.processor.counters
         try:
             reloaded = keyring.reload()
         except ConfigError as exc:
+            counters.keyring_reload_failures += 1
             log.error("%s", exc.message)
             return False
         if reloaded:
+            counters.keyring_reloads += 1
             log.info("keyring %s reloaded: %d keys", keyring.path, keyring.key_count)
         return reloaded
 

@@ -57,6 +57,22 @@ class _Collector(Collector):
         for reason, n in sorted(c.rejected_by_reason.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        keyring = getattr(getattr(p, "decoder", None), "keyring", None)
+        if keyring is not None:
+            yield GaugeMetricFamily(
+                "tokenpulse_keyring_keys",
+                "signing keys the worker verifies with",
+                value=keyring.key_count,
+            )
+            reloads = CounterMetricFamily(
+                "tokenpulse_keyring_reloads",
+                "changed keyring files (TOKENPULSE_KEYRING_RELOAD_S): applied, or failed to load "
+                "(the keys in use stay)",
+                labels=["result"],
+            )
+            reloads.add_metric(["applied"], c.keyring_reloads)
+            reloads.add_metric(["failed"], c.keyring_reload_failures)
+            yield reloads
         quotas = getattr(p, "quotas", None)
         if quotas is not None:
             checked = CounterMetricFamily(

@@ -75,6 +75,8 @@ class Counters:
     commits: int = 0
     rows_written: int = 0
     alerts: int = 0
+    keyring_reloads: int = 0  # changed keyring files applied
+    keyring_reload_failures: int = 0  # changed keyring files that did not load
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 

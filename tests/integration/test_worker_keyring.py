@@ -5,6 +5,7 @@ looks at every second. A record signed with a key the file does not hold
 yet goes to the DLQ; once the file (replaced by a rename) holds the new
 key, the worker applies it and counts the records signed with it; once the
 old key is retired from the file, records signed with it go to the DLQ.
+The worker's metrics count both changes applied and the key in use.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.integration.test_worker import (
     wait_until,
     workers,  # noqa: F401 - the fixture, reused
 )
+from tests.integration.test_worker_observability import _free_port, scrape
 from tokenpulse.schemas import decode_dlq_record, sign_record
 from tokenpulse.schemas.usage import encode_usage_event
 
@@ -52,9 +54,11 @@ def test_a_rotated_key_is_applied_without_a_restart(
 ) -> None:
     path = tmp_path / "keyring.json"
     _keyring(path, k1=OLD)
+    port = _free_port()
     w = Worker(
         env, "w1", TOKENPULSE_VERIFY_SIGNATURES="true", TOKENPULSE_KEYRING_FILE=str(path),
         TOKENPULSE_KEYRING_RELOAD_S="1", TOKENPULSE_LOGLEVEL="info",
+        TOKENPULSE_METRICS_PORT=str(port),
     )  # fmt: skip
     workers.append(w)
 
@@ -82,4 +86,8 @@ def test_a_rotated_key_is_applied_without_a_restart(
     ids = env.client.query(f"SELECT event_id FROM {env.database}.usage_events").result_rows
     assert sorted(r[0] for r in ids) == ["k1-0", "k1-1", "k2-1", "k2-2"]
     assert "new-secret" not in w.log.read_text(errors="replace")  # secrets never logged
+    metrics = scrape(port)
+    assert metrics["tokenpulse_keyring_keys"] == 1
+    assert metrics['tokenpulse_keyring_reloads_total{result="applied"}'] == 2
+    assert metrics['tokenpulse_keyring_reloads_total{result="failed"}'] == 0
     assert w.terminate() == 0

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from tokenpulse.schemas import Keyring
 from tokenpulse.streams.logs import JsonFormatter
 from tokenpulse.streams.metrics import WorkerMetrics
 from tokenpulse.streams.processor import Counters
@@ -149,5 +150,23 @@ def test_metrics_are_read_from_the_processor_counters() -> None:
         'tokenpulse_quota_periods_checked_total{source="store"} 3.0',
         'tokenpulse_quota_periods_checked_total{source="sole_owner"} 11.0',
         'tokenpulse_quota_periods_checked_total{source="quiet"} 4.0',
+    ):
+        assert line in text, text
+    assert "tokenpulse_keyring" not in text  # not verifying: no keyring to report
+
+
+def test_the_keyring_in_use_and_its_reloads_are_reported() -> None:
+    class Decoder:
+        keyring = Keyring({"acme": {"k1": b"a", "k2": b"b"}, "globex": {"g1": b"g"}})
+
+    class Proc:
+        counters = Counters(keyring_reloads=2, keyring_reload_failures=1)
+        decoder = Decoder()
+
+    text = generate_latest(WorkerMetrics(lambda: Proc()).registry).decode()
+    for line in (
+        "tokenpulse_keyring_keys 3.0",
+        'tokenpulse_keyring_reloads_total{result="applied"} 2.0',
+        'tokenpulse_keyring_reloads_total{result="failed"} 1.0',
     ):
         assert line in text, text
