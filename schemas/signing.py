@@ -81,8 +81,8 @@ class Keyring:
         }
         # (tp-tenant bytes, tp-sig bytes before ",sig=") -> the key's HMAC
         # states and the signer: what `signer_of` would otherwise parse and
-        # key for every record. Only keys the ring holds are cached (bounded by the ring);
-        # add() and remove() clear it.
+        # key for every record. Only keys the ring holds are cached (bounded
+        # by the ring); add(), remove() and reload() clear it.
         self._resolved: dict[tuple[bytes, bytes], tuple[_Hash, _Hash, str]] = {}
         # The file `from_file` read (None: built in code), and what `reload`
         # knows of it: the stamp loaded, the one seen last, the one that failed.

@@ -134,7 +134,7 @@ class RecordDecoder:
         # The common record (one valid event, signed in sign_record's form
         # or not verified at all) is decoded right here; anything else takes
         # _decode_record, which names what is wrong. The calls and lists this
-        # saves were ~0.5 us of ~3.5 us per record unsigned, and ~14 of 23
+        # saves were ~0.5 us of ~3.5 us per record unsigned, and ~10 of 23
         # signed (bench/prepare_bench.py --signed).
         keyring = self.keyring
         size_limit = min(self.max_record_bytes, MAX_RECORD_BYTES)
