@@ -14,8 +14,8 @@ import json
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenpulse.config import TOPIC_USAGE
@@ -98,14 +98,7 @@ async def run_simulation(
             result.sent[rec.kind] += 1
             if rec.kind is RecordKind.MALFORMED:
                 assert rec.raw is not None
-                headers = None
-                if org_secrets and rec.tenant_id in org_secrets:
-                    headers = sign_record(
-                        rec.raw,
-                        tenant_id=rec.tenant_id,
-                        key_id=SIGNING_KEY_ID,
-                        secret=org_secrets[rec.tenant_id],
-                    )
+                headers = org_headers(rec.raw, rec.tenant_id, org_secrets)
                 await raw.send(topic, rec.raw, key=rec.tenant_id.encode(), headers=headers)
             else:
                 assert rec.event is not None
@@ -151,12 +144,32 @@ async def run_simulation(
 def _producer_config(
     bootstrap_servers: str, topic: str, org: str, org_secrets: dict[str, bytes] | None
 ) -> ProducerConfig:
+    return signed_as_org(
+        ProducerConfig(bootstrap_servers=bootstrap_servers, topic=topic), org, org_secrets
+    )
+
+
+def signed_as_org(
+    config: ProducerConfig, org: str, org_secrets: Mapping[str, bytes] | None
+) -> ProducerConfig:
+    """`config` signing every record with `org`'s key (as is without secrets)."""
     if org_secrets is None:
-        return ProducerConfig(bootstrap_servers=bootstrap_servers, topic=topic)
-    return ProducerConfig(
-        bootstrap_servers=bootstrap_servers,
-        topic=topic,
+        return config
+    return replace(
+        config,
         signing_tenant_id=org,
         signing_key_id=SIGNING_KEY_ID,
         signing_secret=org_secrets[org],
+    )
+
+
+def org_headers(
+    value: bytes, tenant_id: str, org_secrets: Mapping[str, bytes] | None
+) -> list[tuple[str, bytes]] | None:
+    """Signature headers for a record sent without the SDK (a malformed one):
+    signed by tenant_id's key when it is an org with one, else unsigned."""
+    if not org_secrets or tenant_id not in org_secrets:
+        return None
+    return sign_record(
+        value, tenant_id=tenant_id, key_id=SIGNING_KEY_ID, secret=org_secrets[tenant_id]
     )

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tokenpulse.fleet import FleetConfig, FleetRecord, RecordKind, generate
-from tokenpulse.schemas import UsageEvent, sign_record
+from tokenpulse.schemas import UsageEvent
 from tokenpulse.sdk import ProducerConfig, UsageProducer
-from tokenpulse.simulate import SIGNING_KEY_ID, org_of
+from tokenpulse.simulate import org_headers, org_of, signed_as_org
 
 FRESH_ORG = "fresh"
 # The sampled events' tenants: the freshness poll reads only their primary-key
@@ -68,14 +68,7 @@ def uniform_tenants(tenants: int, per_tenant: int, tag: str) -> list[FleetRecord
     return out
 
 
-def _config(
-    bootstrap: str,
-    topic: str,
-    envelope: bool,
-    org: str = "",
-    org_secrets: Mapping[str, bytes] | None = None,
-) -> ProducerConfig:
-    signed = org_secrets is not None
+def _config(bootstrap: str, topic: str, envelope: bool) -> ProducerConfig:
     # A large buffer: the backlog is produced as fast as the SDK can, never dropped.
     return ProducerConfig(
         bootstrap_servers=bootstrap,
@@ -84,9 +77,6 @@ def _config(
         buffer_max_events=200_000,
         block_timeout_s=120.0,
         linger_ms=20,
-        signing_tenant_id=org if signed else None,
-        signing_key_id=SIGNING_KEY_ID if signed else None,
-        signing_secret=org_secrets[org] if org_secrets is not None else None,
     )
 
 
@@ -114,21 +104,18 @@ async def produce_backlog(
     await raw.start()
     try:
         for rec in records:
-            org = org_of(rec.tenant_id) if org_secrets is not None else ""
             if rec.kind is RecordKind.MALFORMED:
                 assert rec.raw is not None
                 out.malformed += 1
-                headers = None
-                if org_secrets is not None and org in org_secrets:
-                    headers = sign_record(
-                        rec.raw, tenant_id=org, key_id=SIGNING_KEY_ID, secret=org_secrets[org]
-                    )
+                headers = org_headers(rec.raw, rec.tenant_id, org_secrets)
                 await raw.send(topic, rec.raw, key=rec.tenant_id.encode(), headers=headers)
                 continue
             assert rec.event is not None
+            org = org_of(rec.tenant_id) if org_secrets is not None else ""
             producer = producers.get(org)
             if producer is None:
-                producer = UsageProducer(_config(bootstrap, topic, envelope, org, org_secrets))
+                config = _config(bootstrap, topic, envelope)
+                producer = UsageProducer(signed_as_org(config, org, org_secrets))
                 await producer.start()
                 producers[org] = producer
             await producer.record_event(rec.event)
