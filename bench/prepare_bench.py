@@ -119,7 +119,8 @@ def _batches(keyring: Keyring | None) -> list[list[InRecord]]:
         headers: tuple[tuple[str, bytes | None], ...] = ()
         if keyring is not None:
             org = org_of(rec.tenant_id)
-            keyring.add(org, "k1", _secret(org))
+            if org not in keyring:
+                keyring.add(org, "k1", _secret(org))
             signed = sign_record(value, tenant_id=org, key_id="k1", secret=_secret(org))
             headers = tuple(signed)
         fields = (TOPIC, partition, len(records), rec.tenant_id.encode(), value, headers, 1)

@@ -254,10 +254,9 @@ class Runtime:
         use the file's keys. A file that does not load is logged once and the
         keys in use stay (Keyring.reload).
         """
-        keyring = None if self.processor is None else self.processor.decoder.keyring
-        if self.processor is None or keyring is None:
+        if self.processor is None or self.processor.decoder.keyring is None:
             return False
-        counters = self.processor.counters
+        keyring, counters = self.processor.decoder.keyring, self.processor.counters
         try:
             reloaded = keyring.reload()
         except ConfigError as exc:

@@ -221,8 +221,7 @@ class RecordDecoder:
         # The record's signer, from one HMAC over the record however many
         # tenants its events name (None: not in sign_record's form or not
         # valid, so each tenant asks verify_record for the verdict).
-        signer: str | None = None
-        signer_checked = False
+        signer = None if keyring is None else keyring.signer_of(value, rec.headers)
         verdicts = (
             decode_usage_record(value)
             if not_event is None
@@ -233,8 +232,6 @@ class RecordDecoder:
                 self.reject(rec, verdict, work)
                 continue
             if keyring is not None and verdict.tenant_id not in verified:
-                if not signer_checked:
-                    signer, signer_checked = keyring.signer_of(value, rec.headers), True
                 if signer is None or not tenant_within(verdict.tenant_id, signer):
                     try:
                         verify_record(
