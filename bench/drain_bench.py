@@ -5,7 +5,9 @@ fleet records (one event per record), and one `tokenpulse worker` started
 with the variant's environment on top of the defaults. Printed: events/s
 (5 % -> 100 % of the rows), the ratio to the first variant, and where the
 CPU went (worker, ClickHouse endpoint, Kafka broker: us per event; the
-machine's busy %). One run, one table; read the ratios, not the digits.
+machine's busy %, and the % the hypervisor stole from it: a drain with
+much stolen is slow for that reason). One run, one table; read the ratios,
+not the digits.
 
     .venv/bin/python bench/drain_bench.py                      # defaults vs 1 MiB fetches
     .venv/bin/python bench/drain_bench.py "" TOKENPULSE_WRITE_MAX_RECORDS=1 ...
@@ -144,16 +146,22 @@ def main() -> int:
             sys.stderr.write(f"{name}: {result[0]:,.0f} events/s\n")
     base = rows[0][1][0]
 
+    def stolen(cpu: DrainCpu) -> str:
+        # An older tokenpulse (the old side of bench/ab.sh) does not measure it.
+        pct = getattr(cpu, "stolen_pct", None)
+        return "n/a" if pct is None else f"{pct:.0f} %"
+
     def us(cpu_s_per_100k: float | None) -> str:
         return "n/a" if cpu_s_per_100k is None else f"{cpu_s_per_100k * 10:.1f}"
 
     print("| variant | events/s | x first | worker us/event | ClickHouse us/event "
-          "| Kafka us/event | machine busy |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| Kafka us/event | machine busy | stolen |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, (eps, cpu) in rows:
         print(
             f"| {name} | {eps:,.0f} | {eps / base:.2f} | {us(cpu.worker)} "
-            f"| {us(cpu.store)} | {us(cpu.broker)} | {cpu.machine_busy_pct:.0f} % |"
+            f"| {us(cpu.store)} | {us(cpu.broker)} | {cpu.machine_busy_pct:.0f} % "
+            f"| {stolen(cpu)} |"
         )
     return 0
 

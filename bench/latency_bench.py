@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import time
 import uuid
@@ -40,14 +41,24 @@ from tokenpulse.bench.run import (
     _put_alert_quotas,
     alert_tenants,
 )
-from tokenpulse.bench.services import (
-    Pipeline,
-    jit_cpu_s,
-    machine_busy_s,
-    obtain_services,
-    proc_cpu_s,
-)
+from tokenpulse.bench.services import Pipeline, jit_cpu_s, obtain_services, proc_cpu_s
 from tokenpulse.cli.bench import sigterm_unwinds
+
+try:
+    from tokenpulse.bench.services import machine_times
+except ImportError:  # an older tokenpulse (the old side of bench/ab.sh) measures no steal
+    machine_times = None
+
+
+def _machine_s() -> tuple[float, float]:
+    """The machine's busy and stolen CPU seconds so far (stolen: nan when not measured)."""
+    if machine_times is None:
+        from tokenpulse.bench.services import machine_busy_s
+
+        return machine_busy_s(), math.nan
+    times = machine_times()
+    return times.busy_s, times.stolen_s
+
 
 # The worker's quota timer ticks every 5 s; its first tick reads every new
 # quota's usage, which is what an early (pre-write) check compares against.
@@ -104,10 +115,10 @@ def main() -> int:
                 "idle CPU % of a core: "
                 + ", ".join(f"{k} {v:.0f}" for k, v in sorted(idle.items()))
             )
-            rows0, busy0, t0 = pipe.rows(), machine_busy_s(), time.time()
+            rows0, machine0, t0 = pipe.rows(), _machine_s(), time.time()
             cpu0, req0 = _cpu_s(pids), _endpoint_requests(services.clickhouse_url)
             _fresh_and_alerts(config, pipe, res, 1.0, args.rate_eps, say)
-            rows1, busy1, t1 = pipe.rows(), machine_busy_s(), time.time()
+            rows1, machine1, t1 = pipe.rows(), _machine_s(), time.time()
             cpu1, req1 = _cpu_s(pids), _endpoint_requests(services.clickhouse_url)
         finally:
             for other in others:
@@ -117,15 +128,17 @@ def main() -> int:
     per_event = {name: (cpu1[name] - cpu0[name]) / max(rows1 - rows0, 1) * 1e6 for name in cpu1}
     per_event["generator"] = res.generator_cpu_s / max(res.sent, 1) * 1e6
     worker_us = per_event["worker"]
-    busy_pct = (busy1 - busy0) / max(t1 - t0, 1e-9) * 100
+    wall_s = max(t1 - t0, 1e-9)
+    busy_pct, stolen_pct = ((b - a) / wall_s * 100 for a, b in zip(machine0, machine1, strict=True))
     print(
         "| rate events/s | freshness p50 | freshness p99 | alert p99 | alerts "
-        "| worker us/event | machine busy |"
+        "| worker us/event | machine busy | stolen |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print(
         f"| {res.rate_eps:,.0f} | {res.p50_s:.2f} s | {res.p99_s:.2f} s "
-        f"| {res.alert_p99_s:.2f} s | {res.alerts} | {worker_us:.1f} | {busy_pct:.0f} % |"
+        f"| {res.alert_p99_s:.2f} s | {res.alerts} | {worker_us:.1f} | {busy_pct:.0f} % "
+        f"| {stolen_pct:.0f} % |"
     )
     # Who spent the two cores: CPU us an event, per process of the run.
     say("CPU us/event: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(per_event.items())))

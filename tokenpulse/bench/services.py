@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from tokenpulse.errors import ServiceUnavailable
@@ -97,10 +97,31 @@ def jit_cpu_s(pid: int) -> float:
     return total
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all cores spent busy since boot (from /proc/stat: not idle, not iowait)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text(encoding="utf-8").split()[1:11]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _CLK_TCK
+class MachineTimes(NamedTuple):
+    """CPU seconds of all cores since boot (/proc/stat), split by who had them."""
+
+    busy_s: float  # running this machine's work (not idle, not iowait, not stolen)
+    stolen_s: float  # taken by the hypervisor for other guests while this one could run
+
+    def pct_since(self, before: MachineTimes, wall_s: float) -> tuple[float, float]:
+        """Busy and stolen % of one core over `wall_s` since `before` (2 cores = 200 %)."""
+        wall_s = max(wall_s, 1e-9)
+        return (
+            (self.busy_s - before.busy_s) / wall_s * 100,
+            (self.stolen_s - before.stolen_s) / wall_s * 100,
+        )
+
+
+def machine_times() -> MachineTimes:
+    """The machine's busy and stolen CPU seconds so far.
+
+    Steal is reported apart because it is the bench VM's main noise: in
+    drains where 15-25 % of the two cores were stolen, the same code ran
+    at 0.6-0.7x its rate in a quiet minute (BENCHMARKS.md, round 20).
+    """
+    # user nice system idle iowait irq softirq steal
+    f = [int(v) for v in Path("/proc/stat").read_text(encoding="utf-8").split()[1:9]]
+    return MachineTimes((f[0] + f[1] + f[2] + f[5] + f[6]) / _CLK_TCK, f[7] / _CLK_TCK)
 
 
 def proc_rss_mb(pid: int, key: str = "VmRSS") -> float:
