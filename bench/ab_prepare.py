@@ -9,12 +9,16 @@ the VM's speed reaches both alike. The cyclic GC is off during a pass (a
 collection would be charged to whichever tree allocated last, and it scans
 both trees' objects): this compares the code paths, not their garbage.
 
-    .venv/bin/python bench/ab_prepare.py REV [PASSES]     e.g. bench/ab_prepare.py 9ac7048 12
+    .venv/bin/python bench/ab_prepare.py REV [PASSES] [--signed]
+    .venv/bin/python bench/ab_prepare.py 9ac7048 12
+
+With --signed, every record is signed and each tree verifies it
+(prepare_bench.py --signed; REV must be of round 19 on).
 
 REV is checked out into a temporary git worktree. Prints one row: each
 tree's median us of CPU per record, and new/old per pass (median, range,
 passes in which the tree was faster). REV must have the processor API this
-tree's prepare_bench drives (round 11 on).
+tree's prepare_bench drives (round 19 on: `_batches(keyring)`).
 """
 
 from __future__ import annotations
@@ -60,22 +64,25 @@ def _load_both(old_root: Path) -> tuple[ModuleType, ModuleType]:
     return new, old
 
 
-def _processor(driver: ModuleType) -> Any:
+def _processor(driver: ModuleType, keyring: Any) -> Any:
     return driver.UsageProcessor(
         sink=driver._EncodingSink(),
         producer=driver._Sent(),
         committer=driver._commit,
         dlq_topic="dlq",
-        keyring=None,
+        keyring=keyring,
         quotas=driver.quota_engine(),
     )
 
 
 async def _pass(
-    n: int, trees: tuple[ModuleType, ModuleType], batches: tuple[list[Any], list[Any]]
+    n: int,
+    trees: tuple[ModuleType, ModuleType],
+    batches: tuple[list[Any], list[Any]],
+    keyrings: tuple[Any, Any],
 ) -> tuple[float, float]:
     """CPU seconds of (new, old) over every batch, alternating which goes first."""
-    procs = (_processor(trees[0]), _processor(trees[1]))
+    procs = (_processor(trees[0], keyrings[0]), _processor(trees[1], keyrings[1]))
     spent = [0.0, 0.0]
     for j, pair in enumerate(zip(*batches, strict=True)):
         for side in (0, 1) if (n + j) % 2 == 0 else (1, 0):
@@ -86,10 +93,12 @@ async def _pass(
 
 
 def main() -> int:
-    if len(sys.argv) < 2:
+    args = [a for a in sys.argv[1:] if a != "--signed"]
+    if not args:
         print(__doc__)
         return 2
-    rev, passes = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 12
+    rev, passes = args[0], int(args[1]) if len(args) > 1 else 12
+    signed = "--signed" in sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="tokenpulse-ab-") as tmp:
         old_root = Path(tmp) / "old"
         subprocess.run(
@@ -98,14 +107,16 @@ def main() -> int:
         )
         try:
             trees = _load_both(old_root)
-            batches = (trees[0]._batches(), trees[1]._batches())
+            # Each tree's own Keyring (each signs its records and verifies them).
+            keyrings = tuple(t.Keyring() if signed else None for t in trees)
+            batches = (trees[0]._batches(keyrings[0]), trees[1]._batches(keyrings[1]))
             records = sum(map(len, batches[0]))
             rows: list[tuple[float, float]] = []
             for n in range(passes):
                 gc.collect()
                 gc.disable()
                 try:
-                    rows.append(asyncio.run(_pass(n, trees, batches)))
+                    rows.append(asyncio.run(_pass(n, trees, batches, keyrings)))
                 finally:
                     gc.enable()
         finally:

@@ -37,8 +37,8 @@ from tokenpulse.schemas import QuotaDefinition, quota_state_key
 from tokenpulse.schemas.signing import Keyring, sign_record
 from tokenpulse.schemas.usage import encode_usage_event
 from tokenpulse.simulate import org_of
-from tokenpulse.sinks._encode import encode_events
-from tokenpulse.sinks.base import SinkBatch, UsageSink
+from tokenpulse.sinks._encode import encode_events, encode_fragments, join_fragments
+from tokenpulse.sinks.base import AcceptedEvent, SinkBatch, UsageSink
 from tokenpulse.streams.processor import InRecord, UsageProcessor
 from tokenpulse.streams.quotas import QuotaEngine
 from tokenpulse.streams.records import new_tuple
@@ -52,13 +52,20 @@ QUOTAS = 100
 
 
 class _EncodingSink(UsageSink):
-    """Encodes each write's rows like ClickHouseSink and keeps nothing."""
+    """Encodes the rows like ClickHouseSink and keeps nothing: each batch's
+    fragments when it is prepared, joined into one body at the write."""
+
+    def encode_ahead(self, events: Sequence[AcceptedEvent]) -> Any:
+        return encode_fragments(events)
 
     async def write(self, batch: SinkBatch) -> None:
-        encode_events(batch.events)
+        await self.write_many([batch])
 
     async def write_many(self, batches: Sequence[SinkBatch]) -> None:
-        encode_events([e for b in batches for e in b.events])
+        if all(b.encoded is not None for b in batches):
+            join_fragments(b.encoded for b in batches)
+        else:
+            encode_events([e for b in batches for e in b.events])
 
     async def last_offsets(self, topic: str, partitions: Collection[int]) -> Mapping[int, int]:
         return {}
