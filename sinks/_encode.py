@@ -2,8 +2,9 @@
 
 Why this format: clickhouse-connect's Native insert encodes every value in
 Python (about 4 us of worker CPU per row, measured in bench/sink_bench.py);
-here Python only pivots the events into columns and orjson writes the whole
-body in C (about 1 us per row), while ClickHouse parses it as fast as Native.
+here Python only pivots the events into columns and orjson writes them in C
+(msgspec the UTC timestamp columns; about 0.7 us per row in all), while
+ClickHouse parses the body as fast as Native.
 The compact form carries no keys: values are matched to the column list of
 the INSERT by position, so an unknown or misspelt key cannot exist, and a
 body with more columns than the INSERT names is rejected by the server.
@@ -24,9 +25,12 @@ Exactness, with PARSE_SETTINGS sent along with the insert:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable
+from datetime import UTC
 from typing import Any, Final
 
+import msgspec
 import orjson
 
 from tokenpulse.sinks.base import AcceptedEvent
@@ -67,6 +71,9 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMN_NAMES: Final = tuple(c for c, _ in EVENT_COLUMNS)
 _GPU: Final = COLUMN_NAMES.index("gpu_seconds")
+_DATETIMES: Final = frozenset(
+    i for i, (_, ch_type) in enumerate(EVENT_COLUMNS) if ch_type.startswith("DateTime")
+)
 
 FORMAT: Final = "JSONCompactColumns"
 
@@ -90,6 +97,11 @@ PARSE_SETTINGS: Final[dict[str, Any]] = {
 # Aware datetimes are written with their offset (UTC as Z); a naive one is
 # taken as UTC, as everything in tokenpulse is (never the machine's zone).
 _OPTIONS: Final = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+# msgspec writes a UTC datetime as orjson does (RFC 3339, Z, 0 or 6 fraction
+# digits), ~10x faster: ~12 against ~125 ns a value, two columns a row. It
+# has no "naive is UTC" option, so only columns all in UTC go that way.
+_MSGSPEC: Final = msgspec.json.Encoder()
+_TZINFO: Final = operator.attrgetter("tzinfo")
 
 
 def event_columns(events: Iterable[AcceptedEvent]) -> list[list[Any]]:
@@ -158,7 +170,7 @@ def encode_fragments(events: Iterable[AcceptedEvent]) -> Fragments:
     batch's encoded when it is prepared, not on the write's critical path.
     Raises as `encode_events` does.
     """
-    return tuple(orjson.dumps(col, option=_OPTIONS)[1:-1] for col in _checked_columns(events))
+    return tuple(_column_json(i, col)[1:-1] for i, col in enumerate(_checked_columns(events)))
 
 
 def join_fragments(parts: Iterable[Fragments]) -> bytes:
@@ -176,7 +188,15 @@ def encode_events(events: Iterable[AcceptedEvent]) -> bytes:
     integer beyond 64 bits, a non-string attribute key, a NaN or infinite
     gpu_seconds) rather than write a lossy stand-in.
     """
-    return orjson.dumps(_checked_columns(events), option=_OPTIONS)
+    cols = _checked_columns(events)
+    return b"[" + b",".join([_column_json(i, col) for i, col in enumerate(cols)]) + b"]"
+
+
+def _column_json(index: int, col: list[Any]) -> bytes:
+    """One column as a JSON array, in the spelling described above."""
+    if index in _DATETIMES and list(map(_TZINFO, col)).count(UTC) == len(col):
+        return _MSGSPEC.encode(col)
+    return orjson.dumps(col, option=_OPTIONS)
 
 
 def _checked_columns(events: Iterable[AcceptedEvent]) -> list[list[Any]]:

@@ -155,3 +155,19 @@ def test_cached_above_input_is_cached_exceeds_input(ev: UsageEvent, extra: int) 
     obj["cached_input_tokens"] = ev.input_tokens + extra
     err = _only_rejection(msgspec.json.encode(obj))
     assert (err.reason, err.field) == (RejectReason.CACHED_EXCEEDS_INPUT, "cached_input_tokens")
+
+
+@given(
+    st.lists(
+        st.datetimes(min_value=datetime(1, 1, 1), timezones=st.just(UTC)), min_size=1, max_size=20
+    )
+)
+@PROFILE
+def test_utc_datetimes_are_spelt_by_msgspec_as_by_orjson(values: list[datetime]) -> None:
+    # The sink writes all-UTC timestamp columns with msgspec, the rest with
+    # orjson (sinks/_encode.py): one spelling, whichever wrote it.
+    import orjson
+
+    from tokenpulse.sinks._encode import _MSGSPEC, _OPTIONS
+
+    assert _MSGSPEC.encode(values) == orjson.dumps(values, option=_OPTIONS)
