@@ -118,21 +118,22 @@ class Keyring:
         For a worker that looks every few seconds (TOKENPULSE_KEYRING_RELOAD_S):
         a change is read at the first look that finds the file as it was at
         the look before, so a file caught while being written is not read.
+        A look reads and hashes the file: a change is a change of content.
         Raises ConfigError, once per version of the file, when the changed
         file does not load or is gone; the keys in use stay until a version
         that loads. A ring not read from a file never changes.
         """
         if self.path is None:
             return False
-        stamp = _stamp(self.path)
+        stamp, raw = _look(self.path)
         seen, self._seen = self._seen, stamp
         if stamp in (self._loaded, self._failed) or stamp != seen:
             return False
-        if stamp == _GONE:
+        if raw is None:
             self._failed = stamp
-            raise ConfigError(f"keyring {self.path} is gone; keeping the keys in use")
+            raise ConfigError(f"keyring {self.path} is gone or unreadable; keeping the keys in use")
         try:
-            fresh = Keyring.from_file(self.path)
+            fresh = Keyring._from_bytes(self.path, raw, stamp)
         except ConfigError as exc:
             self._failed = stamp
             raise ConfigError(f"{exc.message}; keeping the keys in use") from None
@@ -202,12 +203,17 @@ class Keyring:
     @classmethod
     def from_file(cls, path: str | Path) -> Keyring:
         path = Path(path)
-        # Stamped before the read: a file changed during it is read again.
-        stamp = _stamp(path)
         try:
             raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read keyring {path}: {exc}; fix the file") from None
+        return cls._from_bytes(path, raw, _digest(raw))
+
+    @classmethod
+    def _from_bytes(cls, path: Path, raw: bytes, stamp: _Stamp) -> Keyring:
+        try:
             data = tomllib.loads(raw.decode()) if path.suffix == ".toml" else json.loads(raw)
-        except (OSError, ValueError) as exc:
+        except ValueError as exc:
             raise ConfigError(f"cannot read keyring {path}: {exc}; fix the file") from None
         tenants = data.get("tenants") if isinstance(data, dict) else None
         if not isinstance(tenants, dict):
@@ -225,18 +231,25 @@ class Keyring:
         return ring
 
 
-_Stamp = tuple[int, int, int]  # a file's (mtime_ns, size, inode)
+# A version of the keyring file: the SHA-256 of its bytes. By content, not by
+# mtime and size: an edit in place that keeps the size within the
+# filesystem's mtime resolution (a second on some) is still a change. A look
+# reads the whole file; keyrings are small, and a look comes every few seconds.
+_Stamp = bytes
+_GONE: Final[_Stamp] = b"gone or unreadable"  # not a digest: those are 32 bytes
 
 
-_GONE: Final[_Stamp] = (0, -1, 0)
+def _digest(raw: bytes) -> _Stamp:
+    return hashlib.sha256(raw).digest()
 
 
-def _stamp(path: Path) -> _Stamp:
+def _look(path: Path) -> tuple[_Stamp, bytes | None]:
+    """The file's version and bytes ((_GONE, None) when it cannot be read)."""
     try:
-        st = path.stat()
+        raw = path.read_bytes()
     except OSError:
-        return _GONE
-    return st.st_mtime_ns, st.st_size, st.st_ino
+        return _GONE, None
+    return _digest(raw), raw
 
 
 def parse_secret(text: str) -> bytes:

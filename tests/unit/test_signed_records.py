@@ -218,6 +218,29 @@ def test_a_changed_keyring_file_is_applied_once_it_stays_the_same_for_one_look(
     assert ring.verifies(VALUE, rotated, "acme")
 
 
+def test_an_edit_in_place_that_keeps_size_and_mtime_is_still_applied(tmp_path: Path) -> None:
+    # A filesystem with a coarse mtime (a second, or two on FAT) shows an
+    # edit within the same tick, same size, as no change at all: the
+    # version of the file is its content.
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"tenants": {"acme": {"k1": "acme-secret"}}}))
+    before = path.stat()
+    ring = Keyring.from_file(path)
+    with path.open("r+") as f:  # the same inode, the same length
+        f.write(json.dumps({"tenants": {"acme": {"k1": "acme-secreT"}}}))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    assert not ring.reload()  # seen changing
+    assert ring.reload()
+    assert not ring.verifies(VALUE, GOOD, "acme")
+    assert ring.verifies(VALUE, _signed(VALUE, secret=b"acme-secreT"), "acme")
+
+
 def test_a_keyring_file_that_does_not_load_keeps_the_keys_in_use_and_is_reported_once(
     tmp_path: Path,
 ) -> None:
