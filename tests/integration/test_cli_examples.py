@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The order of a fresh session: schema first, quotas (which create the
 # prefixed topics), traffic, then the commands that read it.
-ORDER = ["db", "quota", "simulate", "bill", "capacity", "report", "reconcile", "dev"]
+ORDER = ["db", "quota", "simulate", "bill", "capacity", "report", "reconcile", "dlq", "dev"]
 
 # Examples not run here, and why. Their --help is still checked below.
 EXEMPT = {

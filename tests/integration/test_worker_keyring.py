@@ -5,14 +5,20 @@ looks at every second. A record signed with a key the file does not hold
 yet goes to the DLQ; once the file (replaced by a rename) holds the new
 key, the worker applies it and counts the records signed with it; once the
 old key is retired from the file, records signed with it go to the DLQ.
-The worker's metrics count both changes applied and the key in use.
+The worker's metrics count both changes applied and the key in use. Then
+`tokenpulse dlq replay` sends the parked records back as they were: the one
+parked because its key came late is counted, once however often it is
+replayed; the one signed with the retired key is parked again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,6 +51,19 @@ def _keyring(path: Path, **keys: bytes) -> None:
 def _signed(i: int, kid: str, secret: bytes) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     value = encode_usage_event(event("acme/agent-1", i, event_id=f"{kid}-{i}"))
     return b"acme/agent-1", value, sign_record(value, tenant_id="acme", key_id=kid, secret=secret)
+
+
+def _cli(stack: Env, *argv: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenpulse", *argv, "--format", "json"],
+        env=stack.worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def test_a_rotated_key_is_applied_without_a_restart(
@@ -90,4 +109,21 @@ def test_a_rotated_key_is_applied_without_a_restart(
     assert metrics["tokenpulse_keyring_keys"] == 1
     assert metrics['tokenpulse_keyring_reloads_total{result="applied"}'] == 2
     assert metrics['tokenpulse_keyring_reloads_total{result="failed"}'] == 0
+
+    # Both parked records sent back as they were: k2-0 now verifies (the
+    # keyring holds k2) and is counted; k1-2 (k1 retired) is parked again.
+    summary = _cli(env, "dlq", "summary", "--since", "10m")
+    assert summary["by_reason"] == {"bad_signature": {"records": 2, "origins": 2}}
+    replay = ["dlq", "replay", "--since", "10m", "--reason", "bad_signature"]
+    assert _cli(env, *replay, "--dry-run")["to_send"] == 2
+    sent = _cli(env, *replay)
+    assert (sent["to_send"], sent["sent"]) == (2, 2)
+    wait_until(lambda: env.rows() == 5, 60, "the record whose key came late counted", workers)
+    assert len(read_all(env.bootstrap, env.topics.dlq, 3)) == 3  # k1-2 parked again
+    # Again: three originals now (k1-2 twice, by two origins); k2-0 is a duplicate.
+    assert _cli(env, *replay)["sent"] == 3
+    wait_until(lambda: scrape(port)["tokenpulse_dedup_hits_total"] == 1, 60, "dedup", workers)
+    assert len(read_all(env.bootstrap, env.topics.dlq, 5)) == 5  # k1-2 twice more
+    ids = env.client.query(f"SELECT event_id FROM {env.database}.usage_events").result_rows
+    assert sorted(r[0] for r in ids) == ["k1-0", "k1-1", "k2-0", "k2-1", "k2-2"]
     assert w.terminate() == 0

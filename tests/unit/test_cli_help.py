@@ -22,6 +22,7 @@ VERBS = [
     "capacity",
     "report",
     "reconcile",
+    "dlq",
     "bench",
     "demo",
 ]
@@ -37,6 +38,8 @@ READING = [
     ["capacity"],
     ["report", "--html", "r.html"],
     ["reconcile", "--since", "1h"],
+    ["dlq", "summary", "--since", "1h"],
+    ["dlq", "replay", "--since", "1h", "--reason", "bad_signature"],
 ]
 
 
@@ -120,7 +123,17 @@ def test_no_verb_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert "usage: tokenpulse" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["nosuchverb"], ["quota"], ["bill"], ["db", "migrate", "-x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nosuchverb"],
+        ["quota"],
+        ["bill"],
+        ["db", "migrate", "-x"],
+        ["dlq", "replay", "--since", "1h"],  # which reasons: required
+        ["dlq", "replay", "--since", "1h", "--reason", "no_such_reason"],
+    ],
+)
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -134,6 +147,7 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
         ["bill", "--month", "2026-13"],
         ["reconcile", "--since", "yesterday-ish"],
         ["capacity", "--until", "not-a-date"],
+        ["dlq", "summary", "--since", "2h", "--until", "3h"],
     ],
 )
 def test_errors_are_one_line_or_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

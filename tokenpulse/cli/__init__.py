@@ -28,6 +28,7 @@ _VERB_MODULES = (
     "tokenpulse.cli.capacity",
     "tokenpulse.cli.report",
     "tokenpulse.cli.reconcile",
+    "tokenpulse.cli.dlq",
     "tokenpulse.cli.bench",
     "tokenpulse.cli.demo",
 )

@@ -185,7 +185,7 @@ async def _read(
     return out
 
 
-async def read_usage(
+async def read_topic(
     bootstrap: str,
     topic: str,
     since: datetime,
@@ -193,8 +193,9 @@ async def read_usage(
     *,
     timeout_s: float = 120.0,
     progress: Callable[[int, int], None] | None = None,
-) -> tuple[Ranges, list[KafkaRecord]]:
-    """The offset range per partition and every record in it, by (partition, offset).
+) -> tuple[Ranges, list[Any]]:
+    """The offset range per partition from `since` to `until` (or the end offsets
+    when the read began), and aiokafka's records in it.
 
     `progress(records_read, offsets_in_range)` is called after each fetch.
     """
@@ -204,6 +205,22 @@ async def read_usage(
         msgs = await _read(consumer, topic, ranges, timeout_s, progress)
     finally:
         await consumer.stop()
+    return ranges, msgs
+
+
+async def read_usage(
+    bootstrap: str,
+    topic: str,
+    since: datetime,
+    until: datetime | None,
+    *,
+    timeout_s: float = 120.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Ranges, list[KafkaRecord]]:
+    """The offset range per partition and every record in it, by (partition, offset)."""
+    ranges, msgs = await read_topic(
+        bootstrap, topic, since, until, timeout_s=timeout_s, progress=progress
+    )
     records = [
         KafkaRecord(m.topic, m.partition, m.offset, m.value, tuple(m.headers or ())) for m in msgs
     ]
@@ -219,12 +236,7 @@ async def read_dlq(
     Read from `since` to the end: a rejection is written after its record, so
     every DLQ record for the reconciled range is at or after `since`.
     """
-    consumer = await _consumer(bootstrap, timeout_s)
-    try:
-        ranges = await _ranges(consumer, bootstrap, dlq_topic, since, None, timeout_s)
-        msgs = await _read(consumer, dlq_topic, ranges, timeout_s)
-    finally:
-        await consumer.stop()
+    _, msgs = await read_topic(bootstrap, dlq_topic, since, None, timeout_s=timeout_s)
     entries: list[DlqEntry] = []
     unreadable = 0
     for m in msgs:
