@@ -84,8 +84,18 @@ class DrainCpu:
     worker: float = 0.0
     store: float | None = None  # the ClickHouse endpoint (local stack only)
     broker: float | None = None  # the Kafka broker (local stack only)
+    bench: float = 0.0  # this process (polling the store for the rows' count)
     machine_busy_pct: float = 0.0  # all cores, 100 % per core, stolen time not included
     stolen_pct: float = 0.0  # taken by the hypervisor while draining, 100 % per core
+
+    def describe(self) -> str:
+        """One progress line: us of CPU an event per process, and the machine."""
+        parts = [("worker", self.worker), ("endpoint", self.store), ("broker", self.broker)]
+        per_event = ", ".join(f"{n} {v * 10:.1f}" for n, v in parts if v is not None)
+        return (
+            f"CPU us/event: {per_event}, this process {self.bench * 10:.1f}; machine "
+            f"{self.machine_busy_pct:.0f} % busy, {self.stolen_pct:.0f} % stolen"
+        )
 
 
 @dataclass
@@ -333,7 +343,10 @@ def drain_backlog(
     """Start the worker on a produced backlog; events/s and where the CPU went."""
     pid = pipe.start_worker()
     t0 = pipe.wait_rows(max(expected // 20, 1), 600, poll_s=0.05)
-    known = {"worker": pid, "store": pipe.services.store_pid, "broker": pipe.services.broker_pid}
+    known = {
+        "worker": pid, "store": pipe.services.store_pid, "broker": pipe.services.broker_pid,
+        "bench": os.getpid(),
+    }  # fmt: skip
     pids = {k: p for k, p in known.items() if p is not None}
     rows0 = pipe.rows()
     cpu0 = {k: proc_cpu_s(p) for k, p in pids.items()}
@@ -352,6 +365,7 @@ def drain_backlog(
         worker=per_100k["worker"],
         store=per_100k.get("store"),
         broker=per_100k.get("broker"),
+        bench=per_100k["bench"],
         machine_busy_pct=busy_pct,
         stolen_pct=stolen_pct,
     )
@@ -424,8 +438,9 @@ def _single(
     res.single_eps, res.cpu = drain_backlog(pipe, backlog.expected_events, config)
     say(
         f"  raw consume {res.raw_consume_rps:,.0f}/s, peer {res.peer_rps:,.0f}/s, worker "
-        f"{res.single_eps:,.0f} events/s, {res.cpu.worker:.1f} CPU s per 100k"
+        f"{res.single_eps:,.0f} events/s"
     )
+    say(f"  {res.cpu.describe()}")
     if config.profile_path is not None and config.profile_path.exists():
         res.profile_top = top_frames(config.profile_path)
 
@@ -634,6 +649,8 @@ def _envelope(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -
         load.produce_backlog(pipe.services.bootstrap, pipe.topics.usage, records, envelope=True)
     )
     res.envelope_eps, res.envelope_cpu = drain_backlog(pipe, backlog.expected_events, None)
+    say(f"  one worker drains it: {res.envelope_eps:,.0f} events/s")
+    say(f"  {res.envelope_cpu.describe()}")
     pipe.stop_worker()
 
 
@@ -653,6 +670,7 @@ def _signed(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> 
     )  # fmt: skip
     res.signed_eps, res.signed_cpu = drain_backlog(pipe, backlog.expected_events, None)
     say(f"  one verifying worker drains it: {res.signed_eps:,.0f} events/s")
+    say(f"  {res.signed_cpu.describe()}")
     pipe.stop_worker()
 
 
