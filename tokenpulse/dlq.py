@@ -104,9 +104,10 @@ def to_replay(
 ) -> list[Parked]:
     """The records to send back: one per origin in `usage_topic`, of `reasons` (None: any).
 
-    An origin parked more than once (several bad events of one envelope, or
-    one record replayed and parked again under a new origin is another
-    origin) is sent once, by its first DLQ record.
+    An origin that several DLQ records name (several bad events of one
+    envelope) is sent once, by its first. A replayed record that was parked
+    again has the replayed copy as its origin, so a later replay over both
+    sends it twice (counted once if it is good by then).
     """
     seen: set[Origin] = set()
     out: list[Parked] = []
