@@ -135,6 +135,9 @@ def test_utc_timestamps_are_spelt_as_orjson_spells_them() -> None:
         datetime(2026, 11, 3, 10, 0, 0, 1, tzinfo=UTC),
         datetime(2026, 11, 3, 10, 0, 0, 100_000, tzinfo=UTC),
         datetime(2024, 2, 29, 0, 0, tzinfo=UTC),
+        # Zero offsets that are not the UTC singleton compare equal to it.
+        datetime(2026, 11, 3, 10, 0, 0, 5, tzinfo=timezone(timedelta(0))),
+        datetime(2026, 11, 3, 10, 0, 0, tzinfo=timezone(timedelta(0), "GMT")),
     ]
     span_s = (datetime(9999, 1, 1, tzinfo=UTC) - edges[0]).total_seconds()
     randoms = [
