@@ -67,7 +67,11 @@ async def _partitions(bootstrap: str, topic: str, timeout_s: float) -> list[int]
     for item in described:
         if item.get("topic") == topic and not item.get("error_code"):
             return sorted(int(p["partition"]) for p in item.get("partitions", []))
-    raise ConfigError(f"topic {topic!r} does not exist on the broker; check --topic")
+    raise ConfigError(
+        f"topic {topic!r} does not exist on the broker; check the topic name "
+        "(--topic, TOKENPULSE_TOPIC_PREFIX/SUFFIX) and KAFKA_BOOTSTRAP_SERVERS",
+        details={"topic": topic},
+    )
 
 
 _COORDINATOR_ATTEMPTS = 10
