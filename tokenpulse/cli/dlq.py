@@ -15,9 +15,8 @@ from typing import Any
 
 from tokenpulse.cli._common import add_format, add_parser, topic_names, write_json
 from tokenpulse.cli._progress import Progress
-from tokenpulse.cli.reconcile import parse_time
+from tokenpulse.cli.reconcile import time_window
 from tokenpulse.config import Settings
-from tokenpulse.errors import ConfigError
 from tokenpulse.schemas import RejectReason
 
 # Every reason the worker parks a record with (docs/contract.md), and the one
@@ -92,10 +91,7 @@ def _window(p: argparse.ArgumentParser) -> None:
 def _read(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from tokenpulse.dlq import read_parked
 
-    since = parse_time(args.since)
-    until = parse_time(args.until) if args.until else None
-    if until is not None and until <= since:
-        raise ConfigError("--until must be later than --since")
+    since, until = time_window(args.since, args.until)
     settings = Settings.from_env()
     topics = topic_names()
     with Progress(f"reading {topics.dlq}", unit="records") as bar:

@@ -45,6 +45,15 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     return at.astimezone(UTC)
 
 
+def time_window(since_text: str, until_text: str | None) -> tuple[datetime, datetime | None]:
+    """--since and --until as times (until None: now); until must come after since."""
+    since = parse_time(since_text)
+    until = parse_time(until_text) if until_text else None
+    if until is not None and until <= since:
+        raise ConfigError("--until must be later than --since")
+    return since, until
+
+
 def register(subparsers: Any) -> None:
     p = add_parser(
         subparsers,
@@ -114,10 +123,7 @@ def options(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> A
         raise ConfigError(
             f"TOKENPULSE_MAX_RECORD_BYTES must be an integer, got {raw_max!r}"
         ) from None
-    since = parse_time(args.since)
-    until = parse_time(args.until) if args.until else None
-    if until is not None and until <= since:
-        raise ConfigError("--until must be later than --since")
+    since, until = time_window(args.since, args.until)
     return ReconcileOptions(
         kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
         clickhouse=settings.clickhouse,

@@ -18,7 +18,6 @@ from typing import Any
 from tokenpulse.errors import ConfigError, ServiceUnavailable
 from tokenpulse.reconcile.compare import ChRow, DlqEntry, Key
 from tokenpulse.reconcile.expect import KafkaRecord
-from tokenpulse.schemas import decode_dlq_record
 
 log = logging.getLogger("tokenpulse.reconcile")
 
@@ -240,18 +239,15 @@ async def read_dlq(
     Read from `since` to the end: a rejection is written after its record, so
     every DLQ record for the reconciled range is at or after `since`.
     """
-    _, msgs = await read_topic(bootstrap, dlq_topic, since, None, timeout_s=timeout_s)
-    entries: list[DlqEntry] = []
-    unreadable = 0
-    for m in msgs:
-        try:
-            rec = decode_dlq_record(m.value or b"")
-        except Exception:  # msgspec errors: a foreign or corrupt DLQ record
-            unreadable += 1
-            continue
-        if rec.topic == usage_topic:
-            entries.append(DlqEntry(rec.partition, rec.offset, rec.reason, rec.batch_index))
-    return entries, unreadable
+    from tokenpulse.dlq import read_parked
+
+    parking = await read_parked(bootstrap, dlq_topic, since, None, timeout_s=timeout_s)
+    entries = [
+        DlqEntry(p.record.partition, p.record.offset, p.record.reason, p.record.batch_index)
+        for p in parking.parked
+        if p.record.topic == usage_topic
+    ]
+    return entries, parking.unreadable
 
 
 _ROW_COLUMNS = (
