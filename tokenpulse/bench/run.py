@@ -134,7 +134,8 @@ class BenchResult:
     signed_eps: float = 0.0  # one event per record, signed, the worker verifying
     raw_consume_rps: float = 0.0  # right before the drain
     raw_consume_after_rps: float = 0.0  # right after it, on the same topic
-    raw_stolen_pct: tuple[float, float] = (0.0, 0.0)  # CPU stolen during those two runs
+    raw_stolen_pct: float = 0.0  # CPU stolen during the run before the drain
+    raw_stolen_after_pct: float = 0.0  # ... and during the run after it
     raw_produce_rps: float = 0.0
     peer_rps: float = 0.0
     peer_note: str = ""
@@ -208,9 +209,9 @@ class BenchResult:
                 " / ".join(
                     f"{p:.0f}"
                     for p in (
-                        self.raw_stolen_pct[0],
+                        self.raw_stolen_pct,
                         self.cpu.stolen_pct,
-                        self.raw_stolen_pct[1],
+                        self.raw_stolen_after_pct,
                         self.envelope_cpu.stolen_pct,
                         self.signed_cpu.stolen_pct,
                     )
@@ -266,10 +267,9 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
         say(f"  merges after the drain settled in {settled_s:.1f} s")
         # The raw limit again, once the endpoint's merges are done (the worker
         # is caught up and idle): the ratio takes the mean of both runs.
-        res.raw_consume_after_rps, stolen_after = _stolen_during(
+        res.raw_consume_after_rps, res.raw_stolen_after_pct = _stolen_during(
             raw.consumer_perf, services.bootstrap, single.topics.usage, config.events
         )
-        res.raw_stolen_pct = (res.raw_stolen_pct[0], stolen_after)
         say(f"  raw kafka-consumer-perf-test again: {res.raw_consume_after_rps:,.0f}/s")
         _fresh_and_alerts(config, single, res.half, 0.5, res.single_eps, say)
         # The paced load is produced on the same two cores through the SDK
@@ -428,10 +428,9 @@ def _single(
         load.produce_backlog(services.bootstrap, pipe.topics.usage, records, envelope=False)
     )
     say(f"  produced in {backlog.produce_s:.1f} s; raw kafka-consumer-perf-test on it")
-    res.raw_consume_rps, stolen = _stolen_during(
+    res.raw_consume_rps, res.raw_stolen_pct = _stolen_during(
         raw.consumer_perf, services.bootstrap, pipe.topics.usage, backlog.records
     )
-    res.raw_stolen_pct = (stolen, res.raw_stolen_pct[1])
     say("  quixstreams peer on the same topic")
     _peer(services, pipe, backlog.records, res)
     say("  one tokenpulse worker drains it")
