@@ -6,9 +6,11 @@ headers, under the original record's Kafka key. Once the cause is fixed on
 the worker's side (a signing key it lacked, a limit raised), the original
 record is sent to the usage topic again as it was: the same key (so the
 same partition as the tenant's other records), bytes and headers (the
-signature covers the bytes). Replaying is safe to repeat: the worker counts
-an event_id once, and a record that is still bad is parked again, with the
-replayed copy as its origin.
+signature covers the bytes), plus one header, `tp-replay-of`, naming the
+record's first origin. Replaying is safe to repeat: the worker counts an
+event_id once; a record that is still bad is parked again, with the
+replayed copy as its origin and the header naming the first one, so a later
+replay over both sends it once.
 
 One DLQ record names one event of an SDK envelope (batch_index); an
 envelope with several bad events is sent back once, whole: its events
@@ -18,15 +20,37 @@ travels back as empty bytes (the DLQ record does not tell them apart).
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from functools import cached_property
+from typing import Any, Final
 
 from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.schemas import DlqRecord, decode_dlq_record
 
 Origin = tuple[str, int, int]  # the rejected record's topic, partition, offset
+
+# Set by `replay` on each record it sends: "topic:partition:offset" of where
+# the record was first parked from (Kafka topic names have no ':').
+HEADER_REPLAY_OF: Final = "tp-replay-of"
+
+
+def format_origin(origin: Origin) -> bytes:
+    topic, partition, offset = origin
+    return f"{topic}:{partition}:{offset}".encode()
+
+
+def parse_origin(value: bytes) -> Origin | None:
+    """`format_origin`'s value back; None when it is not one (a foreign header)."""
+    topic, sep1, rest = value.decode(errors="replace").partition(":")
+    partition, sep2, offset = rest.partition(":")
+    numbers_ok = all(n.isascii() and n.isdigit() for n in (partition, offset))
+    if not (topic and sep1 and sep2 and numbers_ok):
+        return None
+    return topic, int(partition), int(offset)
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,24 @@ class Parked:
     @property
     def origin(self) -> Origin:
         return self.record.topic, self.record.partition, self.record.offset
+
+    @cached_property
+    def first_origin(self) -> Origin:
+        """Where the record was parked from before any replay: its origin, or
+        what the `tp-replay-of` header of a replayed copy names."""
+        for name, value in self.record.headers:
+            if name == HEADER_REPLAY_OF:
+                try:
+                    named = parse_origin(base64.b64decode(value, validate=True))
+                except binascii.Error:
+                    named = None
+                return named or self.origin
+        return self.origin
+
+    def replay_headers(self) -> list[tuple[str, bytes]]:
+        """The original record's headers, with `tp-replay-of` naming the first origin."""
+        kept = [(k, v) for k, v in self.record.header_values() if k != HEADER_REPLAY_OF]
+        return [*kept, (HEADER_REPLAY_OF, format_origin(self.first_origin))]
 
 
 @dataclass(frozen=True)
@@ -79,18 +121,19 @@ async def read_parked(
 
 
 def summarize(parking: Parking) -> dict[str, Any]:
-    """Records and distinct origins per reason, and per origin topic."""
+    """Records and distinct original records (first origins) per reason, and
+    records per origin topic."""
     reasons: dict[str, dict[str, Any]] = {}
     topics: dict[str, int] = {}
     for p in parking.parked:
         entry = reasons.setdefault(p.record.reason, {"records": 0, "origins": set()})
         entry["records"] += 1
-        entry["origins"].add(p.origin)
+        entry["origins"].add(p.first_origin)
         topics[p.record.topic] = topics.get(p.record.topic, 0) + 1
     return {
         "records": len(parking.parked),
         "unreadable": parking.unreadable,
-        "origins": len({p.origin for p in parking.parked}),
+        "origins": len({p.first_origin for p in parking.parked}),
         "by_reason": {
             reason: {"records": e["records"], "origins": len(e["origins"])}
             for reason, e in sorted(reasons.items(), key=lambda kv: (-kv[1]["records"], kv[0]))
@@ -102,12 +145,12 @@ def summarize(parking: Parking) -> dict[str, Any]:
 def to_replay(
     parked: Iterable[Parked], usage_topic: str, reasons: Collection[str] | None = None
 ) -> list[Parked]:
-    """The records to send back: one per origin in `usage_topic`, of `reasons` (None: any).
+    """The records to send back: one per original record parked from
+    `usage_topic`, of `reasons` (None: any).
 
-    An origin that several DLQ records name (several bad events of one
-    envelope) is sent once, by its first. A replayed record that was parked
-    again has the replayed copy as its origin, so a later replay over both
-    sends it twice (counted once if it is good by then).
+    An original that several DLQ records name is sent once, by the first of
+    them: several bad events of one envelope, or a replayed copy parked
+    again (its `tp-replay-of` header names the first origin).
     """
     seen: set[Origin] = set()
     out: list[Parked] = []
@@ -116,14 +159,15 @@ def to_replay(
             continue
         if reasons is not None and p.record.reason not in reasons:
             continue
-        if p.origin not in seen:
-            seen.add(p.origin)
+        if p.first_origin not in seen:
+            seen.add(p.first_origin)
             out.append(p)
     return out
 
 
 async def replay(bootstrap: str, usage_topic: str, parked: Sequence[Parked]) -> int:
-    """Send each record's original key, bytes and headers to `usage_topic`; how many.
+    """Send each record's original key, bytes and headers (`Parked.replay_headers`)
+    to `usage_topic`; how many.
 
     Acknowledged by every in-sync replica (acks=all) before this returns; a
     failure raises ServiceUnavailable naming how many were sent before it
@@ -148,7 +192,7 @@ async def replay(bootstrap: str, usage_topic: str, parked: Sequence[Parked]) -> 
                 usage_topic,
                 p.record.original(),
                 key=p.key,
-                headers=p.record.header_values() or None,
+                headers=p.replay_headers(),
             )
             for p in parked
         ]

@@ -8,11 +8,13 @@ old key is retired from the file, records signed with it go to the DLQ.
 The worker's metrics count both changes applied and the key in use. Then
 `tokenpulse dlq replay` sends the parked records back as they were: the one
 parked because its key came late is counted, once however often it is
-replayed; the one signed with the retired key is parked again.
+replayed; the one signed with the retired key is parked again, and its
+copy names where it was first parked from, so the next replay sends it once.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -33,6 +35,7 @@ from tests.integration.test_worker import (
     workers,  # noqa: F401 - the fixture, reused
 )
 from tests.integration.test_worker_observability import _free_port, scrape
+from tokenpulse.dlq import HEADER_REPLAY_OF
 from tokenpulse.schemas import decode_dlq_record, sign_record
 from tokenpulse.schemas.usage import encode_usage_event
 
@@ -119,11 +122,23 @@ def test_a_rotated_key_is_applied_without_a_restart(
     sent = _cli(env, *replay)
     assert (sent["to_send"], sent["sent"]) == (2, 2)
     wait_until(lambda: env.rows() == 5, 60, "the record whose key came late counted", workers)
-    assert len(read_all(env.bootstrap, env.topics.dlq, 3)) == 3  # k1-2 parked again
-    # Again: three originals now (k1-2 twice, by two origins); k2-0 is a duplicate.
-    assert _cli(env, *replay)["sent"] == 3
+    dlq = read_all(env.bootstrap, env.topics.dlq, 3)
+    assert len(dlq) == 3  # k1-2 parked again, from the replayed copy
+    first, again = (
+        decode_dlq_record(m.value)
+        for m in dlq
+        if json.loads(decode_dlq_record(m.value).original())["event_id"] == "k1-2"
+    )
+    assert again.offset > first.offset
+    assert (HEADER_REPLAY_OF, f"{env.topics.usage}:{first.partition}:{first.offset}") in [
+        (k, base64.b64decode(v).decode()) for k, v in again.headers
+    ]
+    # Still two originals: k1-2 once (its copy names it), k2-0 now a duplicate.
+    summary = _cli(env, "dlq", "summary", "--since", "10m")
+    assert summary["by_reason"] == {"bad_signature": {"records": 3, "origins": 2}}
+    assert _cli(env, *replay)["sent"] == 2
     wait_until(lambda: scrape(port)["tokenpulse_dedup_hits_total"] == 1, 60, "dedup", workers)
-    assert len(read_all(env.bootstrap, env.topics.dlq, 5)) == 5  # k1-2 twice more
+    assert len(read_all(env.bootstrap, env.topics.dlq, 4)) == 4  # k1-2 once more
     ids = env.client.query(f"SELECT event_id FROM {env.database}.usage_events").result_rows
     assert sorted(r[0] for r in ids) == ["k1-0", "k1-1", "k2-0", "k2-1", "k2-2"]
     assert w.terminate() == 0

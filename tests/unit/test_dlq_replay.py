@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tokenpulse.dlq import Parked, Parking, summarize, to_replay
+from tokenpulse.dlq import (
+    HEADER_REPLAY_OF,
+    Parked,
+    Parking,
+    format_origin,
+    parse_origin,
+    summarize,
+    to_replay,
+)
 from tokenpulse.errors import InvalidRecord
 from tokenpulse.schemas import dlq_record_for
 
@@ -72,3 +80,56 @@ def test_what_a_replay_sends_is_the_original_record() -> None:
     assert p.record.original() == b'{"event_id":"e10"}'
     assert p.record.header_values() == [("tp-tenant", b"acme"), ("tp-sig", b"v1,kid=k2,sig=00")]
     assert p.key == b"acme/agent-1"
+
+
+def _replayed_copy(first: Parked, reason: str, offset: int) -> Parked:
+    """`first` sent back by `replay` and parked again, from its new offset."""
+    err = InvalidRecord(f"bad [{reason}]", reason=reason)
+    record = dlq_record_for(
+        err,
+        first.record.original(),
+        topic=USAGE,
+        partition=first.record.partition,
+        offset=offset,
+        headers=first.replay_headers(),
+    )
+    return Parked(record, first.key, 0, offset)
+
+
+def test_a_replayed_copy_parked_again_is_the_same_original_record() -> None:
+    first = _parked("bad_signature", 10)
+    assert first.first_origin == (USAGE, 0, 10)
+    assert first.replay_headers() == [
+        ("tp-tenant", b"acme"),
+        ("tp-sig", b"v1,kid=k2,sig=00"),
+        (HEADER_REPLAY_OF, USAGE.encode() + b":0:10"),
+    ]
+    again = _replayed_copy(first, "bad_signature", 40)
+    third = _replayed_copy(again, "bad_signature", 70)  # replayed twice, parked each time
+    assert again.origin == (USAGE, 0, 40)
+    assert again.first_origin == third.first_origin == (USAGE, 0, 10)
+    # The header names the first origin however often the record went round.
+    assert third.replay_headers() == first.replay_headers()
+    other = _parked("bad_signature", 12)
+    chosen = to_replay([first, again, other, third], USAGE, {"bad_signature"})
+    assert chosen == [first, other]
+    doc = summarize(Parking([first, again, third, other], unreadable=0))
+    assert doc["origins"] == 2
+    assert doc["by_reason"] == {"bad_signature": {"records": 4, "origins": 2}}
+
+
+def test_a_foreign_or_broken_replay_header_leaves_the_record_its_own_origin() -> None:
+    broken = (b"not an origin", b"topic:x:1", b":0:1", b"topic:0", b"t::1", b"t:0:1\xff")
+    broken += ("t:\u00b2:1".encode(),)  # a digit to str.isdigit, not to int()
+    for value in broken:
+        p = _parked("bad_signature", 10)
+        record = dlq_record_for(
+            InvalidRecord("bad", reason="bad_signature"),
+            p.record.original(),
+            topic=USAGE,
+            partition=0,
+            offset=10,
+            headers=[(HEADER_REPLAY_OF, value)],
+        )
+        assert Parked(record, None, 0, 0).first_origin == (USAGE, 0, 10), value
+    assert parse_origin(format_origin(("a.b-c_d", 3, 2**40))) == ("a.b-c_d", 3, 2**40)

@@ -55,9 +55,10 @@ def register(subparsers: Any) -> None:
         help="send parked records back to the usage topic",
         description="Send the original of every parked record of the chosen reasons (from "
         "--since to --until) back to the usage topic: its key, bytes and headers as they "
-        "were, so a signature still holds. Each original record is sent once however many "
-        "DLQ records name it. Fix the cause first: a record that is still bad is parked "
-        "again. Events already counted are dropped by the worker's dedup.",
+        "were, so a signature still holds, plus a tp-replay-of header naming where it was "
+        "first parked from. Each original record is sent once however many DLQ records name "
+        "it, also after earlier replays. Fix the cause first: a record that is still bad is "
+        "parked again. Events already counted are dropped by the worker's dedup.",
         example_lines=(_EXAMPLES[2], _EXAMPLES[3]),
     )
     _window(r)
