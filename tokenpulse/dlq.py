@@ -29,6 +29,7 @@ from functools import cached_property
 from typing import Any, Final
 
 from tokenpulse.errors import ServiceUnavailable
+from tokenpulse.kafka_range import read_topic
 from tokenpulse.schemas import DlqRecord, decode_dlq_record
 
 Origin = tuple[str, int, int]  # the rejected record's topic, partition, offset
@@ -103,8 +104,6 @@ async def read_parked(
     progress: Callable[[int, int], None] | None = None,
 ) -> Parking:
     """The DLQ records parked from `since` to `until` (Kafka timestamps), in DLQ order."""
-    from tokenpulse.reconcile.sources import read_topic
-
     _, msgs = await read_topic(
         bootstrap, dlq_topic, since, until, timeout_s=timeout_s, progress=progress
     )
