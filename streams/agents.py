@@ -34,7 +34,9 @@ def build_worker(
     if sink is None:
         from tokenpulse.sinks.clickhouse import ClickHouseSink
 
-        sink = ClickHouseSink(settings.clickhouse_target())
+        sink = ClickHouseSink(
+            settings.clickhouse_target(), insert_max_rows=settings.insert_max_rows
+        )
     runtime = Runtime(settings=settings, app=app, sink=sink)
     # acks=False: Faust never commits this topic on its own (see app.py).
     usage_topic = app.topic(

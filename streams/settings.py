@@ -144,6 +144,11 @@ class WorkerSettings:
     write_max_records / write_max_bytes: TOKENPULSE_WRITE_MAX_RECORDS (50,000) /
         TOKENPULSE_WRITE_MAX_BYTES (32 MiB); batches prepared while a write is in flight are
         written together by the next one (one insert, one commit), up to about these limits.
+    insert_max_rows: TOKENPULSE_INSERT_MAX_ROWS (60,000); a write of more rows (SDK envelopes:
+        32 MiB of them is ~120,000 events) is sent as parallel inserts of about this many rows,
+        cut at batch boundaries, each under its own dedup token; the write is durable once all
+        are. One insert runs on one ClickHouse thread: envelope drains ran 1.14x faster
+        (BENCHMARKS.md, round 21). 0 = one insert a write.
     write_min_interval_ms: TOKENPULSE_WRITE_MIN_INTERVAL_MS (200); a write that is not full
         starts at least this long after the previous one started. ClickHouse pays a fixed
         cost per insert (~30 ms of CPU with the three materialized views) and merges every
@@ -218,6 +223,7 @@ class WorkerSettings:
     fetch_max_wait_ms: int = 100
     write_max_records: int = 50_000
     write_max_bytes: int = 32 * 1024 * 1024
+    insert_max_rows: int = 60_000
     write_min_interval_ms: int = 200
     write_max_interval_ms: int = 1000
     quota_check_interval_s: float = 5.0
@@ -261,6 +267,12 @@ class WorkerSettings:
                 f"TOKENPULSE_FETCH_MAX_WAIT_MS must be within 0..30000 (it bounds the latency "
                 f"it adds), got {self.fetch_max_wait_ms}",
                 details={"setting": "TOKENPULSE_FETCH_MAX_WAIT_MS"},
+            )
+        if self.insert_max_rows < 0:
+            raise ConfigError(
+                f"TOKENPULSE_INSERT_MAX_ROWS must be >= 0 (0: one insert a write), "
+                f"got {self.insert_max_rows}",
+                details={"setting": "TOKENPULSE_INSERT_MAX_ROWS"},
             )
         if not 0 <= self.write_min_interval_ms <= 60_000:
             raise ConfigError(
@@ -361,6 +373,7 @@ class WorkerSettings:
             fetch_max_wait_ms=int(_num(env, "TOKENPULSE_FETCH_MAX_WAIT_MS", 100)),
             write_max_records=int(_num(env, "TOKENPULSE_WRITE_MAX_RECORDS", 50_000)),
             write_max_bytes=int(_num(env, "TOKENPULSE_WRITE_MAX_BYTES", 32 * 1024 * 1024)),
+            insert_max_rows=int(_num(env, "TOKENPULSE_INSERT_MAX_ROWS", 60_000)),
             write_min_interval_ms=write_min_interval_ms,
             # A longer minimum alone raises the maximum with it.
             write_max_interval_ms=int(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import clickhouse_connect
+import msgspec
 import pytest
 
 from tokenpulse.errors import ConfigError, ServiceUnavailable
@@ -17,7 +18,7 @@ from tokenpulse.schemas import UsageEvent
 from tokenpulse.sinks._retry import RetryPolicy, SinkWriteError
 from tokenpulse.sinks.base import AcceptedEvent, SinkBatch
 from tokenpulse.sinks.buffer import SinkBuffer
-from tokenpulse.sinks.clickhouse import ClickHouseSink
+from tokenpulse.sinks.clickhouse import ClickHouseSink, insert_chunks
 from tokenpulse.sinks.migrations import RenderOptions, migrate
 from tokenpulse.sinks.synthetic import as_batches, random_events
 
@@ -230,6 +231,68 @@ async def test_re_sending_the_same_write_many_changes_nothing(
         parameters={"db": migrated},
     ).result_rows[0][0]
     assert parts == len(rounds)
+
+
+def _active_parts(client: Any, db: str) -> int:
+    return int(
+        client.query(
+            "SELECT count() FROM system.parts WHERE database = {db:String}"
+            " AND table = 'usage_events' AND active",
+            parameters={"db": db},
+        ).result_rows[0][0]
+    )
+
+
+async def test_a_write_over_the_row_limit_lands_as_parallel_inserts_exactly_once(
+    services: Any, clickhouse_client: Any, migrated: str
+) -> None:
+    events = _events(2_400, prefix="split")
+    group = [b for r in _rounds(events, partitions=4, batch_rows=200) for b in r]
+    chunks = insert_chunks(group, 1_000)
+    assert [sum(len(b.events) for b in c) for c in chunks] == [800, 800, 800]
+    clickhouse_client.command(f"SYSTEM STOP MERGES {migrated}.usage_events")
+    url = services.clickhouse_url
+    async with (
+        ClickHouseSink(url, database=migrated, retry=FAST, insert_max_rows=0) as whole,
+        ClickHouseSink(url, database=migrated, retry=FAST, insert_max_rows=1_000) as split,
+    ):
+        # A crash after one of the write's inserts landed: the re-sent write
+        # is cut the same way, and that insert's token makes it a no-op.
+        await whole.write_many(chunks[1])
+        await split.write_many(group)
+        first = _totals(clickhouse_client, migrated)
+        await split.write_many(group)  # a lost acknowledgement: all of it again
+        assert _totals(clickhouse_client, migrated) == first
+    count, inp, minute_inp = first
+    assert count == 2_400
+    assert minute_inp == inp == sum(e.input_tokens for e in events)
+    assert _minute_events(clickhouse_client, migrated) == 2_400
+    assert _active_parts(clickhouse_client, migrated) == len(chunks)  # one a run, none twice
+
+
+async def test_a_failed_run_of_a_split_write_raises_after_the_others_landed(
+    services: Any, clickhouse_client: Any, migrated: str
+) -> None:
+    events = _events(1_200, prefix="split-bad")
+    group = list(as_batches(events, partitions=3, batch_rows=200))
+    bad = group[-1]
+    first, *rest = bad.events
+    # A value the encoder refuses (beyond UInt64), in the last run only.
+    bad_event = msgspec.structs.replace(first.event, input_tokens=2**64)
+    group[-1] = SinkBatch(
+        bad.topic, bad.partition, bad.first_offset, bad.last_offset,
+        (first._replace(event=bad_event), *rest),
+    )  # fmt: skip
+    chunks = insert_chunks(group, 400)
+    assert len(chunks) == 3
+    async with ClickHouseSink(
+        services.clickhouse_url, database=migrated, retry=FAST, insert_max_rows=400
+    ) as split:
+        with pytest.raises(SinkWriteError, match="cannot encode"):
+            await split.write_many(group)
+    # The other runs were awaited, not abandoned: their rows are all there.
+    landed = sum(len(b.events) for c in chunks[:-1] for b in c)
+    assert _totals(clickhouse_client, migrated)[0] == landed == 800
 
 
 async def test_a_different_grouping_lands_the_same_rows(

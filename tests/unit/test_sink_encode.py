@@ -25,6 +25,7 @@ from tokenpulse.sinks.clickhouse import (
     ClickHouseSink,
     check_group,
     group_token,
+    insert_chunks,
 )
 
 T0 = datetime(2026, 11, 3, 10, 0, 0, 123_000, tzinfo=UTC)
@@ -226,6 +227,25 @@ def test_many_batches_hash_their_tokens_behind_a_readable_prefix() -> None:
     assert group_token(list(group)) == token  # deterministic
     assert group_token(group[::-1]) != token  # order is part of the group
     assert group_token(group[:-1]) != token
+
+
+def test_a_write_over_the_row_limit_is_cut_at_batch_boundaries_into_equal_runs() -> None:
+    group = [_batch(p % 12, 100 * (p // 12), 100 * (p // 12) + 9) for p in range(30)]  # 300 rows
+    assert insert_chunks(group, 0) == [group]  # 0: one insert
+    assert insert_chunks(group, 300) == [group]
+    halves = insert_chunks(group, 299)
+    assert halves == [group[:15], group[15:]]  # 2 runs of 150, not 299 + 1
+    thirds = insert_chunks(group, 100)
+    assert [sum(len(b.events) for b in c) for c in thirds] == [100, 100, 100]
+    assert [b for c in thirds for b in c] == group  # every batch once, in order
+    assert insert_chunks(list(group), 100) == thirds  # a re-send is cut the same way
+    # Tokens per run: what a re-sent write's runs are deduplicated by.
+    assert len({group_token(c) for c in thirds}) == 3
+    # Uneven batches: a run closes once it reaches its share; never more runs
+    # than ceil(rows / limit), and a batch bigger than a share is not cut.
+    uneven = [_batch(0, 0, 249), _batch(1, 0, 9), _batch(2, 0, 39)]  # 250 + 10 + 40
+    assert insert_chunks(uneven, 200) == [uneven[:1], uneven[1:]]
+    assert insert_chunks(uneven, 1) == [[b] for b in uneven]
 
 
 def test_a_group_must_not_repeat_or_overlap_offsets_of_a_partition() -> None:

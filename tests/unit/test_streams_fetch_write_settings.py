@@ -24,6 +24,8 @@ def test_defaults_and_environment() -> None:
     assert s.quota_reread_s == 60.0
     assert s.quota_quiet_reread_s == 5.0
     assert s.write_max_interval_ms == 1000  # only while the worker is behind
+    assert s.insert_max_rows == 60_000  # a write of SDK envelopes: two parallel inserts
+    assert WorkerSettings.from_env({**ENV, "TOKENPULSE_INSERT_MAX_ROWS": "0"}).insert_max_rows == 0
     s = WorkerSettings.from_env(
         {
             **ENV,
@@ -62,6 +64,7 @@ def test_defaults_and_environment() -> None:
         ("TOKENPULSE_FETCH_MAX_WAIT_MS", "60000"),
         ("TOKENPULSE_WRITE_MIN_INTERVAL_MS", "-5"),
         ("TOKENPULSE_WRITE_MAX_INTERVAL_MS", "60001"),
+        ("TOKENPULSE_INSERT_MAX_ROWS", "-1"),
         ("TOKENPULSE_QUOTA_CHECK_INTERVAL_S", "0"),
         ("TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", "0"),
         ("TOKENPULSE_QUOTA_MAX_READS_PER_CHECK", "many"),
