@@ -15,7 +15,9 @@ Phases, on one broker and one ClickHouse:
 6. the single-record backlog signed by each org's key, into a fresh pipeline
    whose worker verifies every signature (the worker's default; phases 2-5
    run it with TOKENPULSE_VERIFY_SIGNATURES=false, broker ACLs as the trust
-   model): events/s.
+   model): events/s;
+7. the envelope backlog signed the same way, into a fresh verifying worker:
+   events/s (an envelope is one signature for many events).
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class BenchResult:
     single_eps: float = 0.0
     envelope_eps: float = 0.0
     signed_eps: float = 0.0  # one event per record, signed, the worker verifying
+    signed_envelope_eps: float = 0.0  # SDK envelopes, signed, the worker verifying
     raw_consume_rps: float = 0.0  # right before the drain
     raw_consume_after_rps: float = 0.0  # right after it, on the same topic
     raw_stolen_pct: float = 0.0  # CPU stolen during the run before the drain
@@ -146,6 +149,7 @@ class BenchResult:
     cpu: DrainCpu = field(default_factory=DrainCpu)  # the single-record drain's
     envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     signed_cpu: DrainCpu = field(default_factory=DrainCpu)
+    signed_envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     profile_top: list[str] = field(default_factory=list)
 
     @property
@@ -169,6 +173,11 @@ class BenchResult:
             (
                 "worker sustained, signed and verified, 1 event/record",
                 f"{self.signed_eps:,.0f} events/s",
+                "100,000",
+            ),
+            (
+                "worker sustained, signed and verified, SDK envelopes",
+                f"{self.signed_envelope_eps:,.0f} events/s",
                 "100,000",
             ),
             (
@@ -205,7 +214,7 @@ class BenchResult:
             ),
             (
                 "CPU stolen by the hypervisor: raw before, 1 event/record, raw after, "
-                "envelopes, signed",
+                "envelopes, signed, signed envelopes",
                 " / ".join(
                     f"{p:.0f}"
                     for p in (
@@ -214,6 +223,7 @@ class BenchResult:
                         self.raw_stolen_after_pct,
                         self.envelope_cpu.stolen_pct,
                         self.signed_cpu.stolen_pct,
+                        self.signed_envelope_cpu.stolen_pct,
                     )
                 )
                 + " %",
@@ -260,6 +270,7 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
     single = Pipeline(services, run_id, "single")
     envelope = Pipeline(services, run_id, "envelope")
     signed = Pipeline(services, run_id, "signed")
+    signed_envelope = Pipeline(services, run_id, "signedenv")
     try:
         _raw_produce(config, services, single, res, say)
         _single(config, services, single, res, say)
@@ -280,11 +291,11 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
         _many_tenants(config, single, res, say)
         single.stop_worker()
         _envelope(config, envelope, res, say)
-        _signed(config, signed, res, say)
+        _signed(config, signed, res, say, envelope=False)
+        _signed(config, signed_envelope, res, say, envelope=True)
     finally:
-        single.teardown()
-        envelope.teardown()
-        signed.teardown()
+        for pipe in (single, envelope, signed, signed_envelope):
+            pipe.teardown()
     return res
 
 
@@ -653,23 +664,31 @@ def _envelope(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -
     pipe.stop_worker()
 
 
-def _signed(config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say) -> None:
-    """The single-record backlog again, signed by each org's key, into a worker
-    that verifies every record: the worker's default (the other drains trust
-    the broker's ACLs, TOKENPULSE_VERIFY_SIGNATURES=false)."""
+def _signed(
+    config: BenchConfig, pipe: Pipeline, res: BenchResult, say: Say, *, envelope: bool
+) -> None:
+    """A backlog signed by each org's key, into a worker that verifies every
+    record: the worker's default (the other drains trust the broker's ACLs,
+    TOKENPULSE_VERIFY_SIGNATURES=false). One event per record, or envelopes."""
     pipe.setup()
-    records = load.fleet(config.events, config.fleet_tenants, seed=5)
+    events = config.envelope_events if envelope else config.events
+    records = load.fleet(events, config.fleet_tenants, seed=5)
     secrets = pipe.sign_with_org_keys(org_of(r.tenant_id) for r in records)
-    say(f"backlog: {len(records):,} fleet records, one event per record, signed")
+    shape = "in SDK batch envelopes" if envelope else "one event per record"
+    say(f"backlog: {len(records):,} fleet records, {shape}, signed")
     backlog = asyncio.run(
         load.produce_backlog(
-            pipe.services.bootstrap, pipe.topics.usage, records, envelope=False,
+            pipe.services.bootstrap, pipe.topics.usage, records, envelope=envelope,
             org_secrets=secrets,
         )
     )  # fmt: skip
-    res.signed_eps, res.signed_cpu = drain_backlog(pipe, backlog.expected_events, None)
-    say(f"  one verifying worker drains it: {res.signed_eps:,.0f} events/s")
-    say(f"  {res.signed_cpu.describe()}")
+    eps, cpu = drain_backlog(pipe, backlog.expected_events, None)
+    if envelope:
+        res.signed_envelope_eps, res.signed_envelope_cpu = eps, cpu
+    else:
+        res.signed_eps, res.signed_cpu = eps, cpu
+    say(f"  one verifying worker drains it: {eps:,.0f} events/s")
+    say(f"  {cpu.describe()}")
     pipe.stop_worker()
 
 
