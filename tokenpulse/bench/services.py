@@ -187,13 +187,16 @@ class Pipeline:
         other.keyring_file = self.keyring_file
         return other
 
-    def sign_with_org_keys(self, orgs: Iterable[str]) -> dict[str, bytes]:
-        """Make the worker verify signatures, with one key per org (a keyring
-        in the services' home, as `tokenpulse simulate` keeps); the secrets."""
+    def sign_with_org_keys(self, orgs: Iterable[str], *, verify: bool = True) -> dict[str, bytes]:
+        """One key per org (a keyring in the services' home, as `tokenpulse
+        simulate` keeps) to sign the backlog with; the secrets. The worker
+        verifies with them, unless `verify` is false (it trusts the ACLs)."""
         from tokenpulse.simulate import ensure_keyring
 
-        self.keyring_file = self.services.home / "bench-keyring.json"
-        return ensure_keyring(self.keyring_file, sorted(set(orgs)))
+        path = self.services.home / "bench-keyring.json"
+        secrets = ensure_keyring(path, sorted(set(orgs)))
+        self.keyring_file = path if verify else None
+        return secrets
 
     def start_worker(self) -> int:
         env = dict(os.environ)
