@@ -147,7 +147,7 @@ class WorkerSettings:
     insert_max_rows: TOKENPULSE_INSERT_MAX_ROWS (60,000); a write of more rows (SDK envelopes:
         32 MiB of them is ~120,000 events) is sent as parallel inserts of about this many rows,
         cut at batch boundaries, each under its own dedup token; the write is durable once all
-        are. One insert runs on one ClickHouse thread: envelope drains ran 1.14x faster
+        are. One insert runs on one ClickHouse thread: envelope drains ran 1.17x faster
         (BENCHMARKS.md, round 21). 0 = one insert a write.
     write_min_interval_ms: TOKENPULSE_WRITE_MIN_INTERVAL_MS (200); a write that is not full
         starts at least this long after the previous one started. ClickHouse pays a fixed
