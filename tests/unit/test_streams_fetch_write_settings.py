@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tokenpulse.errors import ConfigError
+from tokenpulse.sinks.clickhouse import INSERT_MAX_ROWS
 from tokenpulse.streams.app import create_faust_app
 from tokenpulse.streams.settings import WorkerSettings
 from tokenpulse.streams.transport import BatchTransport
@@ -25,6 +26,7 @@ def test_defaults_and_environment() -> None:
     assert s.quota_quiet_reread_s == 5.0
     assert s.write_max_interval_ms == 1000  # only while the worker is behind
     assert s.insert_max_rows == 60_000  # a write of SDK envelopes: two parallel inserts
+    assert s.insert_max_rows == INSERT_MAX_ROWS  # the sink's own default, the same
     assert WorkerSettings.from_env({**ENV, "TOKENPULSE_INSERT_MAX_ROWS": "0"}).insert_max_rows == 0
     s = WorkerSettings.from_env(
         {
