@@ -245,7 +245,14 @@ class Runtime:
                 "point it at the keyring, or pass --no-verify-signatures when broker ACLs "
                 "authenticate producers"
             )
-        return Keyring.from_file(s.keyring_file)
+        ring = Keyring.from_file(s.keyring_file, native=s.native_signature_check)
+        if s.native_signature_check and not ring.native:
+            log.warning(
+                "signatures are checked in Python, one record at a time: the C check "
+                "(tokenpulse.schemas._sigcheck) was not built; run `make setup` with a C "
+                "compiler and OpenSSL's headers (Debian: gcc, libssl-dev)"
+            )
+        return ring
 
     def reload_keyring(self) -> bool:
         """Apply a changed keyring file (every TOKENPULSE_KEYRING_RELOAD_S); True when applied.

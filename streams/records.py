@@ -138,7 +138,11 @@ class RecordDecoder:
         # signed (bench/prepare_bench.py --signed).
         keyring = self.keyring
         size_limit = min(self.max_record_bytes, MAX_RECORD_BYTES)
-        for rec in recs:
+        # Each record's signer, the slice's HMACs in one call (None: not
+        # valid or not in sign_record's form; also for a record over the
+        # limit, rejected before its signature counts).
+        signers = None if keyring is None else keyring.signers_of(recs, size_limit)
+        for index, rec in enumerate(recs):
             offset = rec.offset
             if verify_upto < offset <= processed_upto:
                 self.counters.replayed_skipped += 1
@@ -165,7 +169,10 @@ class RecordDecoder:
                 except Exception:  # noqa: S110 - _decode_record meets it again and parks the record
                     pass
                 else:
-                    if keyring is None or keyring.verifies(value, rec.headers, event.tenant_id):
+                    if signers is None or (
+                        (signer := signers[index]) is not None
+                        and tenant_within(event.tenant_id, signer)
+                    ):
                         accepted.append(
                             new_tuple(
                                 AcceptedEvent,
@@ -178,7 +185,8 @@ class RecordDecoder:
                     # A signature rejected, or in a form only verify_record
                     # knows: _decode_record decides, with the reason.
             try:
-                self._decode_record(rec, work, ingested_at, not_event)
+                signer = None if signers is None else signers[index]
+                self._decode_record(rec, work, ingested_at, signer, not_event)
             except Exception as exc:  # a bug must not stop the partition: park the record
                 log.exception("unexpected error on %s/%d@%d", rec.topic, rec.partition, offset)
                 err = InvalidRecord(f"processing failed: {exc!r}", reason="processing_error")
@@ -194,12 +202,21 @@ class RecordDecoder:
             work.touches += [touch(a.event) for a in work.accepted[accepted_before:]]
 
     def _decode_record(
-        self, rec: InRecord, work: Work, ingested: datetime, not_event: InvalidRecord | None = None
+        self,
+        rec: InRecord,
+        work: Work,
+        ingested: datetime,
+        signer: str | None,
+        not_event: InvalidRecord | None = None,
     ) -> None:
         """Decode one record into `work`.
 
-        `not_event`: the record already failed to decode as one event, with
-        this error (it is an envelope, or rejected for that reason).
+        `signer`: the record's signer from `Keyring.signers_of`, one HMAC
+        over the record however many tenants its events name (None: not in
+        sign_record's form or not valid, so each tenant asks verify_record
+        for the verdict). `not_event`: the record already failed to decode
+        as one event, with this error (it is an envelope, or rejected for
+        that reason).
         """
         value = rec.value
         if value is None:
@@ -218,10 +235,6 @@ class RecordDecoder:
             return
         keyring = self.keyring
         verified: set[str] = set()
-        # The record's signer, from one HMAC over the record however many
-        # tenants its events name (None: not in sign_record's form or not
-        # valid, so each tenant asks verify_record for the verdict).
-        signer = None if keyring is None else keyring.signer_of(value, rec.headers)
         verdicts = (
             decode_usage_record(value)
             if not_event is None

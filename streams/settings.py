@@ -187,6 +187,10 @@ class WorkerSettings:
         keyring file. A change is applied once the file has stayed the same for one look
         (a file caught mid-write is not read); a file that does not load is logged and the
         keys in use are kept. 0: read once at start.
+    native_signature_check: TOKENPULSE_NATIVE_SIGNATURE_CHECK (default true); check a slice's
+        signatures in C (schemas/_sigcheck.c, built by `make setup`; GIL released) instead of
+        one record at a time in Python. Same answers; off only to compare or to rule it out.
+        Without the built module the worker logs a warning and checks in Python.
     max_record_bytes: TOKENPULSE_MAX_RECORD_BYTES; larger records go to the DLQ.
     sink_retry_max_s: backoff ceiling while the sink is unavailable (it retries forever).
     pricebook_file: TOKENPULSE_PRICEBOOK; the billing price book that prices metric=cost quotas.
@@ -236,6 +240,7 @@ class WorkerSettings:
     verify_signatures: bool = True
     keyring_file: Path | None = None
     keyring_reload_s: float = 10.0
+    native_signature_check: bool = True
     max_record_bytes: int = 1_048_576
     sink_retry_max_s: float = 30.0
     loglevel: str = "info"
@@ -389,6 +394,7 @@ class WorkerSettings:
             verify_signatures=_bool(env, "TOKENPULSE_VERIFY_SIGNATURES", True),
             keyring_file=Path(keyring) if keyring else None,
             keyring_reload_s=_num(env, "TOKENPULSE_KEYRING_RELOAD_S", 10.0),
+            native_signature_check=_bool(env, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True),
             max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
             loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
             pricebook_file=Path(pb) if (pb := env.get("TOKENPULSE_PRICEBOOK")) else None,
