@@ -20,38 +20,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
-from tokenpulse.bench.services import machine_times
-
-
-def unit(items: int = 8_000) -> int:
-    seen: dict[bytes, int] = {}
-    total = 0
-    for i in range(items):
-        key = b"tenant-%d" % (i % 97)
-        pair = (key, i * 7 % 13)
-        seen[key] = seen.get(key, 0) + pair[1]
-        total += len(key) + pair[1]
-    return total + len(seen)
-
+from tokenpulse.bench.vm import measure
 
 # (label, idle seconds before each unit)
 MODES = (("back to back", 0.0), ("after 20 ms idle", 0.02), ("after 200 ms idle", 0.2))
-
-
-def measure(seconds: float, idle_s: float) -> tuple[list[float], float, float]:
-    """CPU ms of each unit over `seconds`; the machine's busy and stolen %."""
-    samples_ms: list[float] = []
-    before, t0 = machine_times(), time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        if idle_s:
-            time.sleep(idle_s)
-        started = time.process_time()
-        unit()
-        samples_ms.append((time.process_time() - started) * 1000)
-    busy_pct, stolen_pct = machine_times().pct_since(before, time.monotonic() - t0)
-    return samples_ms, busy_pct, stolen_pct
 
 
 def main() -> int:

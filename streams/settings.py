@@ -28,7 +28,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def _bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+def env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    """A true/false setting (1/0, yes/no, on/off too); ConfigError names a bad value."""
     raw = env.get(key)
     if raw is None or raw == "":
         return default
@@ -391,10 +392,10 @@ class WorkerSettings:
             dedup_horizon_s=_num(env, "TOKENPULSE_DEDUP_HORIZON_S", 48 * 3600.0),
             dedup_warm_max_ids=int(_num(env, "TOKENPULSE_DEDUP_WARM_MAX_IDS", 500_000)),
             allowed_lateness_s=_num(env, "TOKENPULSE_ALLOWED_LATENESS_S", 300.0),
-            verify_signatures=_bool(env, "TOKENPULSE_VERIFY_SIGNATURES", True),
+            verify_signatures=env_bool(env, "TOKENPULSE_VERIFY_SIGNATURES", True),
             keyring_file=Path(keyring) if keyring else None,
             keyring_reload_s=_num(env, "TOKENPULSE_KEYRING_RELOAD_S", 10.0),
-            native_signature_check=_bool(env, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True),
+            native_signature_check=env_bool(env, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True),
             max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
             loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
             pricebook_file=Path(pb) if (pb := env.get("TOKENPULSE_PRICEBOOK")) else None,

@@ -36,6 +36,7 @@ ROWS = (
     "Kafka broker CPU per 100,000 events",
     "machine CPU busy while draining",
     "CPU stolen by the hypervisor",
+    "VM speed: CPU ms of a fixed unit of Python",
 )
 # Services named by the environment are not the bench's own processes: their
 # CPU is not measured (the test's fixtures pass them that way).
@@ -65,6 +66,8 @@ def test_bench_quick_prints_every_row_with_positive_values(services: Any) -> Non
     table = [ln for ln in done.stdout.splitlines() if ln.startswith("| ")]
     body = {ln.split("|")[1].strip(): ln.split("|")[2].strip() for ln in table[2:]}
     assert len(body) == len(ROWS), done.stdout
+    # make setup built the C signature check here; the signed rows say which ran.
+    assert sum("signed and verified" in k and k.endswith("(check in C)") for k in body) == 2
     for name in ROWS:
         matches = [v for k, v in body.items() if k.startswith(name)]
         assert matches, f"row {name!r} missing:\n{done.stdout}"

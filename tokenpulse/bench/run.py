@@ -46,9 +46,12 @@ from tokenpulse.bench.services import (
     proc_cpu_s,
     proc_rss_mb,
 )
+from tokenpulse.bench.vm import unit_ms
 from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
+from tokenpulse.schemas.signing import NATIVE_CHECK
 from tokenpulse.simulate import org_of
+from tokenpulse.streams.settings import env_bool
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class BenchConfig:
     alert_quotas: int = 50
     many_tenants: int = 100_000
     raw_records: int = 1_000_000
+    vm_speed_s: float = 5.0  # the VM's speed is read this long before and after the drains
     profile_path: Path | None = None  # py-spy collapsed stacks of the worker while draining
 
     @classmethod
@@ -76,6 +80,7 @@ class BenchConfig:
             alert_quotas=5,
             many_tenants=5_000,
             raw_records=100_000,
+            vm_speed_s=1.0,
         )
 
 
@@ -149,6 +154,13 @@ class BenchResult:
     cpu: DrainCpu = field(default_factory=DrainCpu)  # the single-record drain's
     envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     signed_cpu: DrainCpu = field(default_factory=DrainCpu)
+    # Where the signed drains' worker checked signatures: "C" or "Python"
+    # (the C module not built, or TOKENPULSE_NATIVE_SIGNATURE_CHECK=false).
+    signature_check: str = "C"
+    # CPU ms of a fixed unit of Python (tokenpulse.bench.vm), median, read
+    # before the first drain and after the last: a slow VM moment shows here.
+    vm_unit_ms_before: float = 0.0
+    vm_unit_ms_after: float = 0.0
     signed_envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     profile_top: list[str] = field(default_factory=list)
 
@@ -167,16 +179,18 @@ class BenchResult:
         def ratio(a: float, b: float) -> str:
             return f"{a / b:.2f}x ({a / b * 100:.0f} %)" if b else "n/a"
 
+        check = f"check in {self.signature_check}"
+
         return [
             ("worker sustained, 1 event/record", f"{self.single_eps:,.0f} events/s", "100,000"),
             ("worker sustained, SDK envelopes", f"{self.envelope_eps:,.0f} events/s", "100,000"),
             (
-                "worker sustained, signed and verified, 1 event/record",
+                f"worker sustained, signed and verified, 1 event/record ({check})",
                 f"{self.signed_eps:,.0f} events/s",
                 "100,000",
             ),
             (
-                "worker sustained, signed and verified, SDK envelopes",
+                f"worker sustained, signed and verified, SDK envelopes ({check})",
                 f"{self.signed_envelope_eps:,.0f} events/s",
                 "100,000",
             ),
@@ -229,6 +243,12 @@ class BenchResult:
                 + " %",
                 "",
             ),
+            (
+                "VM speed: CPU ms of a fixed unit of Python, before / after the drains "
+                "(lower = faster)",
+                f"{self.vm_unit_ms_before:.2f} / {self.vm_unit_ms_after:.2f} ms",
+                "",
+            ),
         ]
 
     def table(self) -> str:
@@ -272,6 +292,8 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
     signed = Pipeline(services, run_id, "signed")
     signed_envelope = Pipeline(services, run_id, "signedenv")
     try:
+        res.vm_unit_ms_before = unit_ms(config.vm_speed_s)
+        say(f"VM speed: a fixed unit of Python takes {res.vm_unit_ms_before:.2f} ms of CPU")
         _raw_produce(config, services, single, res, say)
         _single(config, services, single, res, say)
         settled_s = single.wait_merges()
@@ -293,6 +315,8 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
         _envelope(config, envelope, res, say)
         _signed(config, signed, res, say, envelope=False)
         _signed(config, signed_envelope, res, say, envelope=True)
+        res.vm_unit_ms_after = unit_ms(config.vm_speed_s)
+        say(f"VM speed after the drains: {res.vm_unit_ms_after:.2f} ms")
     finally:
         for pipe in (single, envelope, signed, signed_envelope):
             pipe.teardown()
@@ -683,6 +707,8 @@ def _signed(
         )
     )  # fmt: skip
     eps, cpu = drain_backlog(pipe, backlog.expected_events, None)
+    native = NATIVE_CHECK and env_bool(os.environ, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True)
+    res.signature_check = "C" if native else "Python"
     if envelope:
         res.signed_envelope_eps, res.signed_envelope_cpu = eps, cpu
     else:
