@@ -373,6 +373,8 @@ class Runtime:
             reread_s=s.quota_reread_s,
             generation=self.generation,
             quiet_reread_s=s.quota_quiet_reread_s,
+            # A period's last events are on time until the windows' lateness.
+            ended_grace_s=s.allowed_lateness_s,
         )
         self.feed = QuotaFeed(
             self.engine,

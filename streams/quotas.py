@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from tokenpulse.schemas.quota import (
@@ -100,6 +100,7 @@ class QuotaEngine:
         generation: Callable[[], int | None] | None = None,
         quiet_reread_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        ended_grace_s: float = 300.0,
     ) -> None:
         self.reader = reader
         self.pending = PendingUsage()  # lower bounds of usage (tokens and cost) for `early`
@@ -123,6 +124,14 @@ class QuotaEngine:
         self.state_topic = state_topic
         self.definitions: dict[bytes, QuotaDefinition] = {}
         self.states: dict[bytes, QuotaState] = {}
+        # The state each quota had when it moved on to a newer period, kept
+        # until `ended_grace_s` after that period's end: a batch of its last
+        # seconds written after the move (new-period events or the timer's
+        # roll-over came first) still announces what it crossed, against
+        # the thresholds this state announced. Not published: the state
+        # topic's record of a quota is its newest period.
+        self.ended: dict[bytes, QuotaState] = {}
+        self.ended_grace = timedelta(seconds=ended_grace_s)
         self._by_tenant: dict[str, list[tuple[bytes, QuotaDefinition]]] = defaultdict(list)
         # watches() cache, cleared on definition changes: the tenants asked
         # about, and those of them that a quota covers.
@@ -166,6 +175,7 @@ class QuotaEngine:
                     # So did the state's `used`: a check starts from the new
                     # measure (states never go down within a period).
                     self.states.pop(key, None)
+                self.ended.pop(key, None)
         # (A key without a definition has no bounds: they are only kept for
         # the current definitions, and a delete forgot them.)
         if value is not None:
@@ -213,10 +223,18 @@ class QuotaEngine:
     def apply_state(self, key: bytes, value: QuotaState | None) -> None:
         if value is None:
             self.states.pop(key, None)
+            self.ended.pop(key, None)
             return
-        current = self.states.get(key)
-        if current is None or _supersedes(value, current, self.definitions.get(key)):
-            self.states[key] = value
+        current, d = self.states.get(key), self.definitions.get(key)
+        if current is None or _supersedes(value, current, d):
+            self._move(key, current, value)
+            return
+        # Another worker's (or an earlier) state of the period this one left.
+        ended = self.ended.get(key)
+        if ended is None or ended.period_start != value.period_start:
+            return
+        if _supersedes(value, ended, d):
+            self.ended[key] = value
 
     # -- checks ---------------------------------------------------------------------
     def _matching(self, tenant_id: str, model: str) -> list[tuple[bytes, QuotaDefinition]]:
@@ -322,12 +340,27 @@ class QuotaEngine:
                 start, end = period_bounds(d.period, now, d.timezone)
                 todo[(key, start)] = (d, end, "")
         self.pending.forget_ended(now)
+        for key in [k for k, st in self.ended.items() if st.period_end + self.ended_grace <= now]:
+            del self.ended[key]
         return await self._run(todo, now)
 
+    def _move(self, key: bytes, current: QuotaState | None, new: QuotaState) -> None:
+        """`new` is the quota's state; the one it leaves behind in an older period is kept."""
+        self.states[key] = new
+        if current is not None and current.period_start < new.period_start:
+            self.ended[key] = current
+
     def _closed(self, at: At) -> bool:
-        """A late event of a period already closed: no alerts for the past."""
+        """A period already closed: no alerts for the past.
+
+        The quota's state is in a newer period, and `at` is not the period it
+        left within the grace (`ended`): later than that, an event is late.
+        """
         state = self.states.get(at[0])
-        return state is not None and at[1] < state.period_start
+        if state is None or at[1] >= state.period_start:
+            return False
+        ended = self.ended.get(at[0])
+        return ended is None or ended.period_start != at[1]
 
     def _current(self, at: At, entry: Entry) -> bool:
         """Whether a waiting read's entry still has the quota's definition."""
@@ -473,6 +506,11 @@ class QuotaEngine:
         """Evaluate one quota in one period at `used`; owed alerts and state join the lists."""
         key, start = at
         state = self.states.get(key)
+        # A period the quota moved on from (within the grace, see `_closed`):
+        # judged against the state it ended with, which stays unpublished.
+        ended = state is not None and start < state.period_start
+        if ended:
+            state = self.ended.get(key)
         announced: frozenset[int] = frozenset()
         if state is not None and state.period_start == start and state.limit == d.limit:
             announced = crossed_thresholds(state.used, d.limit, d.thresholds_pct)
@@ -534,7 +572,10 @@ class QuotaEngine:
                 model=d.model,
                 reason=reason,
             )
-            self.states[key] = new_state
+            if ended:
+                self.ended[key] = new_state
+                return
+            self._move(key, state, new_state)
             states.append(Outgoing(self.state_topic, key, encode_quota_state(new_state)))
 
 

@@ -181,7 +181,8 @@ class WorkerSettings:
     dedup_warm_max_ids: TOKENPULSE_DEDUP_WARM_MAX_IDS; at assignment, a partition with at most
         this many ids in the store within the horizon loads them into its filter (warm);
         a bigger one starts cold (every id confirmed against the store for one horizon).
-    allowed_lateness_s: TOKENPULSE_ALLOWED_LATENESS_S; window lateness before an event is late.
+    allowed_lateness_s: TOKENPULSE_ALLOWED_LATENESS_S; window lateness before an event is late;
+        also how long a quota period that ended still announces what its last events cross.
     verify_signatures: TOKENPULSE_VERIFY_SIGNATURES (default true).
     keyring_file: TOKENPULSE_KEYRING_FILE; the signing keys (required when verifying).
     keyring_reload_s: TOKENPULSE_KEYRING_RELOAD_S (10 s); how often the worker looks at the
