@@ -110,14 +110,21 @@ lookup(PyObject *rec, PyObject *resolved, Py_ssize_t max_bytes, PyObject **value
             Py_DECREF(seq);
             return 1; /* not the usual shape: the Python check decides */
         }
-        PyObject *name = PyTuple_GET_ITEM(pair, 0);
-        /* The first header of each name counts, as in verify_signature. */
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *raw = PyTuple_GET_ITEM(pair, 1);
+        if (!PyUnicode_CheckExact(name) && PyUnicode_Check(name)) {
+            Py_DECREF(seq);
+            return 1; /* a str subclass may equal a name: the Python check decides */
+        }
+        /* The first header of each name with a value counts, as in
+         * Keyring.signer_of and verify_signature (a None value is skipped). */
+        if (raw == Py_None)
+            continue;
         if (name_is(name, SIG_NAME, sizeof SIG_NAME - 1)) {
             if (sig_raw == NULL)
-                sig_raw = PyTuple_GET_ITEM(pair, 1);
+                sig_raw = raw;
         }
         else if (signer == NULL && name_is(name, TENANT_NAME, sizeof TENANT_NAME - 1)) {
-            signer = PyTuple_GET_ITEM(pair, 1);
+            signer = raw;
         }
     }
     if (sig_raw == NULL || signer == NULL || !PyBytes_CheckExact(sig_raw) ||

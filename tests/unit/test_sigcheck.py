@@ -28,6 +28,10 @@ from tokenpulse.streams.settings import WorkerSettings
 LIMIT = 1 << 20
 
 
+class _Name(str):
+    """A header name of a str subclass: equal to the plain name, not the same type."""
+
+
 def _rec(value: Any, headers: Any) -> InRecord:
     return InRecord("usage", 0, 0, None, value, headers)
 
@@ -99,6 +103,9 @@ def test_forgeries_and_odd_headers_answer_as_the_python_check() -> None:
         _rec(v, (("tp-tenant", "acme"), ("tp-sig", sig))),
         _rec(v, (("tp-tenant", None), ("tp-sig", sig))),
         _rec(v, (("tp-tenant", b"acme"),)),  # no signature
+        _rec(v, (("tp-sig", None), ("tp-tenant", None), *good)),  # a None value is skipped
+        _rec(v, (("tp-sig", None), ("tp-tenant", b"acme"))),
+        _rec(v, ((_Name("tp-sig"), sig), ("tp-tenant", b"acme"))),  # a str subclass
         _rec(v, ()),  # no headers
         _rec(v, ((b"tp-sig", sig), ("tp-tenant", b"acme"))),  # a bytes name
         _rec(v, (("TP-SIG", sig), ("tp-tenant", b"acme"))),  # names are exact
@@ -107,8 +114,8 @@ def test_forgeries_and_odd_headers_answer_as_the_python_check() -> None:
     ]
     assert _both(keys, recs) == [
         "acme", "acme", "acme", "acme", None, None, None, None, None, "globex",
-        None, None, None, None, None, None, None, None, None, None, None, None, None,
-        None,
+        None, None, None, None, None, None, None, None, None, "acme", None, "acme", None,
+        None, None, None, None,
     ]  # fmt: skip
 
 
@@ -151,15 +158,22 @@ def test_an_empty_slice() -> None:
     assert Keyring().signers_of([], LIMIT) == []
 
 
-_tenant = st.sampled_from(["acme", "acme/research", "globex", "initech"])
-_kid = st.sampled_from(["k1", "k2", "x"])
+KEYS = {
+    "acme": {"k1": b"s1", "k2": b"s" * 100},
+    "acme/research": {"k1": b"s2"},
+    "globex": {"x": b""},
+}
+# (signer, key id, secret): the ring's own keys, and keys it does not hold.
+_signing = st.sampled_from(
+    [(t, kid, secret) for t, kids in KEYS.items() for kid, secret in kids.items()]
+    + [("acme", "k1", b"s2"), ("initech", "k1", b"s1"), ("acme", "x", b"")]
+)
 
 
 @st.composite
 def _records(draw: st.DrawFn) -> InRecord:
     value = draw(st.binary(max_size=400))
-    secret = draw(st.sampled_from([b"s1", b"s2", b"s" * 100, b""]))
-    headers = list(_signed(value, draw(_tenant), draw(_kid), secret))
+    headers = list(_signed(value, *draw(_signing)))
     if draw(st.booleans()):  # damage it
         kind = draw(st.sampled_from(["value", "sig", "drop", "swap", "extra"]))
         if kind == "value":
@@ -173,19 +187,15 @@ def _records(draw: st.DrawFn) -> InRecord:
         elif kind == "swap":
             headers.reverse()
         else:
-            headers.insert(0, (draw(st.sampled_from(["tp-sig", "tp-tenant", "other"])), b"x"))
+            name = draw(st.sampled_from(["tp-sig", "tp-tenant", "other"]))
+            headers.insert(0, (name, draw(st.sampled_from([b"x", None]))))
     return _rec(value, tuple(headers))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_records(), max_size=30))
 def test_c_and_python_agree_on_any_slice(recs: list[InRecord]) -> None:
-    keys = {
-        "acme": {"k1": b"s1", "k2": b"s" * 100},
-        "acme/research": {"k1": b"s2"},
-        "globex": {"x": b""},
-    }
-    _both(keys, recs)
+    _both(KEYS, recs)
 
 
 def _settings(tmp_path: Any, **env: str) -> WorkerSettings:
