@@ -141,7 +141,7 @@ class RecordDecoder:
         # Each record's signer, the slice's HMACs in one call (None: not
         # valid or not in sign_record's form; also for a record over the
         # limit, rejected before its signature counts).
-        signers = None if keyring is None else keyring.signers_of(recs, size_limit)
+        signers = None if keyring is None else self._signers(keyring, recs, size_limit)
         for index, rec in enumerate(recs):
             offset = rec.offset
             if verify_upto < offset <= processed_upto:
@@ -195,6 +195,16 @@ class RecordDecoder:
                 self._reverified(work, accepted_before, recheck_replayed)
         self.counters.records += len(fresh)
         return fresh
+
+    @staticmethod
+    def _signers(keyring: Keyring, recs: Sequence[InRecord], size_limit: int) -> list[str | None]:
+        try:
+            return keyring.signers_of(recs, size_limit)
+        except Exception:
+            # A bug must not stop the partition: each record then goes to
+            # verify_record, inside the per-record guard that parks it.
+            log.exception("signature check of a slice failed; checking record by record")
+            return [None] * len(recs)
 
     def _reverified(self, work: Work, accepted_before: int, recheck_replayed: bool) -> None:
         self.counters.reverified += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -181,6 +182,24 @@ async def test_an_envelope_is_hashed_once_and_judged_per_event(
     # the forged envelope's events each by theirs.
     assert _dlq(sent) == [("bad_signature", 0), ("bad_signature", 1), ("bad_signature", 2)]
     assert calls == [len(envelope), len(forged)]  # one HMAC a record
+
+
+async def test_a_failing_slice_check_leaves_each_record_to_verify_record(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Keyring, records: Any, max_bytes: int) -> list[str | None]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Keyring, "signers_of", broken)
+    good, forged = _ev(1, "acme/a"), _ev(2, "acme/b")
+    sink, sent = MemorySink(), Sent()
+    with caplog.at_level(logging.ERROR, logger="tokenpulse.streams.processor"):
+        await _processor(sink, sent).process(
+            [_rec(0, good, _signed(good)), _rec(1, forged, _signed(forged, secret=b"no"))]
+        )
+    assert [r.event.event_id for r in sink.rows] == ["e1"]
+    assert _dlq(sent) == [("bad_signature", 0)]  # as without the failure
+    assert "record by record" in caplog.text
 
 
 # -- the keyring file, read again while the worker runs ---------------------------------------
