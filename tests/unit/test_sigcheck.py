@@ -5,7 +5,7 @@ the signer when the record carries a valid signature in `sign_record`'s
 form, None otherwise. With the C module it checks the slice in one call;
 these tests hold its answers equal to the Python check's on valid records,
 forgeries, odd headers and keys that change, and hold that `make setup`
-built it here (a silent fallback would cost the worker ~1/4 of its signed
+built it here (a silent fallback would cost signed drains ~11 % of their
 throughput without failing a test).
 """
 
