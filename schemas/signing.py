@@ -166,7 +166,8 @@ class Keyring:
         """True when `value` carries a valid signature, in the form `sign_record`
         writes, of a key of tenant_id or of an ancestor.
 
-        The worker's per-record check: one HMAC and a few dict lookups. False
+        One record's check: one HMAC and a few dict lookups (the worker checks
+        a slice at a time, `signers_of`, and applies `tenant_within`). False
         does not say why, and covers forms `verify_record` may still accept:
         ask it for the verdict and its reason. Whatever this accepts,
         `verify_record` accepts too.

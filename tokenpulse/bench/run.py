@@ -49,7 +49,7 @@ from tokenpulse.bench.services import (
 from tokenpulse.bench.vm import unit_ms
 from tokenpulse.errors import ServiceUnavailable
 from tokenpulse.schemas import QuotaDefinition, encode_quota_definition, quota_state_key
-from tokenpulse.schemas.signing import NATIVE_CHECK
+from tokenpulse.schemas.signing import Keyring
 from tokenpulse.simulate import org_of
 from tokenpulse.streams.settings import env_bool
 
@@ -154,6 +154,7 @@ class BenchResult:
     cpu: DrainCpu = field(default_factory=DrainCpu)  # the single-record drain's
     envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     signed_cpu: DrainCpu = field(default_factory=DrainCpu)
+    signed_envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     # Where the signed drains' worker checked signatures: "C" or "Python"
     # (the C module not built, or TOKENPULSE_NATIVE_SIGNATURE_CHECK=false).
     signature_check: str = "C"
@@ -161,7 +162,6 @@ class BenchResult:
     # before the first drain and after the last: a slow VM moment shows here.
     vm_unit_ms_before: float = 0.0
     vm_unit_ms_after: float = 0.0
-    signed_envelope_cpu: DrainCpu = field(default_factory=DrainCpu)
     profile_top: list[str] = field(default_factory=list)
 
     @property
@@ -291,6 +291,9 @@ def run_bench(config: BenchConfig, services: Services, say: Say) -> BenchResult:
     envelope = Pipeline(services, run_id, "envelope")
     signed = Pipeline(services, run_id, "signed")
     signed_envelope = Pipeline(services, run_id, "signedenv")
+    # The workers inherit this environment and build their keyring by the same rule.
+    wanted = env_bool(os.environ, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True)
+    res.signature_check = "C" if Keyring(native=wanted).native else "Python"
     try:
         res.vm_unit_ms_before = unit_ms(config.vm_speed_s)
         say(f"VM speed: a fixed unit of Python takes {res.vm_unit_ms_before:.2f} ms of CPU")
@@ -709,8 +712,6 @@ def _signed(
         )
     )  # fmt: skip
     eps, cpu = drain_backlog(pipe, backlog.expected_events, None)
-    native = NATIVE_CHECK and env_bool(os.environ, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True)
-    res.signature_check = "C" if native else "Python"
     if envelope:
         res.signed_envelope_eps, res.signed_envelope_cpu = eps, cpu
     else:
