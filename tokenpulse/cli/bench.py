@@ -1,7 +1,8 @@
 """`tokenpulse bench`: the real pipeline on the local stack, measured end to end.
 
 Prints one table: sustained events/s through one worker (one event per
-record and in SDK batch envelopes), the raw Kafka limit (Kafka's perf
+record and in SDK batch envelopes, signed or not; each the median of
+three drains by fresh workers), the raw Kafka limit (Kafka's perf
 tools) and a quixstreams peer on the same broker with the ratios,
 freshness and alert latency at about half load, worker RSS with many
 active tenants and CPU seconds per 100,000 events. `--quick` is a short
@@ -24,6 +25,7 @@ EXAMPLE = """\
 examples:
   tokenpulse bench --quick                      # smoke run, about 2 minutes
   tokenpulse bench                              # full run (100,000 tenants, 300,000 events)
+  tokenpulse bench --drains 5                   # each throughput row the median of 5 drains
   tokenpulse bench --profile /tmp/worker.txt    # also py-spy the worker while it drains
 Uses KAFKA_BOOTSTRAP_SERVERS and CLICKHOUSE_URL when both are set; otherwise it
 starts a local stack in a temporary directory and stops it afterwards.
@@ -47,8 +49,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events", type=int, default=None, help="fleet backlog records")
     p.add_argument("--tenants", type=int, default=None, help="active tenants in the RSS phase")
     p.add_argument(
+        "--drains",
+        type=_positive,
+        default=None,
+        help="drains of each backlog, each by a fresh worker; a throughput row is their median "
+        "(3; --quick: 1)",
+    )
+    p.add_argument(
         "--profile", type=Path, default=None, help="write py-spy stacks of the draining worker"
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 @contextlib.contextmanager
@@ -78,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, events=args.events)
     if args.tenants:
         config = replace(config, many_tenants=args.tenants)
+    if args.drains:
+        config = replace(config, drains=args.drains)
     if args.profile:
         config = replace(config, profile_path=args.profile)
 
