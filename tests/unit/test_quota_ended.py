@@ -152,3 +152,35 @@ async def test_a_definition_that_measures_something_else_forgets_the_ended_state
     assert KEY not in engine.ended
     engine.apply_definition(KEY, None)
     assert KEY not in engine.ended
+
+
+async def test_a_successor_reading_the_state_topic_knows_the_ended_period() -> None:
+    """A worker started after a crash reads the state topic from its start:
+    the quota's day-1 record, then its day-2 record (the topic is compacted,
+    but not its active segment), so the period just left stays open."""
+    reader = PeriodReader()
+    first = _engine(reader)
+    await _day1_at_600_then_day2(reader, first)
+    history = [first.ended[KEY], first.states[KEY]]  # in the order they were published
+    successor = _engine(reader)
+    for state in history:
+        successor.apply_state(KEY, state)
+    assert successor.states[KEY].period_start == DAY2
+    assert successor.ended[KEY].period_start == DAY1
+    reader.tokens[DAY1] = 1200
+    outs = await successor.check([_touch(LAST_SECOND, "e3")], DAY2 + timedelta(seconds=2))
+    assert _alerts(outs) == [(DAY1, 100)]  # 50 % was in day 1's record: not again
+
+
+async def test_without_the_ended_periods_record_a_successor_announces_nothing_for_it() -> None:
+    """Compaction removed the day-1 record (only the newest per quota is
+    left): the successor cannot tell what day 1 announced and leaves it
+    closed, as the docs say (a late crossing is missed, never doubled)."""
+    reader = PeriodReader()
+    first = _engine(reader)
+    await _day1_at_600_then_day2(reader, first)
+    successor = _engine(reader)
+    successor.apply_state(KEY, first.states[KEY])
+    assert KEY not in successor.ended
+    reader.tokens[DAY1] = 1200
+    assert await successor.check([_touch(LAST_SECOND, "e3")], DAY2 + timedelta(seconds=2)) == []
