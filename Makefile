@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help: ## show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml setup.py schemas/_sigcheck.c
+$(BIN)/.installed: pyproject.toml setup.py schemas/_sigcheck.c streams/_fetch.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -53,4 +53,4 @@ fuzz: setup ## long property/fuzz campaign (hypothesis "fuzz" profile, 20k examp
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest -q -p no:cacheprovider tests/fuzz
 
 clean: ## remove the venv (the local stack's data stays in TOKENPULSE_HOME)
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache schemas/_sigcheck*.so
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache schemas/_sigcheck*.so streams/_fetch*.so

@@ -22,6 +22,7 @@ from tokenpulse.errors import ConfigError
 from tokenpulse.schemas.quota import decode_quota_alert
 from tokenpulse.schemas.signing import Keyring
 from tokenpulse.sinks.base import UsageSink
+from tokenpulse.streams.hand_over import install_native_parse
 from tokenpulse.streams.loop_lag import LoopLagWatch
 from tokenpulse.streams.metrics import WorkerMetrics
 from tokenpulse.streams.processor import UsageProcessor
@@ -81,6 +82,7 @@ def create_faust_app(settings: WorkerSettings) -> faust.App:
     # Before anything asks for the transport: the usage topic is consumed in
     # whole fetches, not through Faust's per-record streams (transport.py).
     app.transport = transport = BatchTransport(app.conf.broker_consumer, app)
+    install_native_parse(settings.native_fetch_parse)
     transport.fetch_min_bytes = settings.fetch_min_bytes
     transport.fetch_max_wait_ms = settings.fetch_max_wait_ms
     return app

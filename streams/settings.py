@@ -193,6 +193,10 @@ class WorkerSettings:
         signatures in C (schemas/_sigcheck.c, built by `make setup`; GIL released) instead of
         one record at a time in Python. Same answers; off only to compare or to rule it out.
         Without the built module the worker logs a warning and checks in Python.
+    native_fetch_parse: TOKENPULSE_NATIVE_FETCH_PARSE (default true); read the records of the
+        usage topic's fetches in C (streams/_fetch.c, built by `make setup`) a batch at a
+        time, instead of aiokafka's parse of one record at a time. Same records; off only
+        to compare or to rule it out. Without the built module the worker logs a warning.
     max_record_bytes: TOKENPULSE_MAX_RECORD_BYTES; larger records go to the DLQ.
     sink_retry_max_s: backoff ceiling while the sink is unavailable (it retries forever).
     pricebook_file: TOKENPULSE_PRICEBOOK; the billing price book that prices metric=cost quotas.
@@ -243,6 +247,7 @@ class WorkerSettings:
     keyring_file: Path | None = None
     keyring_reload_s: float = 10.0
     native_signature_check: bool = True
+    native_fetch_parse: bool = True
     max_record_bytes: int = 1_048_576
     sink_retry_max_s: float = 30.0
     loglevel: str = "info"
@@ -397,6 +402,7 @@ class WorkerSettings:
             keyring_file=Path(keyring) if keyring else None,
             keyring_reload_s=_num(env, "TOKENPULSE_KEYRING_RELOAD_S", 10.0),
             native_signature_check=env_bool(env, "TOKENPULSE_NATIVE_SIGNATURE_CHECK", True),
+            native_fetch_parse=env_bool(env, "TOKENPULSE_NATIVE_FETCH_PARSE", True),
             max_record_bytes=int(_num(env, "TOKENPULSE_MAX_RECORD_BYTES", 1_048_576)),
             loglevel=env.get("TOKENPULSE_LOGLEVEL", "info"),
             pricebook_file=Path(pb) if (pb := env.get("TOKENPULSE_PRICEBOOK")) else None,

@@ -1,47 +1,50 @@
 """Fetched records of batch topics come out of aiokafka's parser as InRecords.
 
 Runs aiokafka's own fetch parser (PartitionRecords, looked up in its module
-as the Fetcher does) over real v2 record batches: no broker needed.
+as the Fetcher does) over real v2 record batches: no broker needed. Each
+test runs twice: the fetch as aiokafka's MemoryRecords (the records read
+by aiokafka, one at a time) and as KeptFetch, which the installed fetcher
+builds (the records read by streams/_fetch.c, a batch at a time).
 """
 
 from __future__ import annotations
 
-import struct
+import sys
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import errors as aiokafka_errors
 from aiokafka.consumer import fetcher as aiokafka_fetcher
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from tokenpulse.streams.hand_over import HandOver, HandOverRecords, install_hand_over
+from tokenpulse.streams.hand_over import (
+    HandOver,
+    HandOverRecords,
+    KeptFetch,
+    install_hand_over,
+)
 from tokenpulse.streams.processor import InRecord
 
+from .test_fetch_native import _batch
 
-def _batch(base_offset: int, records: list[tuple[bytes | None, bytes | None, list]]) -> bytes:
-    builder = DefaultRecordBatchBuilder(
-        magic=2,
-        compression_type=0,
-        is_transactional=False,
-        producer_id=-1,
-        producer_epoch=-1,
-        base_sequence=-1,
-        batch_size=1 << 20,
-    )
-    for delta, (key, value, headers) in enumerate(records):
-        builder.append(delta, timestamp=1_700_000_000_000, key=key, value=value, headers=headers)
-    buf = builder.build()
-    struct.pack_into(">q", buf, 0, base_offset)  # the broker assigns the base offset
-    return bytes(buf)
+
+@pytest.fixture(params=["aiokafka", "native"], autouse=True)
+def fetch_cls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The fetch's records object: which parser reads the batch topic's records."""
+    cls = MemoryRecords if request.param == "aiokafka" else KeptFetch
+    monkeypatch.setattr(sys.modules[__name__], "FETCH", cls)
+    return cls
+
+
+FETCH: Any = MemoryRecords
 
 
 def _parse(topic: str, data: bytes, deserializer: object) -> list[object]:
     install_hand_over()
     records = aiokafka_fetcher.PartitionRecords(
-        TopicPartition(topic, 2), MemoryRecords(data), [], 40, None, deserializer, True, 0
+        TopicPartition(topic, 2), FETCH(data), [], 40, None, deserializer, True, 0
     )
     return list(records)
 
@@ -68,7 +71,7 @@ def test_records_of_a_batch_topic_are_parsed_into_in_records_with_the_generation
 def _records(topic: str, data: bytes, deserializer: object, fetch_offset: int) -> Any:
     install_hand_over()
     return aiokafka_fetcher.PartitionRecords(
-        TopicPartition(topic, 2), MemoryRecords(data), [], fetch_offset, None, deserializer, True, 0
+        TopicPartition(topic, 2), FETCH(data), [], fetch_offset, None, deserializer, True, 0
     )
 
 
