@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define IN_RECORD_FIELDS 7
 
@@ -48,15 +49,15 @@ read_varint(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, int64_t *ou
     return 0;
 }
 
-/* A length-prefixed field: Py_None for -1, else bytes (or str when `text`). */
+/* A length-prefixed field: Py_None for -1, else bytes. */
 static PyObject *
-read_field(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, int text, int nullable)
+read_field(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos)
 {
     int64_t len;
     if (read_varint(p, end, pos, &len) < 0) {
         return NULL;
     }
-    if (len == -1 && nullable) {
+    if (len == -1) {
         Py_RETURN_NONE;
     }
     if (len < 0 || len > end - *pos) {
@@ -64,18 +65,68 @@ read_field(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, int text, in
     }
     const char *start = (const char *)(p + *pos);
     *pos += (Py_ssize_t)len;
-    if (text) {
-        PyObject *s = PyUnicode_DecodeUTF8(start, (Py_ssize_t)len, NULL);
-        if (s == NULL) {
-            PyErr_Clear(); /* reported as a malformed record below */
-        }
-        return s;
-    }
     return PyBytes_FromStringAndSize(start, (Py_ssize_t)len);
 }
 
+/* Header names seen in this call, as str: a fleet's records carry the same
+ * few names (tp-tenant, tp-sig), so each is decoded once a batch, not once
+ * a record. The bytes are the batch's own (stable for the call). */
+#define NAME_CACHE 8
+
+typedef struct {
+    const unsigned char *bytes;
+    Py_ssize_t len;
+    PyObject *str; /* a reference of its own */
+} CachedName;
+
+typedef struct {
+    CachedName entries[NAME_CACHE];
+    int used;
+} NameCache;
+
+static void
+name_cache_clear(NameCache *cache)
+{
+    for (int i = 0; i < cache->used; i++) {
+        Py_DECREF(cache->entries[i].str);
+    }
+    cache->used = 0;
+}
+
+/* The header name at *pos as a new reference to a str (NULL if malformed). */
 static PyObject *
-read_headers(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos)
+read_name(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, NameCache *cache)
+{
+    int64_t len;
+    if (read_varint(p, end, pos, &len) < 0 || len < 0 || len > end - *pos) {
+        return NULL;
+    }
+    const unsigned char *start = p + *pos;
+    *pos += (Py_ssize_t)len;
+    for (int i = 0; i < cache->used; i++) {
+        CachedName *c = &cache->entries[i];
+        if (c->len == (Py_ssize_t)len && memcmp(c->bytes, start, (size_t)len) == 0) {
+            Py_INCREF(c->str);
+            return c->str;
+        }
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)start, (Py_ssize_t)len, NULL);
+    if (s == NULL) {
+        PyErr_Clear(); /* reported as a malformed record */
+        return NULL;
+    }
+    if (cache->used < NAME_CACHE) {
+        CachedName *c = &cache->entries[cache->used++];
+        c->bytes = start;
+        c->len = (Py_ssize_t)len;
+        Py_INCREF(s);
+        c->str = s;
+    }
+    return s;
+}
+
+static PyObject *
+read_headers(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, NameCache *names)
 {
     int64_t count;
     if (read_varint(p, end, pos, &count) < 0 || count < 0 || count > end - *pos) {
@@ -86,12 +137,12 @@ read_headers(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos)
         return headers;
     }
     for (Py_ssize_t i = 0; i < (Py_ssize_t)count; i++) {
-        PyObject *name = read_field(p, end, pos, 1, 0);
+        PyObject *name = read_name(p, end, pos, names);
         if (name == NULL) {
             Py_DECREF(headers);
             return NULL;
         }
-        PyObject *value = read_field(p, end, pos, 0, 1);
+        PyObject *value = read_field(p, end, pos);
         if (value == NULL) {
             Py_DECREF(name);
             Py_DECREF(headers);
@@ -140,6 +191,7 @@ unpack(PyObject *module, PyObject *args)
     }
     const unsigned char *p = (const unsigned char *)view.buf;
     Py_ssize_t n = view.len, pos = 0;
+    NameCache names = {.used = 0};
     PyObject *out = PyList_New(0);
     if (out == NULL) {
         PyBuffer_Release(&view);
@@ -161,16 +213,16 @@ unpack(PyObject *module, PyObject *args)
             pos = end; /* before the fetch position (a compressed batch's head) */
             continue;
         }
-        PyObject *key = read_field(p, end, &pos, 0, 1);
+        PyObject *key = read_field(p, end, &pos);
         if (key == NULL) {
             goto fail_malformed;
         }
-        PyObject *value = read_field(p, end, &pos, 0, 1);
+        PyObject *value = read_field(p, end, &pos);
         if (value == NULL) {
             Py_DECREF(key);
             goto fail_malformed;
         }
-        PyObject *headers = read_headers(p, end, &pos);
+        PyObject *headers = read_headers(p, end, &pos, &names);
         if (headers == NULL || pos != end) {
             Py_XDECREF(headers);
             Py_DECREF(key);
@@ -210,9 +262,11 @@ unpack(PyObject *module, PyObject *args)
         PyErr_Format(PyExc_ValueError, "%zd bytes after the batch's %zd records", n - pos, count);
         goto fail;
     }
+    name_cache_clear(&names);
     PyBuffer_Release(&view);
     return out;
 fail:
+    name_cache_clear(&names);
     PyBuffer_Release(&view);
     Py_DECREF(out);
     return NULL;

@@ -1,7 +1,7 @@
 from typing import Any
 
 def unpack(
-    buf: bytes,
+    buf: bytes | memoryview,
     count: int,
     base_offset: int,
     first_offset: int,

@@ -191,6 +191,7 @@ class HandOverRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
         topic, partition = tp.topic, tp.partition
         check_crcs = self._check_crcs
         size, pos = len(data), 0
+        view = memoryview(data)  # slices of it are not copies (a batch is ~100-400 KB)
         while size - pos >= _LOG_OVERHEAD:
             base_offset, length = _LENGTH.unpack_from(data, pos)
             end = pos + _LOG_OVERHEAD + length
@@ -199,17 +200,18 @@ class HandOverRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
             if length < _HEAD.size - _LOG_OVERHEAD or data[pos + 16] != 2:
                 raise _NotNative("not a record batch v2", pos)
             (_, _, _, _, crc, attributes, last_delta, *_, count) = _HEAD.unpack_from(data, pos)
-            if check_crcs and calc_crc32c(data[pos + _CRC_FROM : end]) != crc:
+            if check_crcs and calc_crc32c(view[pos + _CRC_FROM : end]) != crc:
                 # Like aiokafka: the fetch is dropped and fetched again.
                 raise kafka_errors.CorruptRecordException(f"Invalid CRC - {tp}")
             if not attributes & _CONTROL:
-                body = data[pos + _HEAD.size : end]
+                body: bytes | memoryview = view[pos + _HEAD.size : end]
                 codec = attributes & _CODEC_MASK
                 if codec:
                     decode = _DECODERS.get(codec)
                     if decode is None:
                         raise _NotNative(f"compression codec {codec}", pos)
-                    body = decode(body)
+                    # As aiokafka hands it to the codecs: bytes.
+                    body = decode(view[pos + _HEAD.size : end].tobytes())
                 generation = app.consumer_generation_id
                 try:
                     recs = _fetch.unpack(
