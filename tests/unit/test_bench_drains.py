@@ -10,7 +10,7 @@ import argparse
 
 import pytest
 
-from tokenpulse.bench.run import BenchConfig, BenchResult, DrainCpu, Drains
+from tokenpulse.bench.run import BenchConfig, BenchResult, DrainCpu, Drains, Latency
 from tokenpulse.cli import bench as bench_cli
 
 
@@ -69,3 +69,12 @@ def test_drains_must_be_positive() -> None:
     assert parser.parse_args(["--drains", "5"]).drains == 5
     with pytest.raises(SystemExit):
         parser.parse_args(["--drains", "0"])
+
+
+def test_the_freshness_row_says_how_much_of_a_core_its_generator_took() -> None:
+    half = Latency("half", rate_eps=75_697.0, p50_s=0.52, p99_s=1.38, samples=601)
+    half.generator_cpu_s, half.duration_s = 27.3, 30.0
+    row = half.rows()[0]
+    assert row[0] == "freshness p50 / p99, half load (75,697 events/s)"
+    assert row[1] == "0.52 s / 1.38 s (601 samples; its SDK generator 91 % of a core)"
+    assert Latency("quarter").generator_core_pct == 0.0  # never ran: no division by zero
