@@ -10,7 +10,8 @@ import argparse
 
 import pytest
 
-from tokenpulse.bench.run import BenchConfig, BenchResult, DrainCpu, Drains, Latency
+from tokenpulse.bench.result import BenchResult, DrainCpu, Drains, Latency
+from tokenpulse.bench.run import BenchConfig
 from tokenpulse.cli import bench as bench_cli
 
 
