@@ -204,14 +204,14 @@ class HandOverRecords(aiokafka_fetcher.PartitionRecords):  # type: ignore[misc]
                 # Like aiokafka: the fetch is dropped and fetched again.
                 raise kafka_errors.CorruptRecordException(f"Invalid CRC - {tp}")
             if not attributes & _CONTROL:
-                body: bytes | memoryview = view[pos + _HEAD.size : end]
+                records = view[pos + _HEAD.size : end]
+                body: bytes | memoryview = records
                 codec = attributes & _CODEC_MASK
                 if codec:
                     decode = _DECODERS.get(codec)
                     if decode is None:
                         raise _NotNative(f"compression codec {codec}", pos)
-                    # As aiokafka hands it to the codecs: bytes.
-                    body = decode(view[pos + _HEAD.size : end].tobytes())
+                    body = decode(records.tobytes())  # as aiokafka hands them: bytes
                 generation = app.consumer_generation_id
                 try:
                     recs = _fetch.unpack(
