@@ -77,7 +77,7 @@ class _EncodingSink(UsageSink):
 
     async def recent_event_ids(
         self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
-    ) -> Mapping[int, Sequence[tuple[str, float]]]:
+    ) -> Mapping[int, Sequence[tuple[str, float, float]]]:
         # An empty store, as in a bench drain: every partition's filter is
         # warm (with nothing), not cold (every id confirmed).
         return {p: [] for p in partitions}

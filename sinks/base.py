@@ -138,8 +138,9 @@ class UsageSink(abc.ABC):
 
     async def recent_event_ids(
         self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
-    ) -> Mapping[int, Sequence[tuple[str, float]]]:
-        """Per partition, every (event_id, ingested epoch s) durable since `since`.
+    ) -> Mapping[int, Sequence[tuple[str, float, float]]]:
+        """Per partition, every (event_id, ingested epoch s, occurred_at epoch s) durable
+        since `since`.
 
         Warms a new dedup filter at assignment. A partition with more than
         `max_ids` such ids is left out (its filter stays cold: every id is

@@ -548,7 +548,7 @@ class ClickHouseSink(UsageSink):
 
     async def recent_event_ids(
         self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
-    ) -> Mapping[int, Sequence[tuple[str, float]]]:
+    ) -> Mapping[int, Sequence[tuple[str, float, float]]]:
         if not partitions:
             return {}
         client = self._require()
@@ -571,7 +571,7 @@ class ClickHouseSink(UsageSink):
 
         counted = await with_retries("recent ids count", self.retry, count, self._where)
         sizes = {int(p): int(n) for p, n in counted.result_rows}
-        out: dict[int, list[tuple[str, float]]] = {
+        out: dict[int, list[tuple[str, float, float]]] = {
             int(p): [] for p in partitions if sizes.get(int(p), 0) == 0
         }
         wanted = sorted(p for p, n in sizes.items() if 0 < n <= max_ids)
@@ -584,13 +584,15 @@ class ClickHouseSink(UsageSink):
 
             async def ids(id_params: dict[str, Any] = id_params) -> Any:
                 return await client.query(
-                    "SELECT event_id, toUnixTimestamp64Milli(ingested_at)" + where,
+                    "SELECT event_id, toUnixTimestamp64Milli(ingested_at),"
+                    " toUnixTimestamp64Milli(occurred_at)" + where,
                     parameters=id_params,
                 )
 
             result = await with_retries("recent ids query", self.retry, ids, self._where)
-            event_ids, ingested_ms = result.result_columns or ([], [])
+            event_ids, ingested_ms, occurred_ms = result.result_columns or ([], [], [])
             out[part] = [
-                (str(e), int(ms) / 1000.0) for e, ms in zip(event_ids, ingested_ms, strict=True)
+                (str(e), int(i_ms) / 1000.0, int(o_ms) / 1000.0)
+                for e, i_ms, o_ms in zip(event_ids, ingested_ms, occurred_ms, strict=True)
             ]
         return out

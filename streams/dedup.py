@@ -9,12 +9,19 @@ docs/streams.md for the memory math.
 The worker asks about a whole batch of ids at once (`*_many`): positions are
 computed and tested with numpy, ~20x cheaper per id than a Python loop over
 k positions (the loop was ~15 % of the worker's CPU).
+
+A lookup asks only the filters that hold ids of the same 10 s of event time
+(`time_key`): a duplicate repeats its original's occurred_at, and the
+chance that an unseen id needs a confirmation query grows with the number
+of filters asked, which after a horizon at the sizing rate is ~170 a
+partition. See docs/streams.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -23,8 +30,52 @@ _HOUR_S = 3600
 _SPANS_PER_HORIZON = 6  # a filter takes at most this fraction of the horizon's arrivals
 _CHUNK = 50_000
 _U32 = np.uint64(0xFFFF_FFFF)
+# Event time is keyed in spans of this many seconds (`time_key`).
+TIME_KEY_S = 10
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+_KEYS_PER_DAY = 86_400 // TIME_KEY_S
+_KEYS_PER_HOUR = 3600 // TIME_KEY_S
+_KEYS_PER_MINUTE = 60 // TIME_KEY_S
+# A run of ids whose event times span at most this many keys (10 min) is
+# keyed by its span, from its earliest and latest time alone; a wider one
+# (late events among current ones) by each id's own key.
+_SPAN_KEYS = 60
 
 Positions = npt.NDArray[np.uint64]  # (ids, k) bit positions
+
+
+def time_key(occurred_at: datetime) -> int:
+    """The 10 s span of event time an event falls in: floor(epoch seconds / 10).
+
+    From the UTC fields rather than `timestamp()`, which cost 2.5x as much
+    (0.18 against 0.07 us an event); `occurred_at` is UTC (the contract
+    normalizes it on decode). Equal to `time_key_s(occurred_at.timestamp())`.
+    """
+    return (
+        (occurred_at.toordinal() - _EPOCH_ORDINAL) * _KEYS_PER_DAY
+        + occurred_at.hour * _KEYS_PER_HOUR
+        + occurred_at.minute * _KEYS_PER_MINUTE
+        + occurred_at.second // TIME_KEY_S
+    )
+
+
+def time_key_s(epoch_s: float) -> int:
+    """`time_key` of an event time given in epoch seconds (ids read back from the store)."""
+    return math.floor(epoch_s) // TIME_KEY_S
+
+
+def time_keys(times: Sequence[datetime]) -> Collection[int]:
+    """The `time_key`s of a run of event times, or a few more (a superset is what counts).
+
+    In-order traffic: the span from the earliest to the latest key, which
+    costs two comparisons an event (min, max) instead of a key each.
+    """
+    if not times:
+        return ()
+    lo, hi = time_key(min(times)), time_key(max(times))
+    if hi - lo <= _SPAN_KEYS:
+        return range(lo, hi + 1)
+    return {time_key(t) for t in times}
 
 
 def _hashes(ids: Sequence[str]) -> tuple[Positions, Positions]:
@@ -91,13 +142,15 @@ class BloomFilter:
 class _Filter:
     """One live filter of a TimeBucketedBloom: its slot and the arrivals it holds."""
 
-    __slots__ = ("count", "first_s", "newest_s", "slot")
+    __slots__ = ("count", "first_s", "keys", "newest_s", "slot", "unkeyed")
 
     def __init__(self, slot: int, now_s: float) -> None:
         self.slot = slot
         self.first_s = now_s  # the arrival that opened it
         self.newest_s = now_s  # its newest arrival: it expires a horizon after
         self.count = 0
+        self.keys: set[int] = set()  # the time keys of its ids
+        self.unkeyed = False  # holds ids added without a time key: every lookup asks it
 
 
 class TimeBucketedBloom:
@@ -124,20 +177,37 @@ class TimeBucketedBloom:
     holds ~100 filters after 48 h (2 an hour): 12.4 us an id against 0.34
     with one filter. Slots are taken and freed as filters come and expire;
     the array grows a byte of slots (8 filters) at a time.
+
+    Each filter also records the time keys (`time_key`, 10 s of event time)
+    of its ids, and `_cover` maps a key to the slots that hold one: a lookup
+    given the keys of its ids asks only those filters. A duplicate repeats
+    its original's occurred_at, so it is still always found; an unseen id of
+    in-order traffic is asked of the one or two filters that were open
+    during its 10 s instead of every live filter, which is what the chance
+    of a confirmation query grows with (~170 filters a partition after a
+    horizon at the sizing rate: 1.7 % of unseen ids at 0.01 % a filter).
+    `keys` is one collection for all ids of a call, a superset of their
+    keys (`time_keys`): a filter may record more keys than it holds, and a
+    lookup may ask more filters than needed, never fewer. Ids added without
+    keys make their filter answer every lookup.
     """
 
-    # fp_rate is per filter, and a lookup asks every live filter: the chance
-    # that an unseen id needs a confirmation query is about filters x fp_rate.
-    # At 0.001 a partition's one filter, filled to capacity by a 20 s warm-up
-    # at 43k events/s, sent a confirmation query with most prepared batches
-    # (endpoint queries 12.8 -> 23.9 a second, freshness p99 0.95 -> 2.97 s in
-    # bench/latency_bench.py); 0.0001 costs 19.2 bits an id instead of 14.4.
+    # fp_rate is per filter, and a lookup asks every filter that covers its
+    # id's time key: the chance that an unseen id needs a confirmation query
+    # is about those filters x fp_rate, and a prepared batch of 2,000 ids
+    # queries if any one does. At 0.001 a partition's one filter, filled to
+    # capacity by a 20 s warm-up at 43k events/s, sent a confirmation query
+    # with most prepared batches (endpoint queries 12.8 -> 23.9 a second,
+    # freshness p99 0.95 -> 2.97 s in bench/latency_bench.py). At 0.0001
+    # (19.2 bits an id), 37 % of the batches at 80k events/s still queried,
+    # ~8 ms of the endpoint's CPU each (1.5 us an event); 0.00001 costs
+    # 24 bits an id. See docs/streams.md.
     def __init__(
         self,
         *,
         horizon_s: float,
         capacity_per_filter: int = 200_000,
-        fp_rate: float = 0.0001,
+        fp_rate: float = 0.00001,
         span_s: float | None = None,
     ) -> None:
         self.horizon_s = horizon_s
@@ -152,6 +222,10 @@ class TimeBucketedBloom:
         self._slices = np.zeros((self._m, 0), dtype=np.uint8)  # (bit position, slot byte)
         self._free: list[int] = []  # slots of expired filters, reused first
         self._filters: list[_Filter] = []  # live, in the order they opened
+        # Time key -> the slots whose filters hold an id of it (a bit per slot),
+        # and the slots of filters with ids of unknown time (asked always).
+        self._cover: dict[int, int] = {}
+        self._unkeyed = 0
 
     def expire(self, now_s: float) -> None:
         """Drop the filters whose newest id is older than the horizon."""
@@ -159,12 +233,21 @@ class TimeBucketedBloom:
         if any(f.newest_s < cutoff for f in self._filters):
             for f in self._filters:
                 if f.newest_s < cutoff:
-                    self._release(f.slot)
+                    self._release(f)
             self._filters = [f for f in self._filters if f.newest_s >= cutoff]
 
-    def _release(self, slot: int) -> None:
+    def _release(self, f: _Filter) -> None:
+        slot = f.slot
         # Cleared, so a lookup can keep reading every slot of the array.
         self._slices[:, slot >> 3] &= np.uint8(~(1 << (slot & 7)) & 0xFF)
+        keep = ~(1 << slot)
+        for key in f.keys:
+            left = self._cover[key] & keep
+            if left:
+                self._cover[key] = left
+            else:
+                del self._cover[key]
+        self._unkeyed &= keep
         self._free.append(slot)
 
     def _take_slot(self) -> int:
@@ -198,14 +281,18 @@ class TimeBucketedBloom:
         """
         return self._shape.positions_many(event_ids)
 
-    def add_many(self, event_ids: Sequence[str], now_s: float) -> None:
-        """Remember ids that arrived at `now_s`."""
+    def add_many(
+        self, event_ids: Sequence[str], now_s: float, keys: Collection[int] | None = None
+    ) -> None:
+        """Remember ids that arrived at `now_s`; `keys` covers their `time_key`s (None: unknown)."""
         for chunk in range(0, len(event_ids), _CHUNK):
             # Chunked: warming loads up to 500,000 ids; a chunk's positions
             # matrix stays a few MB.
-            self.add_positions(self.positions_many(event_ids[chunk : chunk + _CHUNK]), now_s)
+            self.add_positions(self.positions_many(event_ids[chunk : chunk + _CHUNK]), now_s, keys)
 
-    def add_positions(self, positions: Positions, now_s: float) -> None:
+    def add_positions(
+        self, positions: Positions, now_s: float, keys: Collection[int] | None = None
+    ) -> None:
         """`add_many` of ids whose `positions_many` is already known."""
         if not len(positions):
             return
@@ -213,31 +300,69 @@ class TimeBucketedBloom:
         start = 0
         while start < len(positions):
             f = self._open_filter(now_s)
-            part = positions[start : start + self.capacity_per_filter - f.count]
+            end = start + min(self.capacity_per_filter - f.count, len(positions) - start)
+            part = positions[start:end]
             # Repeated positions all set the same bit: plain fancy |= is exact.
             self._slices[part.ravel(), f.slot >> 3] |= np.uint8(1 << (f.slot & 7))
+            self._cover_keys(f, keys)
             f.count += len(part)
             f.newest_s = max(f.newest_s, now_s)
-            start += len(part)
+            start = end
 
-    def might_contain_many(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
-        return self.might_contain_positions(self.positions_many(event_ids), now_s)
+    def _cover_keys(self, f: _Filter, keys: Collection[int] | None) -> None:
+        bit = 1 << f.slot
+        if keys is None:
+            f.unkeyed = True
+            self._unkeyed |= bit
+            return
+        cover = self._cover
+        # In-order traffic: one or two keys, mostly already the filter's.
+        held = f.keys
+        for key in keys:
+            if key not in held:
+                cover[key] = cover.get(key, 0) | bit
+                held.add(key)
 
-    def might_contain_positions(self, positions: Positions, now_s: float) -> list[bool]:
-        """`might_contain_many` of ids whose `positions_many` is already known."""
+    def might_contain_many(
+        self, event_ids: Sequence[str], now_s: float, keys: Collection[int] | None = None
+    ) -> list[bool]:
+        return self.might_contain_positions(self.positions_many(event_ids), now_s, keys)
+
+    def might_contain_positions(
+        self, positions: Positions, now_s: float, keys: Collection[int] | None = None
+    ) -> list[bool]:
+        """`might_contain_many` of ids whose `positions_many` is already known.
+
+        With `keys` (covering the ids' `time_key`s), only the filters holding
+        ids of those keys (or of unknown time) are asked; without, every one.
+        """
         self.expire(now_s)
         if not len(positions) or not self._filters:
             return [False] * len(positions)
+        slices = self._slices
+        if keys is not None:
+            cover = self._cover
+            slots = self._unkeyed
+            for key in keys:
+                slots |= cover.get(key, 0)
+            if not slots:
+                return [False] * len(positions)  # no filter holds an id of these times
+            if slots.bit_length() <= 8 * (slices.shape[1] - 1):
+                # Only the leading slot bytes hold asked filters: read those alone.
+                slices = slices[:, : (slots.bit_length() + 7) // 8]
+            mask = np.frombuffer(slots.to_bytes(slices.shape[1], "little"), dtype=np.uint8)
         # (ids, k, slot bytes): a slot whose k bits are all set has maybe seen the id.
-        rows = self._slices[positions]
-        out: list[bool] = np.bitwise_and.reduce(rows, axis=1).any(axis=1).tolist()
+        maybe = np.bitwise_and.reduce(slices[positions], axis=1)
+        if keys is not None:
+            maybe &= mask
+        out: list[bool] = maybe.any(axis=1).tolist()
         return out
 
-    def add(self, event_id: str, now_s: float) -> None:
-        self.add_many([event_id], now_s)
+    def add(self, event_id: str, now_s: float, key: int | None = None) -> None:
+        self.add_many([event_id], now_s, None if key is None else (key,))
 
-    def might_contain(self, event_id: str, now_s: float) -> bool:
-        return self.might_contain_many([event_id], now_s)[0]
+    def might_contain(self, event_id: str, now_s: float, key: int | None = None) -> bool:
+        return self.might_contain_many([event_id], now_s, None if key is None else (key,))[0]
 
     @property
     def size_bytes(self) -> int:
@@ -268,35 +393,46 @@ class PartitionDedup:
         self.bloom = bloom
         self.cold_until_s = cold_until_s
 
-    def warm(self, known: Iterable[tuple[str, float]]) -> None:
+    def warm(self, known: Iterable[tuple[str, float, float]]) -> None:
         """Load every id the store holds for this partition within the horizon.
 
-        `known` is (event_id, ingested epoch seconds); afterwards only the
-        filter's positives are confirmed, as if it had seen them arrive.
+        `known` is (event_id, ingested epoch seconds, occurred_at epoch
+        seconds); afterwards only the filter's positives are confirmed, as if
+        it had seen them arrive.
         """
-        by_hour: dict[int, list[str]] = {}
+        by_hour: dict[int, tuple[list[str], set[int]]] = {}
         newest: dict[int, float] = {}
-        for event_id, ingested_s in known:
+        for event_id, ingested_s, occurred_s in known:
             hour = int(ingested_s // _HOUR_S)
-            by_hour.setdefault(hour, []).append(event_id)
+            ids, keys = by_hour.setdefault(hour, ([], set()))
+            ids.append(event_id)
+            keys.add(time_key_s(occurred_s))
             newest[hour] = max(newest.get(hour, ingested_s), ingested_s)
         for hour in sorted(by_hour):
             # Added as of the hour's newest arrival: a filter expires a horizon
             # after its newest id, so none of them is forgotten early.
-            self.bloom.add_many(by_hour[hour], newest[hour])
+            ids, keys = by_hour[hour]
+            self.bloom.add_many(ids, newest[hour], keys)
         self.cold_until_s = 0.0
 
-    def _maybe(self, positions: Positions, now_s: float) -> list[bool]:
+    def _maybe(
+        self, positions: Positions, now_s: float, keys: Collection[int] | None
+    ) -> list[bool]:
         if now_s < self.cold_until_s:
             return [True] * len(positions)
-        return self.bloom.might_contain_positions(positions, now_s)
+        return self.bloom.might_contain_positions(positions, now_s, keys)
 
-    def needs_confirmation(self, event_id: str, now_s: float) -> bool:
-        return self._maybe(self.bloom.positions_many([event_id]), now_s)[0]
+    def needs_confirmation(self, event_id: str, now_s: float, key: int | None = None) -> bool:
+        keys = None if key is None else (key,)
+        return self._maybe(self.bloom.positions_many([event_id]), now_s, keys)[0]
 
-    def check_and_remember(self, event_ids: Sequence[str], now_s: float) -> list[bool]:
+    def check_and_remember(
+        self, event_ids: Sequence[str], now_s: float, keys: Collection[int] | None = None
+    ) -> list[bool]:
         """Which ids need a confirmation; every one of them is remembered from now on.
 
+        `keys`: the ids' `time_keys` (None: unknown; every filter is asked,
+        and the filter that takes them answers every lookup).
         Remembered at the lookup, before it is durable: a "maybe seen" is
         always confirmed against the store, so an id remembered but never
         written (its batch dropped by a revocation) costs a confirmation if
@@ -305,9 +441,9 @@ class PartitionDedup:
         was ~10 % of the worker's processing (bench/prepare_bench.py).
         """
         positions = self.bloom.positions_many(event_ids)
-        maybe = self._maybe(positions, now_s)
-        self.bloom.add_positions(positions, now_s)
+        maybe = self._maybe(positions, now_s, keys)
+        self.bloom.add_positions(positions, now_s, keys)
         return maybe
 
-    def remember(self, event_id: str, now_s: float) -> None:
-        self.bloom.add(event_id, now_s)
+    def remember(self, event_id: str, now_s: float, key: int | None = None) -> None:
+        self.bloom.add(event_id, now_s, key)

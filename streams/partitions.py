@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenpulse.schemas.usage import UsageEvent
 from tokenpulse.sinks.base import AcceptedEvent, UsageSink
-from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom
+from tokenpulse.streams.dedup import PartitionDedup, TimeBucketedBloom, time_keys
 from tokenpulse.streams.records import Counters, InRecord, Work
 from tokenpulse.streams.windows import MinuteWindows
 
@@ -187,6 +187,7 @@ class PartitionTable:
             in_batch: set[str] = set()
             unique: list[AcceptedEvent] = []
             ids: list[str] = []
+            times: list[datetime] = []
             pending = sl.state.pending_ids
             for acc in sl.work.accepted:
                 eid = acc.event.event_id
@@ -195,7 +196,8 @@ class PartitionTable:
                 in_batch.add(eid)
                 unique.append(acc)
                 ids.append(eid)
-            maybe = sl.state.dedup.check_and_remember(ids, now_s)
+                times.append(acc.event.occurred_at)
+            maybe = sl.state.dedup.check_and_remember(ids, now_s, time_keys(times))
             confirm += [
                 (a.event.tenant_id, a.event.event_id, a.event.occurred_at)
                 for a in itertools.compress(unique, maybe)

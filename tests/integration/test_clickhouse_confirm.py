@@ -108,8 +108,10 @@ async def test_recent_event_ids_lists_each_small_partition_and_leaves_big_ones_o
     since = T0
     got = await sink.recent_event_ids("usage", [0, 1, 2], since, max_ids=5)
     assert sorted(got) == [0, 2]  # partition 1 holds 7 > 5 ids: left out, it starts cold
-    assert sorted(e for e, _ in got[0]) == ["p0-0'", "p0-1'", "p0-2'"]
-    assert {s for _, s in got[0]} == {ingested.timestamp()}  # milliseconds kept
+    assert sorted(e for e, _, _ in got[0]) == ["p0-0'", "p0-1'", "p0-2'"]
+    assert {s for _, s, _ in got[0]} == {ingested.timestamp()}  # milliseconds kept
+    # Each id's event time, for its time key in the filter.
+    assert {o for _, _, o in got[0]} == {T0.timestamp()}
     assert got[2] == []  # never written: warm and empty
     # Ids ingested before `since` are outside the horizon.
     later = await sink.recent_event_ids("usage", [0], ingested + timedelta(seconds=1), 5)

@@ -76,11 +76,18 @@ def _proc(sink: UsageSink) -> UsageProcessor:
     )
 
 
-def _rec(offset: int, tenant: str, event_id: str, partition: int = 0) -> InRecord:
+def _rec(
+    offset: int, tenant: str, event_id: str, partition: int = 0, occurred_s: int | None = None
+) -> InRecord:
+    """An event at `offset`, occurred `occurred_s` (default: `offset`) seconds after T0.
+
+    A redelivery repeats its original's occurred_at (`occurred_s` = the
+    original's offset): the dedup filters look an id up by its event time.
+    """
     ev = UsageEvent(
         event_id=event_id,
         tenant_id=tenant,
-        occurred_at=T0 + timedelta(seconds=offset),
+        occurred_at=T0 + timedelta(seconds=offset if occurred_s is None else occurred_s),
         model="m",
         input_tokens=1,
         output_tokens=1,

@@ -405,7 +405,7 @@ class ConfirmGatedSink(GatedSink):
 
     async def recent_event_ids(
         self, topic: str, partitions: Collection[int], since: datetime, max_ids: int
-    ) -> Mapping[int, Sequence[tuple[str, float]]]:
+    ) -> Mapping[int, Sequence[tuple[str, float, float]]]:
         # Warm filters: only an id a filter has seen needs a confirmation.
         return {p: [] for p in partitions}
 
