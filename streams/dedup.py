@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,7 @@ _KEYS_PER_MINUTE = 60 // TIME_KEY_S
 # keyed by its span, from its earliest and latest time alone; a wider one
 # (late events among current ones) by each id's own key.
 _SPAN_KEYS = 60
+_SPAN = timedelta(seconds=_SPAN_KEYS * TIME_KEY_S)
 
 Positions = npt.NDArray[np.uint64]  # (ids, k) bit positions
 
@@ -68,14 +69,20 @@ def time_keys(times: Sequence[datetime]) -> Collection[int]:
     """The `time_key`s of a run of event times, or a few more (a superset is what counts).
 
     In-order traffic: the span from the earliest to the latest key, which
-    costs two comparisons an event (min, max) instead of a key each.
+    costs two comparisons an event (min, max) instead of a key each. Late
+    events among current ones: the last 10 minutes' span and the late
+    events' own keys (a comparison an event, a key each late one).
     """
     if not times:
         return ()
-    lo, hi = time_key(min(times)), time_key(max(times))
+    latest = max(times)
+    lo, hi = time_key(min(times)), time_key(latest)
     if hi - lo <= _SPAN_KEYS:
         return range(lo, hi + 1)
-    return {time_key(t) for t in times}
+    cut = latest - _SPAN
+    keys = set(range(time_key(cut), hi + 1))
+    keys.update([time_key(t) for t in times if t < cut])
+    return keys
 
 
 def _hashes(ids: Sequence[str]) -> tuple[Positions, Positions]:
