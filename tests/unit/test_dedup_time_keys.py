@@ -1,4 +1,7 @@
-"""Dedup filters asked by event time: a lookup asks only the filters of its id's 10 s."""
+"""Dedup filters asked by event time: a lookup asks only the filters of its id's 10 s.
+
+Also how a filter's bit positions are derived (fastrange).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from hypothesis import strategies as st
 
 from tokenpulse.streams.dedup import (
     TIME_KEY_S,
+    BloomFilter,
     PartitionDedup,
     TimeBucketedBloom,
     time_key,
@@ -151,3 +155,24 @@ def test_a_partition_confirms_its_duplicates_and_few_of_its_new_ids_by_key() -> 
     now = [t0 + timedelta(minutes=29, seconds=55)] * len(new)
     maybe = sum(d.check_and_remember(new, 1800.0, time_keys(now)))
     assert maybe < 80
+
+
+def test_a_full_filter_keeps_its_false_positive_rate() -> None:
+    # Positions come from a multiply and a shift (fastrange), not a modulo:
+    # a full filter still answers "maybe" for about fp_rate of unseen ids.
+    bloom = BloomFilter(20_000, 0.001)
+    bloom.add_many(bloom.positions_many([f"in-{i}" for i in range(20_000)]))
+    unseen = bloom.positions_many([f"out-{i}" for i in range(100_000)])
+    rate = int(bloom.has_many(unseen).sum()) / 100_000
+    assert 0.0005 < rate < 0.002
+    assert bool(bloom.has_many(bloom.positions_many(["in-7"]))[0])
+
+
+def test_positions_fall_within_a_filter_of_any_size() -> None:
+    small = BloomFilter(1_000, 0.01)
+    assert int(small.positions_many([f"x{i}" for i in range(1_000)]).max()) < small._m
+    # Past 2^32 bits (a 512 MB filter) the positions are taken modulo m.
+    small._m = (1 << 32) + 12_345
+    big = small.positions_many([f"x{i}" for i in range(1_000)])
+    assert int(big.max()) < small._m
+    assert int(big.max()) >= 1 << 31  # spread over the whole range
