@@ -160,15 +160,14 @@ class BloomFilter:
 class _Filter:
     """One live filter of a TimeBucketedBloom: its slot and the arrivals it holds."""
 
-    __slots__ = ("count", "first_s", "keys", "newest_s", "slot", "unkeyed")
+    __slots__ = ("count", "first_s", "keys", "newest_s", "slot")
 
     def __init__(self, slot: int, now_s: float) -> None:
         self.slot = slot
         self.first_s = now_s  # the arrival that opened it
         self.newest_s = now_s  # its newest arrival: it expires a horizon after
         self.count = 0
-        self.keys: set[int] = set()  # the time keys of its ids
-        self.unkeyed = False  # holds ids added without a time key: every lookup asks it
+        self.keys: set[int] = set()  # the time keys of its ids (see TimeBucketedBloom._cover)
 
 
 class TimeBucketedBloom:
@@ -329,8 +328,7 @@ class TimeBucketedBloom:
 
     def _cover_keys(self, f: _Filter, keys: Collection[int] | None) -> None:
         bit = 1 << f.slot
-        if keys is None:
-            f.unkeyed = True
+        if keys is None:  # ids of unknown time: every lookup asks this filter
             self._unkeyed |= bit
             return
         cover = self._cover
