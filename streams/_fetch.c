@@ -49,23 +49,39 @@ read_varint(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, int64_t *ou
     return 0;
 }
 
+/* The length-prefixed span at *pos: its start and length, *len = -1 for a
+ * null (nothing consumed after the length). -1 if malformed. */
+static int
+read_span(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos,
+          const unsigned char **start, int64_t *len)
+{
+    if (read_varint(p, end, pos, len) < 0) {
+        return -1;
+    }
+    if (*len == -1) {
+        return 0;
+    }
+    if (*len < 0 || *len > end - *pos) {
+        return -1;
+    }
+    *start = p + *pos;
+    *pos += (Py_ssize_t)*len;
+    return 0;
+}
+
 /* A length-prefixed field: Py_None for -1, else bytes. */
 static PyObject *
 read_field(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos)
 {
+    const unsigned char *start = NULL;
     int64_t len;
-    if (read_varint(p, end, pos, &len) < 0) {
+    if (read_span(p, end, pos, &start, &len) < 0) {
         return NULL;
     }
     if (len == -1) {
         Py_RETURN_NONE;
     }
-    if (len < 0 || len > end - *pos) {
-        return NULL;
-    }
-    const char *start = (const char *)(p + *pos);
-    *pos += (Py_ssize_t)len;
-    return PyBytes_FromStringAndSize(start, (Py_ssize_t)len);
+    return PyBytes_FromStringAndSize((const char *)start, (Py_ssize_t)len);
 }
 
 /* Header names seen in this call, as str: a fleet's records carry the same
@@ -97,12 +113,11 @@ name_cache_clear(NameCache *cache)
 static PyObject *
 read_name(const unsigned char *p, Py_ssize_t end, Py_ssize_t *pos, NameCache *cache)
 {
+    const unsigned char *start = NULL;
     int64_t len;
-    if (read_varint(p, end, pos, &len) < 0 || len < 0 || len > end - *pos) {
-        return NULL;
+    if (read_span(p, end, pos, &start, &len) < 0 || len == -1) {
+        return NULL; /* a header name is never null */
     }
-    const unsigned char *start = p + *pos;
-    *pos += (Py_ssize_t)len;
     for (int i = 0; i < cache->used; i++) {
         CachedName *c = &cache->entries[i];
         if (c->len == (Py_ssize_t)len && memcmp(c->bytes, start, (size_t)len) == 0) {
